@@ -1,0 +1,270 @@
+"""The saga DSL: Saga, Step, Parallel, Retry and RemoteTask, validated when built.
+
+A saga is a named, versioned graph of steps. Sequences are lists, parallel groups are
+`Parallel(...)`; both compile to one dependency graph (`Saga.graph`) that the pure plan
+in `saga.state` walks. A bad definition raises `DefinitionError` naming the step, so it
+fails when the module defining it is imported.
+
+    fulfillment = Saga("order_fulfillment", version=1, input=OrderSchema, steps=[
+        Step("reserve_inventory", reserve, compensate=release),
+        Step("charge_card", charge, compensate=refund, retry=Retry(attempts=5)),
+        Parallel(
+            Step("create_shipment", ship, compensate=cancel_shipment),
+            Step("email_warehouse", email_warehouse),
+        ),
+    ])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Union
+
+from saga.errors import DefinitionError
+
+__all__ = ["Saga", "Step", "Parallel", "Retry", "RemoteTask", "Node", "resolve_action"]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """When and how often a failed attempt is tried again.
+
+    The delay before attempt n+1 is `first_delay * multiplier**(n-1)`, capped at
+    `max_delay`, then spread by up to `jitter` (a fraction) either way.
+    `non_retryable` lists exception types (or their qualified names) that end the
+    step at once, beside `saga.NonRetryable`.
+    """
+
+    attempts: int = 3
+    first_delay: timedelta = timedelta(seconds=1)
+    multiplier: float = 2.0
+    max_delay: timedelta = timedelta(minutes=5)
+    jitter: float = 0.1
+    non_retryable: tuple[type[BaseException] | str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("Retry.attempts must be at least 1")
+        if self.multiplier < 1 or not 0 <= self.jitter <= 1:
+            raise ValueError("Retry needs multiplier >= 1 and 0 <= jitter <= 1")
+
+    def delay(self, attempt: int, spread: float = 0.5) -> timedelta:
+        """Wait after failed `attempt` (1-based); `spread` in [0, 1) picks the jitter."""
+        base = self.first_delay.total_seconds() * self.multiplier ** (attempt - 1)
+        base = min(base, self.max_delay.total_seconds())
+        return timedelta(seconds=max(0.0, base * (1 + self.jitter * (2 * spread - 1))))
+
+    def retries(self, error: BaseException) -> bool:
+        names = {f"{t.__module__}.{t.__qualname__}" for t in type(error).__mro__}
+        names |= {t.__qualname__ for t in type(error).__mro__}
+        for kind in self.non_retryable:
+            if isinstance(kind, str) and kind in names:
+                return False
+            if isinstance(kind, type) and isinstance(error, kind):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class RemoteTask:
+    """A Celery task that another service's worker runs, by name (and queue)."""
+
+    name: str
+    queue: str | None = None
+
+
+Action = Union[Callable[..., Any], RemoteTask, str]
+
+DEFAULT_COMPENSATE_RETRY = Retry(attempts=10, first_delay=timedelta(seconds=1),
+                                 max_delay=timedelta(minutes=1))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: an action, its optional compensation, how to retry it, its time limit.
+
+    An action is a callable taking a `saga.StepContext`, a `"module:function"` import
+    path, or a `RemoteTask`. `after` adds dependencies beyond the step's place in its
+    sequence.
+    """
+
+    name: str
+    action: Action | None
+    compensate: Action | None = None
+    retry: Retry = Retry()
+    compensate_retry: Retry = DEFAULT_COMPENSATE_RETRY
+    timeout: timedelta | None = None
+    after: tuple[str, ...] = ()
+    queue: str | None = None
+
+
+class Parallel:
+    """Members that run at once; each member is a Step or a list (a sequence)."""
+
+    def __init__(self, *members: Node) -> None:
+        if len(members) < 2:
+            raise DefinitionError("Parallel needs at least two members")
+        self.members = tuple(members)
+
+    def __repr__(self) -> str:
+        return f"Parallel{self.members!r}"
+
+
+Node = Union[Step, Parallel, Sequence["Node"]]
+
+
+@dataclass(frozen=True)
+class Saga:
+    """A named, versioned definition; `graph` maps each step to the steps it waits for."""
+
+    name: str
+    steps: Sequence[Node]
+    version: int = 1
+    input: Any = None  # a marshmallow Schema class or instance validating the input
+    timeout: timedelta | None = None
+    graph: Mapping[str, frozenset[str]] = field(init=False, repr=False)
+    by_name: Mapping[str, Step] = field(init=False, repr=False)
+    order: tuple[str, ...] = field(init=False, repr=False)
+    followers: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise DefinitionError(f"saga name {self.name!r} must be letters, digits, _ or -")
+        if self.version < 1:
+            raise DefinitionError(f"saga {self.name!r}: version must be at least 1")
+        steps: dict[str, Step] = {}
+        graph: dict[str, frozenset[str]] = {}
+        _compile(list(self.steps), frozenset(), steps, graph)
+        if not steps:
+            raise DefinitionError(f"saga {self.name!r} has no steps")
+        for name, step in steps.items():
+            unknown = set(step.after) - steps.keys()
+            if unknown:
+                raise DefinitionError(f"step {name!r}: 'after' names unknown step(s) {sorted(unknown)}")
+            graph[name] = graph[name] | frozenset(step.after)
+        object.__setattr__(self, "by_name", steps)
+        object.__setattr__(self, "graph", graph)
+        order = _topological(graph)
+        object.__setattr__(self, "order", order)
+        object.__setattr__(self, "followers",
+                           {n: tuple(m for m in order if n in graph[m]) for n in order})
+
+    @property
+    def shape_hash(self) -> str:
+        """A digest of the step graph, to notice a definition changed under one version."""
+        shape = {n: [sorted(self.graph[n]), self.by_name[n].compensate is not None] for n in self.order}
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+    def successors(self, name: str) -> tuple[str, ...]:
+        """The steps that wait directly for `name`."""
+        return self.followers[name]
+
+    def describe(self) -> dict[str, Any]:
+        """The step graph as plain data (for `GET /v1/sagas`)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "steps": [
+                {
+                    "name": n,
+                    "after": sorted(self.graph[n]),
+                    "action": _action_name(self.by_name[n].action),
+                    "compensate": _action_name(self.by_name[n].compensate),
+                    "retry_attempts": self.by_name[n].retry.attempts,
+                    "timeout_s": (self.by_name[n].timeout.total_seconds()
+                                  if self.by_name[n].timeout else None),
+                }
+                for n in self.order
+            ],
+        }
+
+
+def _compile(node: Node, deps: frozenset[str], steps: dict[str, Step],
+             graph: dict[str, frozenset[str]]) -> frozenset[str]:
+    """Add `node` after `deps`; return the names the next node must wait for."""
+    if isinstance(node, Step):
+        _check_step(node)
+        if node.name in steps:
+            raise DefinitionError(f"step {node.name!r} is defined twice")
+        steps[node.name] = node
+        graph[node.name] = deps
+        return frozenset({node.name})
+    if isinstance(node, Parallel):
+        exits: frozenset[str] = frozenset()
+        for member in node.members:
+            exits |= _compile(member, deps, steps, graph)
+        return exits
+    if isinstance(node, (list, tuple)):
+        for member in node:
+            deps = _compile(member, deps, steps, graph)
+        return deps
+    raise DefinitionError(f"not a step, Parallel or list: {node!r}")
+
+
+def _check_step(step: Step) -> None:
+    if not isinstance(step.name, str) or not step.name.isidentifier():
+        raise DefinitionError(f"step name {step.name!r} must be an identifier")
+    if step.action is None:
+        what = "a compensation on nothing" if step.compensate is not None else "no action"
+        raise DefinitionError(f"step {step.name!r} has {what}")
+    for role, action in (("action", step.action), ("compensation", step.compensate)):
+        if action is not None:
+            try:
+                resolve_action(action)
+            except DefinitionError as exc:
+                raise DefinitionError(f"step {step.name!r}: {role} {exc}") from None
+    if step.timeout is not None and step.timeout <= timedelta(0):
+        raise DefinitionError(f"step {step.name!r}: timeout must be positive")
+
+
+def resolve_action(action: Action) -> Callable[..., Any] | RemoteTask:
+    """A callable or RemoteTask for an action; a "module:function" path is imported."""
+    if isinstance(action, RemoteTask) or callable(action):
+        return action
+    if isinstance(action, str):
+        module, _, attr = action.partition(":")
+        try:
+            target = getattr(importlib.import_module(module), attr) if attr else None
+        except (ImportError, AttributeError):
+            target = None
+        if not callable(target):
+            raise DefinitionError(
+                f"names unknown task {action!r} (use 'module:function' or RemoteTask(name))")
+        return target
+    raise DefinitionError(f"must be a callable, 'module:function' or RemoteTask, not {action!r}")
+
+
+def _action_name(action: Action | None) -> str | None:
+    if action is None:
+        return None
+    if isinstance(action, RemoteTask):
+        return f"task:{action.name}"
+    if isinstance(action, str):
+        return action
+    return f"{getattr(action, '__module__', '?')}:{getattr(action, '__qualname__', repr(action))}"
+
+
+def _topological(graph: Mapping[str, frozenset[str]]) -> tuple[str, ...]:
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name):] + [name]
+            raise DefinitionError(f"step {name!r} is in a cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        for dep in sorted(graph[name]):
+            visit(dep, path + [name])
+        state[name] = 2
+        order.append(name)
+
+    for name in graph:
+        visit(name, [])
+    return tuple(order)

@@ -1,0 +1,212 @@
+"""The glue: start runs, run one step under its lease, and advance a run after each event.
+
+Every advance is: lock the run → `state.advance` → save rows and events in one commit →
+publish the commands after the commit. If the process dies between the commit and the
+publish, the queued rows remain and the sweeper publishes them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from saga import state
+from saga.context import Heartbeat, LeaseLost, StepContext
+from saga.definitions import RemoteTask, Saga, resolve_action
+from saga.errors import InvalidInput, NonRetryable, UnknownSaga
+from saga.registry import Registry
+from saga.settings import Settings
+from saga.state import Command, Event, Kind, StepFailed, StepSucceeded
+from saga.store import Conflict, Store
+
+log = logging.getLogger("saga.engine")
+
+
+class Dispatcher(Protocol):
+    """Carries "run step S of run R" hints to workers; the broker holds nothing else."""
+
+    def send(self, run_id: str, saga: str, version: int, commands: list[Command],
+             timeouts: dict[str, float | None]) -> None: ...
+
+    def call_remote(self, task: RemoteTask, payload: dict[str, Any], timeout: float | None) -> Any: ...
+
+    def ping(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one delivery of a step message came to (for logs and tests)."""
+
+    outcome: str  # "dropped", "succeeded", "failed", "superseded"
+    attempt: int = 0
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Engine:
+    def __init__(self, settings: Settings, registry: Registry, store: Store,
+                 dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.dispatcher = dispatcher
+
+    # -- starting -------------------------------------------------------------------
+
+    def start(self, saga_name: str, input: Any, idempotency_key: str | None = None,
+              version: int | None = None) -> tuple[str, bool]:
+        """Start a run (or find the one this idempotency key started): (run id, created).
+
+        Validates before any write: `UnknownSaga`, `InvalidInput`, `IdempotencyConflict`.
+        """
+        saga = self.registry.get(saga_name, version)
+        validate_input(saga, input)
+        request_hash = hashlib.sha256(json.dumps(
+            {"input": input, "version": version}, sort_keys=True).encode()).hexdigest()
+        run, commands = state.start(saga, str(uuid.uuid4()), input, _utcnow())
+        run_id, created = self.store.create_run(run, saga.shape_hash, idempotency_key, request_hash)
+        if created:
+            self.publish(saga, run_id, commands)
+        return run_id, created
+
+    # -- advancing --------------------------------------------------------------------
+
+    def handle(self, run_id: str, event: Event, worker: str | None = None,
+               skip_locked: bool = False) -> bool:
+        """Apply one event to a run under its lock; False if it changed nothing."""
+        try:
+            with self.store.locked_run(run_id, skip_locked=skip_locked) as tx:
+                if tx is None:
+                    return False
+                saga = self.registry.get(tx.run.saga, tx.run.version)
+                new, commands = state.advance(saga, tx.run, event, tx.now)
+                if new == tx.run:
+                    _record_stale(tx, event, worker)
+                    return False
+                tx.save(new, worker=worker)
+        except Conflict as exc:
+            log.warning("advance of run %s abandoned: %s", run_id, exc)
+            return False
+        self.publish(saga, run_id, commands)
+        return True
+
+    def publish(self, saga: Saga, run_id: str, commands: list[Command]) -> None:
+        if not commands:
+            return
+        timeouts = {c.step: _seconds(saga.by_name[c.step].timeout) for c in commands}
+        try:
+            self.dispatcher.send(run_id, saga.name, saga.version, commands, timeouts)
+        except Exception as exc:  # committed already: the sweeper publishes it again
+            log.warning("publish for run %s failed, the sweeper will retry: %s", run_id, exc)
+
+    # -- running a step ---------------------------------------------------------------
+
+    def run_step(self, run_id: str, step: str, kind: Kind, saga_name: str, version: int,
+                 worker: str | None = None) -> StepResult:
+        """Claim the step, run it under a heartbeat, then record the outcome with the fence."""
+        worker = worker or worker_name()
+        try:
+            saga = self.registry.get(saga_name, version)
+        except UnknownSaga:
+            log.error("run %s needs %s v%s, which this worker has not loaded", run_id,
+                      saga_name, version)
+            return StepResult("dropped")
+        definition = saga.by_name.get(step)
+        if definition is None:
+            return StepResult("dropped")
+        policy = definition.retry if kind is Kind.FORWARD else definition.compensate_retry
+        action = definition.action if kind is Kind.FORWARD else definition.compensate
+        lease_s = self.settings.lease_s
+        claim = self.store.claim(run_id, step, kind, worker, lease_s, policy.attempts)
+        if claim is None:
+            return StepResult("dropped")
+        beat = Heartbeat(lambda: self.store.heartbeat(run_id, step, kind, claim.fence, lease_s),
+                         lease_s)
+        ctx = StepContext(run_id=run_id, step=step, kind=str(kind), attempt=claim.attempt,
+                          fence=claim.fence, input=claim.input, outputs=claim.outputs,
+                          saga=saga.name, version=saga.version, _beat=beat.beat)
+        with beat:
+            event = self._call(action, ctx, policy, _seconds(definition.timeout))
+        if beat.lost.is_set():
+            event = StepFailed(step, kind, claim.fence, "lease lost during the attempt")
+        advanced = self.handle(run_id, event, worker=worker)
+        outcome = "succeeded" if isinstance(event, StepSucceeded) else "failed"
+        return StepResult(outcome if advanced else "superseded", claim.attempt)
+
+    def _call(self, action: Any, ctx: StepContext, policy: Any, timeout: float | None) -> Event:
+        kind = Kind(ctx.kind)
+        try:
+            target = resolve_action(action)
+            if isinstance(target, RemoteTask):
+                output = self.dispatcher.call_remote(target, _payload(ctx), timeout)
+            else:
+                output = target(ctx)
+        except LeaseLost as exc:
+            return StepFailed(ctx.step, kind, ctx.fence, str(exc))
+        except NonRetryable as exc:
+            return StepFailed(ctx.step, kind, ctx.fence, _describe(exc), retryable=False)
+        except Exception as exc:
+            log.info("step %s of run %s attempt %s failed: %s", ctx.step, ctx.run_id,
+                     ctx.attempt, _describe(exc))
+            return StepFailed(ctx.step, kind, ctx.fence, _describe(exc),
+                              retryable=policy.retries(exc), spread=random.random())
+        try:
+            json.dumps(output)
+        except (TypeError, ValueError) as exc:
+            return StepFailed(ctx.step, kind, ctx.fence, f"output is not JSON: {exc}",
+                              retryable=False)
+        return StepSucceeded(ctx.step, kind, ctx.fence, output)
+
+
+def validate_input(saga: Saga, input: Any) -> None:
+    """Raise InvalidInput naming each field that fails the saga's schema."""
+    schema = saga.input
+    if schema is None:
+        return
+    schema = schema() if isinstance(schema, type) else schema
+    errors = schema.validate(input if isinstance(input, dict) else {"_schema": input})
+    if not isinstance(input, dict):
+        errors = {"input": ["must be a JSON object"]}
+    if errors:
+        raise InvalidInput(errors)
+
+
+def _record_stale(tx: Any, event: Event, worker: str | None) -> None:
+    """A result from a fenced-off attempt: keep a trace of it, change nothing else."""
+    if not isinstance(event, (StepSucceeded, StepFailed)):
+        return
+    current = tx.run.step(event.step, event.kind)
+    tx.record("step.superseded" if event.kind is Kind.FORWARD else "compensation.superseded",
+              step=event.step, kind=event.kind, worker=worker,
+              data={"fence": event.fence, "current_fence": current.fence if current else None,
+                    "outcome": "succeeded" if isinstance(event, StepSucceeded) else "failed"})
+
+
+def _payload(ctx: StepContext) -> dict[str, Any]:
+    return {"run_id": ctx.run_id, "step": ctx.step, "kind": ctx.kind, "attempt": ctx.attempt,
+            "fence": ctx.fence, "idempotency_key": ctx.idempotency_key, "input": ctx.input,
+            "outputs": ctx.outputs}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _seconds(value: Any) -> float | None:
+    return value.total_seconds() if value is not None else None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+

@@ -1,0 +1,50 @@
+"""The exceptions the orchestrator raises and understands.
+
+    SagaError
+    ├── DefinitionError      a saga definition is wrong (raised at import)
+    ├── UnknownSaga          no loaded saga has that name (or version)
+    ├── RunNotFound          no run has that id
+    ├── IdempotencyConflict  an Idempotency-Key reused with another request body
+    ├── InvalidInput         the input fails the saga's schema
+    └── NonRetryable         raised by a step: do not try it again
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SagaError(Exception):
+    """Something went wrong in the saga orchestrator."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class DefinitionError(SagaError):
+    """The saga definition is invalid."""
+
+
+class UnknownSaga(SagaError):
+    """No saga with that name is loaded."""
+
+
+class RunNotFound(SagaError):
+    """No run has that id."""
+
+
+class IdempotencyConflict(SagaError):
+    """The Idempotency-Key was already used with a different request body."""
+
+
+class InvalidInput(SagaError):
+    """The input does not match the saga's schema."""
+
+    def __init__(self, errors: dict[str, Any]) -> None:
+        fields = ", ".join(sorted(errors)) or "input"
+        super().__init__(f"invalid input: {fields}")
+        self.errors = errors
+
+
+class NonRetryable(SagaError):
+    """The step failed in a way that another attempt cannot fix."""

@@ -1,0 +1,65 @@
+"""Configuration, read once from `SAGA_*` environment variables into a frozen value."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+PREFIX = "SAGA_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, its default, and (in `SAGA_<NAME>`) where it is read from.
+
+    The defaults are the embedded stack: a SQLite file and an in-process broker, so the
+    demo runs on a bare machine. Production sets the database and broker URLs.
+    """
+
+    database_url: str = "sqlite:///saga.db"
+    broker_url: str = "memory://"
+    sagas: tuple[str, ...] = ()  # modules holding definitions, imported at start
+    lease_s: float = 30.0  # a running step's lease; heartbeats renew it every lease_s / 3
+    sweep_interval_s: float = 1.0  # how often the sweeper looks for due work
+    redispatch_s: float = 10.0  # a queued step not claimed after this is published again
+    sweep_batch: int = 500  # rows one sweep query takes at most
+    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    worker_concurrency: int = 2
+    default_queue: str = "saga"
+    result_backend: str = ""  # only for RemoteTask steps; empty: derived from the broker
+    demo_services_url: str = ""  # where the demo's steps find its services (examples/)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
+        """Settings from `SAGA_*` variables; `overrides` win over the environment."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _parse(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind.startswith("tuple"):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

@@ -1,0 +1,268 @@
+"""The run state machine: a recorded run and one event in, the new run and commands out; pure.
+
+No I/O and no clock: the time comes in as `now`. A stale or duplicate event (a wrong
+fence, a step no longer running) returns the run unchanged and no commands, which is what
+makes Celery's at-least-once delivery safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Union
+
+from saga import compensation
+from saga.definitions import Saga
+from saga.status import Kind, RunStatus, StepStatus
+
+__all__ = ["Kind", "RunStatus", "StepStatus", "StepState", "Run", "start", "advance", "plan"]
+
+
+@dataclass(frozen=True)
+class StepState:
+    """One step's forward action or its compensation, as recorded."""
+
+    name: str
+    kind: Kind
+    status: StepStatus
+    attempt: int = 0  # attempts claimed so far; the running one included
+    fence: int = 0
+    output: Any = None
+    error: str | None = None
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    lease_owner: str | None = None
+
+
+StepKey = tuple[str, Kind]
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    saga: str
+    version: int
+    status: RunStatus
+    input: Any
+    steps: Mapping[StepKey, StepState] = field(default_factory=dict)
+    error: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def step(self, name: str, kind: Kind = Kind.FORWARD) -> StepState | None:
+        return self.steps.get((name, kind))
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Outputs of the forward steps that succeeded, by step name."""
+        return {s.name: s.output for s in self.steps.values()
+                if s.kind is Kind.FORWARD and s.status is StepStatus.SUCCEEDED}
+
+
+# Events: facts, in the past tense.
+
+@dataclass(frozen=True)
+class StepSucceeded:
+    step: str
+    kind: Kind
+    fence: int
+    output: Any = None
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    step: str
+    kind: Kind
+    fence: int
+    error: str
+    retryable: bool = True
+    spread: float = 0.5  # where in the retry jitter band the next wait falls, in [0, 1)
+
+
+@dataclass(frozen=True)
+class LeaseExpired:
+    step: str
+    kind: Kind
+    fence: int
+
+
+@dataclass(frozen=True)
+class RetryDue:
+    step: str
+    kind: Kind
+
+
+Event = Union[StepSucceeded, StepFailed, LeaseExpired, RetryDue]
+
+
+# Commands: imperatives, carried out after the commit.
+
+@dataclass(frozen=True)
+class RunStep:
+    step: str
+    kind: Kind = Kind.FORWARD
+
+
+@dataclass(frozen=True)
+class CompensateStep:
+    step: str
+    kind: Kind = Kind.COMPENSATE
+
+
+Command = Union[RunStep, CompensateStep]
+
+
+def start(saga: Saga, run_id: str, input: Any, now: datetime) -> tuple[Run, list[Command]]:
+    """A new run of `saga` and the first steps to dispatch."""
+    run = Run(id=run_id, saga=saga.name, version=saga.version, status=RunStatus.RUNNING,
+              input=input, created_at=now)
+    return plan(saga, run, now)
+
+
+def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, list[Command]]:
+    """Apply one event, then plan what follows. Stale or duplicate events change nothing."""
+    step = run.steps.get((event.step, event.kind))
+    if step is None:
+        return run, []
+    if isinstance(event, RetryDue):
+        if step.status is not StepStatus.RETRY_WAIT or (step.next_attempt_at or now) > now:
+            return run, []
+        if run.status.terminal:
+            return run, []
+        run = _put(run, replace(step, status=StepStatus.QUEUED, next_attempt_at=None, queued_at=now))
+        return _with_dispatch(saga, run, step, now)
+    if step.status is not StepStatus.RUNNING or step.fence != event.fence:
+        return run, []
+    if isinstance(event, StepSucceeded):
+        done = replace(step, status=StepStatus.SUCCEEDED, output=event.output, error=None,
+                       finished_at=now, lease_expires_at=None)
+        return plan(saga, _put(run, done), now)
+    if isinstance(event, LeaseExpired):
+        if step.lease_expires_at is not None and step.lease_expires_at > now:
+            return run, []
+        error, retryable, spread = f"lease expired on attempt {step.attempt}", True, 0.5
+    else:
+        error, retryable, spread = event.error, event.retryable, event.spread
+    return _fail_attempt(saga, run, step, error, retryable, spread, now)
+
+
+def _fail_attempt(saga: Saga, run: Run, step: StepState, error: str, retryable: bool,
+                  spread: float, now: datetime) -> tuple[Run, list[Command]]:
+    definition = saga.by_name[step.name]
+    policy = definition.retry if step.kind is Kind.FORWARD else definition.compensate_retry
+    may_retry = (retryable and step.attempt < policy.attempts and not run.status.terminal
+                 and (step.kind is Kind.COMPENSATE or run.status is RunStatus.RUNNING))
+    if not may_retry:
+        failed = replace(step, status=StepStatus.FAILED, error=error, finished_at=now,
+                         lease_expires_at=None)
+        return plan(saga, _put(run, failed), now)
+    wait = policy.delay(step.attempt, spread)
+    if wait.total_seconds() <= 0:
+        queued = replace(step, status=StepStatus.QUEUED, error=error, queued_at=now,
+                         lease_expires_at=None)
+        return _with_dispatch(saga, _put(run, queued), queued, now)
+    waiting = replace(step, status=StepStatus.RETRY_WAIT, error=error,
+                      next_attempt_at=now + wait, lease_expires_at=None)
+    return plan(saga, _put(run, waiting), now)
+
+
+def _with_dispatch(saga: Saga, run: Run, step: StepState, now: datetime) -> tuple[Run, list[Command]]:
+    run, commands = plan(saga, run, now)
+    return run, [_command(step.name, step.kind), *commands]
+
+
+def plan(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
+    """Move the run as far as its recorded steps allow; return the steps to dispatch."""
+    if run.status.terminal:
+        return run, []
+    if run.status is RunStatus.RUNNING:
+        failed = [s for s in run.steps.values()
+                  if s.kind is Kind.FORWARD and s.status is StepStatus.FAILED]
+        if failed:
+            return plan(saga, _begin_compensation(run, failed[0], now), now)
+        return _plan_forward(saga, run, now)
+    return _plan_compensation(saga, run, now)
+
+
+def _plan_forward(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
+    commands: list[Command] = []
+    steps = dict(run.steps)
+    for name in saga.order:
+        if (name, Kind.FORWARD) in steps:
+            continue
+        if all(_succeeded(steps.get((dep, Kind.FORWARD))) for dep in saga.graph[name]):
+            steps[(name, Kind.FORWARD)] = StepState(name, Kind.FORWARD, StepStatus.QUEUED,
+                                                    queued_at=now)
+            commands.append(RunStep(name))
+    run = replace(run, steps=steps)
+    if all(_succeeded(steps.get((name, Kind.FORWARD))) for name in saga.order):
+        run = replace(run, status=RunStatus.SUCCEEDED, finished_at=now)
+    return run, commands
+
+
+def _begin_compensation(run: Run, failed: StepState, now: datetime) -> Run:
+    """Turn to compensation; steps not yet claimed will never run, running ones settle."""
+    steps = dict(run.steps)
+    for key, s in run.steps.items():
+        if s.kind is Kind.FORWARD and s.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT):
+            steps[key] = replace(s, status=StepStatus.CANCELLED, finished_at=now,
+                                 next_attempt_at=None)
+    return replace(run, status=RunStatus.COMPENSATING, steps=steps,
+                   error=f"step {failed.name!r} failed: {failed.error}")
+
+
+def _plan_compensation(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
+    given_up = [s for s in run.steps.values()
+                if s.kind is Kind.COMPENSATE and s.status is StepStatus.FAILED]
+    if given_up:
+        reason = f"compensation of {given_up[0].name!r} failed: {given_up[0].error}"
+        return replace(run, status=RunStatus.FAILED, finished_at=now,
+                       error=f"{run.error}; {reason}" if run.error else reason), []
+    steps = dict(run.steps)
+    commands: list[Command] = []
+    for name in compensation.ready(saga, run.steps):
+        steps[(name, Kind.COMPENSATE)] = StepState(name, Kind.COMPENSATE, StepStatus.QUEUED,
+                                                   queued_at=now)
+        commands.append(CompensateStep(name))
+    run = replace(run, steps=steps)
+    if compensation.finished(saga, steps):
+        run = replace(run, status=RunStatus.COMPENSATED, finished_at=now)
+    return run, commands
+
+
+def transitions(old: Run | None, new: Run) -> list[dict[str, Any]]:
+    """History entries for what changed from `old` to `new`, for the event log."""
+    entries: list[dict[str, Any]] = []
+    for key, step in new.steps.items():
+        before = old.steps.get(key) if old else None
+        if before is not None and before.status is step.status:
+            continue
+        prefix = "step" if step.kind is Kind.FORWARD else "compensation"
+        data: dict[str, Any] = {}
+        if step.error and step.status is not StepStatus.SUCCEEDED:
+            data["error"] = step.error
+        if step.next_attempt_at is not None:
+            data["next_attempt_at"] = step.next_attempt_at.isoformat()
+        entries.append({"type": f"{prefix}.{step.status}", "step": step.name,
+                        "kind": str(step.kind), "attempt": step.attempt, "data": data})
+    if old is None or old.status is not new.status:
+        kind = "started" if old is None else str(new.status)
+        entries.insert(0 if old is None else len(entries), {"type": f"run.{kind}", "step": None, "kind": None,
+                        "attempt": None, "data": {"error": new.error} if new.error else {}})
+    return entries
+
+
+def _put(run: Run, step: StepState) -> Run:
+    return replace(run, steps={**run.steps, (step.name, step.kind): step})
+
+
+def _succeeded(step: StepState | None) -> bool:
+    return step is not None and step.status is StepStatus.SUCCEEDED
+
+
+def _command(name: str, kind: Kind) -> Command:
+    return RunStep(name) if kind is Kind.FORWARD else CompensateStep(name)

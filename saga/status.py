@@ -1,0 +1,33 @@
+"""The statuses of runs and steps, as stored (lowercase strings)."""
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    SUCCEEDED = "succeeded"
+    COMPENSATED = "compensated"
+    FAILED = "failed"  # compensation could not finish: a person must look
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.COMPENSATED, RunStatus.FAILED)
+
+
+class Kind(StrEnum):
+    FORWARD = "forward"
+    COMPENSATE = "compensate"
+
+
+class StepStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRY_WAIT = "retry_wait"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # never to run: the run turned to compensation first
+
+    @property
+    def active(self) -> bool:
+        return self in (StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.RETRY_WAIT)

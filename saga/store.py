@@ -1,0 +1,510 @@
+"""The saga log: tables and the run store; the only place in `saga` that speaks SQL.
+
+Every state change is one transaction with its event rows. PostgreSQL locks the run row
+(`FOR UPDATE` to advance, `FOR SHARE` to claim) and its clock times leases; SQLite, the
+embedded default, takes its single write lock up front (`BEGIN IMMEDIATE`) instead, so
+the lock clauses and `SKIP LOCKED` fall away there. Rows become plain values here; no
+ORM object leaves this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from saga.errors import IdempotencyConflict, RunNotFound
+from saga.state import Kind, Run, RunStatus, StepState, StepStatus, transitions
+
+metadata = sa.MetaData()
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+When = sa.DateTime(timezone=True)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("saga", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("shape", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("input", JSON, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("request_hash", sa.String(64)),
+    sa.Column("created_at", When, nullable=False),
+    sa.Column("updated_at", When, nullable=False),
+    sa.Column("finished_at", When),
+    sa.UniqueConstraint("saga", "idempotency_key", name="runs_saga_idempotency_key"),
+    sa.Index("runs_created", "created_at", "id"),
+    sa.Index("runs_saga_created", "saga", "created_at", "id"),
+    sa.Index("runs_status_created", "status", "created_at", "id"),
+)
+
+steps = sa.Table(
+    "steps", metadata,
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(12), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("fence", sa.BigInteger, nullable=False, default=0),
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_expires_at", When),
+    sa.Column("next_attempt_at", When),
+    sa.Column("redispatch_at", When),  # a queued step unclaimed by then is published again
+    sa.Column("dispatches", sa.Integer, nullable=False, default=1),
+    sa.Column("output", JSON),
+    sa.Column("error", sa.Text),
+    sa.Column("queued_at", When),
+    sa.Column("started_at", When),
+    sa.Column("finished_at", When),
+    # Each sweep query reads one of these partial indexes, so its cost follows what is
+    # due, never what merely waits.
+    sa.Index("steps_redispatch_due", "redispatch_at",
+             postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'")),
+    sa.Index("steps_lease_due", "lease_expires_at",
+             postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'")),
+    sa.Index("steps_retry_due", "next_attempt_at",
+             postgresql_where=sa.text("status = 'retry_wait'"),
+             sqlite_where=sa.text("status = 'retry_wait'")),
+)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("at", When, nullable=False),
+    sa.Column("type", sa.String(60), nullable=False),
+    sa.Column("step", sa.String(200)),
+    sa.Column("kind", sa.String(12)),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("data", JSON, nullable=False),
+    sa.Index("events_run", "run_id", "id"),
+)
+
+
+class Conflict(Exception):
+    """A row changed under a transaction that read it locked; the change is abandoned."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker holds after claiming a step: its attempt, fence and inputs."""
+
+    run_id: str
+    step: str
+    kind: Kind
+    attempt: int
+    fence: int
+    saga: str
+    version: int
+    input: Any
+    outputs: dict[str, Any]
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Due:
+    """One piece of work a sweep found due."""
+
+    run_id: str
+    saga: str
+    version: int
+    step: str
+    kind: Kind
+    fence: int
+
+
+class Store:
+    """Reads and writes the saga log. Safe to share between threads; re-opened after fork."""
+
+    def __init__(self, url: str, redispatch_s: float = 10.0, echo: bool = False) -> None:
+        self.url = url
+        self.redispatch = timedelta(seconds=redispatch_s)
+        self._echo = echo
+        self._engine: sa.Engine | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> sa.Engine:
+        # A forked worker child must not share its parent's connections.
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._engine = _make_engine(self.url, self._echo)
+                    self._pid = os.getpid()
+        return self._engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    # -- writes ---------------------------------------------------------------------
+
+    def now(self, conn: sa.Connection) -> datetime:
+        """The database's clock (SQLite: this machine's), which times every lease."""
+        if self.is_sqlite:
+            return datetime.now(UTC)
+        return _aware(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+
+    def create_run(self, run: Run, shape: str, idempotency_key: str | None,
+                   request_hash: str | None) -> tuple[str, bool]:
+        """Insert a started run with its first steps; return (run id, created).
+
+        With an idempotency key already used for this saga, the existing run's id comes
+        back (created False), or `IdempotencyConflict` if its request differed.
+        """
+        with self.engine.begin() as conn:
+            now = run.created_at or self.now(conn)
+            row = dict(id=run.id, saga=run.saga, version=run.version, shape=shape,
+                       status=str(run.status), input=run.input, error=None,
+                       idempotency_key=idempotency_key, request_hash=request_hash,
+                       created_at=now, updated_at=now)
+            if idempotency_key is None:
+                conn.execute(runs.insert().values(row))
+            else:
+                insert = (postgresql.insert if not self.is_sqlite else sqlite.insert)(runs)
+                inserted = conn.execute(insert.values(row).on_conflict_do_nothing(
+                    index_elements=["saga", "idempotency_key"]).returning(runs.c.id)).first()
+                if inserted is None:
+                    existing = conn.execute(sa.select(runs.c.id, runs.c.request_hash).where(
+                        runs.c.saga == run.saga, runs.c.idempotency_key == idempotency_key)).one()
+                    if existing.request_hash != request_hash:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {idempotency_key!r} was used for run "
+                            f"{existing.id} with a different request body")
+                    return existing.id, False
+            self._write_changes(conn, None, run, now, worker=None, extra=())
+            return run.id, True
+
+    def claim(self, run_id: str, step: str, kind: Kind, owner: str, lease_s: float,
+              max_attempts: int) -> Claim | None:
+        """Take a queued step (or one whose lease expired) under a new fence.
+
+        None means a duplicate or stale message, the run has moved on, or the attempts
+        are used up: the caller acknowledges and drops it.
+        """
+        wanted = RunStatus.RUNNING if kind is Kind.FORWARD else RunStatus.COMPENSATING
+        with self._begin() as conn:
+            run = conn.execute(
+                sa.select(runs.c.status, runs.c.saga, runs.c.version, runs.c.input)
+                .where(runs.c.id == run_id).with_for_update(read=True)).first()
+            if run is None or run.status != wanted:
+                return None
+            now = self.now(conn)
+            expires = now + timedelta(seconds=lease_s)
+            row = conn.execute(
+                steps.update()
+                .where(steps.c.run_id == run_id, steps.c.name == step, steps.c.kind == str(kind),
+                       steps.c.attempt < max_attempts,
+                       sa.or_(steps.c.status == StepStatus.QUEUED,
+                              sa.and_(steps.c.status == StepStatus.RUNNING,
+                                      steps.c.lease_expires_at < now)))
+                .values(status=StepStatus.RUNNING, attempt=steps.c.attempt + 1,
+                        fence=steps.c.fence + 1, lease_owner=owner, lease_expires_at=expires,
+                        started_at=now, redispatch_at=None, next_attempt_at=None)
+                .returning(steps.c.attempt, steps.c.fence)).first()
+            if row is None:
+                return None
+            prefix = "step" if kind is Kind.FORWARD else "compensation"
+            conn.execute(events.insert().values(
+                run_id=run_id, at=now, type=f"{prefix}.running", step=step, kind=str(kind),
+                attempt=row.attempt, worker=owner, data={"fence": row.fence}))
+            outputs = dict(conn.execute(
+                sa.select(steps.c.name, steps.c.output).where(
+                    steps.c.run_id == run_id, steps.c.kind == str(Kind.FORWARD),
+                    steps.c.status == StepStatus.SUCCEEDED)).all())
+        return Claim(run_id, step, kind, row.attempt, row.fence, run.saga, run.version,
+                     run.input, outputs, expires)
+
+    def heartbeat(self, run_id: str, step: str, kind: Kind, fence: int, lease_s: float) -> bool:
+        """Extend a lease; False means the fence is stale and the worker must stop."""
+        with self._begin() as conn:
+            now = self.now(conn)
+            result = conn.execute(
+                steps.update()
+                .where(steps.c.run_id == run_id, steps.c.name == step, steps.c.kind == str(kind),
+                       steps.c.fence == fence, steps.c.status == StepStatus.RUNNING)
+                .values(lease_expires_at=now + timedelta(seconds=lease_s)))
+            return result.rowcount == 1
+
+    @contextmanager
+    def locked_run(self, run_id: str, skip_locked: bool = False) -> Iterator[RunTransaction | None]:
+        """Lock one run for an advance; yields None when `skip_locked` and it is busy."""
+        with self._begin() as conn:
+            query = sa.select(runs).where(runs.c.id == run_id).with_for_update(
+                skip_locked=skip_locked)
+            row = conn.execute(query).mappings().first()
+            if row is None:
+                if skip_locked:
+                    yield None
+                    return
+                raise RunNotFound(f"no run has id {run_id!r}")
+            step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id)).mappings()
+            run = _run(row, [_step(s) for s in step_rows])
+            yield RunTransaction(self, conn, run, self.now(conn))
+
+    def record_event(self, conn: sa.Connection, run_id: str, at: datetime, type: str,
+                     step: str | None = None, kind: Kind | None = None, attempt: int | None = None,
+                     worker: str | None = None, data: dict[str, Any] | None = None) -> None:
+        conn.execute(events.insert().values(run_id=run_id, at=at, type=type, step=step,
+                                            kind=str(kind) if kind else None, attempt=attempt,
+                                            worker=worker, data=data or {}))
+
+    def _write_changes(self, conn: sa.Connection, old: Run | None, new: Run, now: datetime,
+                       worker: str | None, extra: Sequence[dict[str, Any]]) -> None:
+        for key, step in new.steps.items():
+            before = old.steps.get(key) if old else None
+            if before == step:
+                continue
+            values = dict(status=str(step.status), output=step.output, error=step.error,
+                          queued_at=step.queued_at, finished_at=step.finished_at,
+                          next_attempt_at=step.next_attempt_at,
+                          lease_expires_at=step.lease_expires_at)
+            if step.status is StepStatus.QUEUED and (before is None or before.status is not step.status):
+                values["redispatch_at"] = now + self.redispatch
+            elif step.status is not StepStatus.QUEUED:
+                values["redispatch_at"] = None
+            if before is None:
+                conn.execute(steps.insert().values(run_id=new.id, name=step.name,
+                                                   kind=str(step.kind), attempt=step.attempt,
+                                                   fence=step.fence, dispatches=1, **values))
+                continue
+            done = conn.execute(steps.update().where(
+                steps.c.run_id == new.id, steps.c.name == step.name,
+                steps.c.kind == str(step.kind), steps.c.status == str(before.status),
+                steps.c.fence == before.fence).values(**values))
+            if done.rowcount != 1:
+                raise Conflict(f"step {step.name} of run {new.id} changed under the lock")
+        if old is not None and (old.status, old.error, old.finished_at) != (
+                new.status, new.error, new.finished_at):
+            conn.execute(runs.update().where(runs.c.id == new.id).values(
+                status=str(new.status), error=new.error, finished_at=new.finished_at,
+                updated_at=now))
+        history = [*extra, *transitions(old, new)]
+        if history:
+            conn.execute(events.insert(), [
+                dict(run_id=new.id, at=now, worker=worker, step=h.get("step"), kind=h.get("kind"),
+                     attempt=h.get("attempt"), type=h["type"], data=h.get("data") or {})
+                for h in history])
+
+    # -- sweeps -----------------------------------------------------------------------
+
+    def redispatch_due(self, limit: int) -> list[Due]:
+        """Queued steps not claimed in time: push their next check back and return them."""
+        with self._begin() as conn:
+            now = self.now(conn)
+            due = conn.execute(
+                sa.select(steps.c.run_id, steps.c.name, steps.c.kind, steps.c.fence,
+                          steps.c.dispatches, runs.c.saga, runs.c.version)
+                .join(runs, runs.c.id == steps.c.run_id)
+                .where(steps.c.status == StepStatus.QUEUED, steps.c.redispatch_at <= now)
+                .order_by(steps.c.redispatch_at).limit(limit)
+                .with_for_update(of=steps, skip_locked=True)).all()
+            found = []
+            for row in due:
+                # Back off, so a long broker backlog is not doubled by our own republishing.
+                wait = self.redispatch * min(2 ** row.dispatches, 32)
+                conn.execute(steps.update().where(
+                    steps.c.run_id == row.run_id, steps.c.name == row.name,
+                    steps.c.kind == row.kind).values(
+                        redispatch_at=now + wait, dispatches=steps.c.dispatches + 1))
+                found.append(Due(row.run_id, row.saga, row.version, row.name, Kind(row.kind),
+                                 row.fence))
+            return found
+
+    def leases_expired(self, limit: int) -> list[Due]:
+        """Running steps whose lease ran out: their worker died or froze."""
+        return self._due(steps.c.lease_expires_at, StepStatus.RUNNING, limit, strictly=True)
+
+    def retries_due(self, limit: int) -> list[Due]:
+        """Steps whose wait before the next attempt is over."""
+        return self._due(steps.c.next_attempt_at, StepStatus.RETRY_WAIT, limit)
+
+    def _due(self, due_at: sa.Column, status: StepStatus, limit: int,
+             strictly: bool = False) -> list[Due]:
+        with self.engine.connect() as conn:
+            now = self.now(conn)
+            rows = conn.execute(
+                sa.select(steps.c.run_id, steps.c.name, steps.c.kind, steps.c.fence,
+                          runs.c.saga, runs.c.version)
+                .join(runs, runs.c.id == steps.c.run_id)
+                .where(steps.c.status == status, (due_at < now) if strictly else (due_at <= now))
+                .order_by(due_at).limit(limit)).all()
+        return [Due(r.run_id, r.saga, r.version, r.name, Kind(r.kind), r.fence) for r in rows]
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run with its steps and compensations, as plain data."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+            if row is None:
+                raise RunNotFound(f"no run has id {run_id!r}")
+            step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id).order_by(
+                steps.c.queued_at, steps.c.name)).mappings().all()
+        view = _run_view(row)
+        view["steps"] = [_step_view(s) for s in step_rows if s["kind"] == Kind.FORWARD]
+        view["compensations"] = [_step_view(s) for s in step_rows if s["kind"] == Kind.COMPENSATE]
+        return view
+
+    def load_run(self, run_id: str) -> Run:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+            if row is None:
+                raise RunNotFound(f"no run has id {run_id!r}")
+            step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id)).mappings()
+            return _run(row, [_step(s) for s in step_rows])
+
+    def list_runs(self, saga: str | None = None, status: str | None = None, limit: int = 50,
+                  cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Runs newest first, one page; the second value is the next page's cursor."""
+        query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
+        if saga:
+            query = query.where(runs.c.saga == saga)
+        if status:
+            query = query.where(runs.c.status == status)
+        if cursor:
+            at, run_id = _decode_cursor(cursor)
+            query = query.where(sa.or_(runs.c.created_at < at,
+                                       sa.and_(runs.c.created_at == at, runs.c.id < run_id)))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        page = [_run_view(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return page, _encode_cursor(rows[limit - 1]) if more and page else None
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's history, oldest first."""
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is None:
+                raise RunNotFound(f"no run has id {run_id!r}")
+            rows = conn.execute(sa.select(events).where(events.c.run_id == run_id)
+                                .order_by(events.c.id)).mappings().all()
+        return [{"id": r["id"], "at": _aware(r["at"]), "type": r["type"], "step": r["step"],
+                 "kind": r["kind"], "attempt": r["attempt"], "worker": r["worker"],
+                 "data": r["data"]} for r in rows]
+
+    def active_versions(self) -> dict[tuple[str, int], int]:
+        """How many unfinished runs each (saga, version) has."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs.c.saga, runs.c.version, sa.func.count())
+                                .where(runs.c.status.in_([RunStatus.RUNNING, RunStatus.COMPENSATING]))
+                                .group_by(runs.c.saga, runs.c.version)).all()
+        return {(r[0], r[1]): r[2] for r in rows}
+
+    @contextmanager
+    def _begin(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+
+class RunTransaction:
+    """A run locked for update: read `run` and `now`, then `save` the advanced run once."""
+
+    def __init__(self, store: Store, conn: sa.Connection, run: Run, now: datetime) -> None:
+        self.store, self.conn, self.run, self.now = store, conn, run, now
+
+    def save(self, new: Run, worker: str | None = None,
+             extra: Sequence[dict[str, Any]] = ()) -> None:
+        self.store._write_changes(self.conn, self.run, new, self.now, worker, extra)
+        self.run = new
+
+    def record(self, type: str, **fields: Any) -> None:
+        self.store.record_event(self.conn, self.run.id, self.now, type, **fields)
+
+
+def _make_engine(url: str, echo: bool) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, echo=echo, connect_args={"check_same_thread": False,
+                                                               "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            # SQLite has no row locks: take the one write lock before reading.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _run(row: Any, step_states: list[StepState]) -> Run:
+    return Run(id=row["id"], saga=row["saga"], version=row["version"],
+               status=RunStatus(row["status"]), input=row["input"],
+               steps={(s.name, s.kind): s for s in step_states}, error=row["error"],
+               created_at=_aware(row["created_at"]), finished_at=_aware(row["finished_at"]))
+
+
+def _step(row: Any) -> StepState:
+    return StepState(name=row["name"], kind=Kind(row["kind"]), status=StepStatus(row["status"]),
+                     attempt=row["attempt"], fence=row["fence"], output=row["output"],
+                     error=row["error"], queued_at=_aware(row["queued_at"]),
+                     started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]),
+                     next_attempt_at=_aware(row["next_attempt_at"]),
+                     lease_expires_at=_aware(row["lease_expires_at"]),
+                     lease_owner=row["lease_owner"])
+
+
+def _run_view(row: Any) -> dict[str, Any]:
+    return {"id": row["id"], "saga": row["saga"], "version": row["version"],
+            "status": row["status"], "input": row["input"], "error": row["error"],
+            "idempotency_key": row["idempotency_key"], "created_at": _aware(row["created_at"]),
+            "updated_at": _aware(row["updated_at"]), "finished_at": _aware(row["finished_at"])}
+
+
+def _step_view(row: Any) -> dict[str, Any]:
+    return {"name": row["name"], "status": row["status"], "attempts": row["attempt"],
+            "queued_at": _aware(row["queued_at"]), "started_at": _aware(row["started_at"]),
+            "finished_at": _aware(row["finished_at"]), "next_attempt_at": _aware(row["next_attempt_at"]),
+            "worker": row["lease_owner"], "output": row["output"], "error": row["error"]}
+
+
+def _encode_cursor(row: Any) -> str:
+    raw = f"{_aware(row['created_at']).isoformat()}|{row['id']}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, run_id = raw.split("|", 1)
+        return datetime.fromisoformat(at), run_id
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"cursor {cursor!r} is not one this API returned") from None

@@ -1,0 +1,99 @@
+"""The Celery edge: `make_celery(settings)`, the two step tasks, and the Celery dispatcher.
+
+Messages carry ids only (run, step, saga, version), so Flower shows what each task is
+about and a lost or doubled message can never lose or double an effect: the saga log
+decides. Settings follow RELIABILITY.md: JSON only, late acks, prefetch 1, no results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401  (raised inside steps)
+
+from saga.settings import Settings
+from saga.state import Command, Kind
+
+if TYPE_CHECKING:
+    from saga.definitions import RemoteTask
+    from saga.engine import Engine
+
+STEP_TASK = "saga.step"
+COMPENSATE_TASK = "saga.compensate"
+HARD_LIMIT_GRACE_S = 5.0  # the hard limit kills a step this long after its soft limit
+
+
+def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) -> Celery:
+    """A Celery app for the saga tasks; `engine` builds the worker's engine (lazily, per process)."""
+    app = Celery("saga", broker=settings.broker_url, set_as_current=False)
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith(("amqp", "pyamqp")):
+        transport_options["confirm_publish"] = True  # a publish that is not confirmed raises
+    elif settings.broker_url.startswith("memory"):
+        transport_options["polling_interval"] = 0.01  # the in-process broker polls; keep it brisk
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,  # safe: the claim caps attempts in PostgreSQL
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_ignore_result=True,
+        task_default_queue=settings.default_queue,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        result_backend=settings.result_backend or None,
+    )
+    holder: dict[str, Engine] = {}
+
+    def current() -> Engine:
+        if "engine" not in holder:
+            if engine is None:
+                raise RuntimeError("this Celery app was made without an engine factory")
+            holder["engine"] = engine()
+        return holder["engine"]
+
+    @app.task(name=STEP_TASK, bind=True)
+    def step(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
+        return current().run_step(run_id, step, Kind.FORWARD, saga, version,
+                                  worker=self.request.hostname).outcome
+
+    @app.task(name=COMPENSATE_TASK, bind=True)
+    def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
+        return current().run_step(run_id, step, Kind.COMPENSATE, saga, version,
+                                  worker=self.request.hostname).outcome
+
+    return app
+
+
+class CeleryDispatcher:
+    """Publishes step hints through Celery; also calls RemoteTask steps and waits."""
+
+    def __init__(self, app: Celery, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+
+    def send(self, run_id: str, saga: str, version: int, commands: list[Command],
+             timeouts: dict[str, float | None]) -> None:
+        for command in commands:
+            name = STEP_TASK if command.kind is Kind.FORWARD else COMPENSATE_TASK
+            limit = timeouts.get(command.step) if command.kind is Kind.FORWARD else None
+            options: dict[str, Any] = {}
+            if limit:
+                options = {"soft_time_limit": limit, "time_limit": limit + HARD_LIMIT_GRACE_S}
+            self.app.send_task(name, args=[run_id, command.step, saga, version],
+                               queue=self.queue, **options)
+
+    def call_remote(self, task: RemoteTask, payload: dict[str, Any], timeout: float | None) -> Any:
+        result = self.app.send_task(task.name, args=[payload], queue=task.queue,
+                                    ignore_result=False)
+        return result.get(timeout=timeout, disable_sync_subtasks=False)
+
+    def ping(self) -> None:
+        with self.app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
