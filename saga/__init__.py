@@ -1,0 +1,19 @@
+"""Durable sagas for microservices on Celery and PostgreSQL.
+
+    from saga import Saga, Step, Parallel, Retry
+
+    signup = Saga("signup", steps=[
+        Step("create_account", create_account, compensate=delete_account),
+        Parallel(Step("send_welcome", send_welcome), Step("add_to_crm", add_to_crm)),
+    ])
+"""
+
+from saga.context import LeaseLost, StepContext
+from saga.definitions import Parallel, RemoteTask, Retry, Saga, Step
+from saga.errors import DefinitionError, NonRetryable, SagaError
+from saga.settings import Settings
+
+__all__ = [
+    "Saga", "Step", "Parallel", "Retry", "RemoteTask", "StepContext",
+    "NonRetryable", "LeaseLost", "SagaError", "DefinitionError", "Settings",
+]

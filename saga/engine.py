@@ -22,6 +22,7 @@ from saga import state
 from saga.context import Heartbeat, LeaseLost, StepContext
 from saga.definitions import RemoteTask, Saga, resolve_action
 from saga.errors import InvalidInput, NonRetryable, UnknownSaga
+from saga.faults import crash_point
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.state import Command, Event, Kind, StepFailed, StepSucceeded
@@ -75,6 +76,7 @@ class Engine:
             {"input": input, "version": version}, sort_keys=True).encode()).hexdigest()
         run, commands = state.start(saga, str(uuid.uuid4()), input, _utcnow())
         run_id, created = self.store.create_run(run, saga.shape_hash, idempotency_key, request_hash)
+        crash_point("after_start_commit", saga.name)
         if created:
             self.publish(saga, run_id, commands)
         return run_id, created
@@ -97,6 +99,7 @@ class Engine:
         except Conflict as exc:
             log.warning("advance of run %s abandoned: %s", run_id, exc)
             return False
+        crash_point("after_commit", getattr(event, "step", None))
         self.publish(saga, run_id, commands)
         return True
 
@@ -147,10 +150,12 @@ class Engine:
         kind = Kind(ctx.kind)
         try:
             target = resolve_action(action)
+            crash_point("before_effect", ctx.step)
             if isinstance(target, RemoteTask):
                 output = self.dispatcher.call_remote(target, _payload(ctx), timeout)
             else:
                 output = target(ctx)
+            crash_point("after_effect", ctx.step)
         except LeaseLost as exc:
             return StepFailed(ctx.step, kind, ctx.fence, str(exc))
         except NonRetryable as exc:

@@ -29,7 +29,6 @@ class Settings:
     worker_concurrency: int = 2
     default_queue: str = "saga"
     result_backend: str = ""  # only for RemoteTask steps; empty: derived from the broker
-    demo_services_url: str = ""  # where the demo's steps find its services (examples/)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:

@@ -12,8 +12,9 @@ import threading
 from dataclasses import dataclass
 
 from saga.engine import Engine
-from saga.state import CompensateStep, LeaseExpired, RetryDue, RunStep
+from saga.state import CompensateStep, Event, LeaseExpired, RetryDue, RunStep
 from saga.status import Kind
+from saga.store import Due
 
 log = logging.getLogger("saga.sweeper")
 
@@ -42,13 +43,22 @@ def sweep_once(engine: Engine) -> Sweep:
             continue
         engine.publish(saga, due.run_id, [command])
     expired = [d for d in engine.store.leases_expired(limit)
-               if engine.handle(d.run_id, LeaseExpired(d.step, d.kind, d.fence), skip_locked=True)]
+               if _advance(engine, d, LeaseExpired(d.step, d.kind, d.fence))]
     for due in expired:
         log.warning("lease of %s %s in run %s expired; the attempt counts as failed",
                     due.kind, due.step, due.run_id)
     fired = [d for d in engine.store.retries_due(limit)
-             if engine.handle(d.run_id, RetryDue(d.step, d.kind), skip_locked=True)]
+             if _advance(engine, d, RetryDue(d.step, d.kind))]
     return Sweep(len(republished), len(expired), len(fired))
+
+
+def _advance(engine: Engine, due: Due, event: Event) -> bool:
+    """One due item; a failure is logged and left for the next sweep, not fatal to this one."""
+    try:
+        return engine.handle(due.run_id, event, skip_locked=True)
+    except Exception:
+        log.exception("could not advance run %s (%s %s)", due.run_id, due.kind, due.step)
+        return False
 
 
 def run_forever(engine: Engine, stop: threading.Event | None = None) -> None:

@@ -7,6 +7,7 @@ decides. Settings follow RELIABILITY.md: JSON only, late acks, prefetch 1, no re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -61,12 +62,12 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) 
     @app.task(name=STEP_TASK, bind=True)
     def step(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         return current().run_step(run_id, step, Kind.FORWARD, saga, version,
-                                  worker=self.request.hostname).outcome
+                                  worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
     @app.task(name=COMPENSATE_TASK, bind=True)
     def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         return current().run_step(run_id, step, Kind.COMPENSATE, saga, version,
-                                  worker=self.request.hostname).outcome
+                                  worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
     return app
 

@@ -1,0 +1,74 @@
+"""`make demo`: three orders through the fulfillment saga on the embedded stack, as timelines.
+
+Needs no server: a SQLite file, Celery's in-memory broker, and a worker, the sweeper and
+the API (with the demo services) all in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import requests
+from werkzeug.serving import make_server
+
+from api import create_app
+from saga.embedded import embedded
+from saga.settings import Settings
+from saga.timeline import render
+
+ORDERS = [
+    ("an order that succeeds", {}),
+    ("a declined card: the reservation is released", {"card": "declined"}),
+    ("an undeliverable address: the card is refunded, then the reservation released",
+     {"address": "nowhere"}),
+]
+
+
+def main() -> int:
+    folder = tempfile.mkdtemp(prefix="saga-demo-")
+    settings = Settings.from_env(os.environ, database_url=f"sqlite:///{folder}/demo.db",
+                                 broker_url="memory://", sagas=("examples.fulfillment",),
+                                 worker_concurrency=4, sweep_interval_s=0.2)
+    with embedded(settings) as system:
+        server = make_server("127.0.0.1", 0, create_app(settings, system), threaded=True)
+        base = f"http://127.0.0.1:{server.server_port}"
+        os.environ["SAGA_DEMO_SERVICES_URL"] = base  # where the saga's steps find the services
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        print(f"embedded stack: SQLite at {folder}/demo.db, in-memory broker, API on {base}\n")
+        failures = 0
+        for title, changes in ORDERS:
+            order = {"order_id": f"order-{uuid.uuid4().hex[:6]}", "amount_cents": 4200,
+                     "items": [{"sku": "teapot", "qty": 1}], "card": "4242",
+                     "address": "1 Main St", "email": "ada@example.com", **changes}
+            started = requests.post(f"{base}/orders", json=order, timeout=10).json()
+            run = wait_finished(base, started["run_id"])
+            events = requests.get(f"{base}/v1/runs/{run['id']}/events", timeout=10).json()["events"]
+            effects = requests.get(f"{base}/demo/effects", params={"order_id": order["order_id"]},
+                                   timeout=10).json()["effects"]
+            print(f"== {title}")
+            print(render(system.engine.store.get_run(run["id"]), system.engine.store.events(run["id"])))
+            print("  effects applied by the services: "
+                  + (", ".join(e["action"] for e in effects) or "none"))
+            print(f"  ({len(events)} events)\n")
+            failures += run["status"] not in ("succeeded", "compensated")
+        server.shutdown()
+    return 1 if failures else 0
+
+
+def wait_finished(base: str, run_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = requests.get(f"{base}/v1/runs/{run_id}", timeout=10).json()
+        if run["status"] in ("succeeded", "compensated", "failed"):
+            return run
+        time.sleep(0.05)
+    raise SystemExit(f"run {run_id} did not finish in {timeout}s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

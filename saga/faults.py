@@ -1,0 +1,33 @@
+"""Named crash points for the fault-injection tests; inert unless SAGA_FAULTS arms them.
+
+`SAGA_FAULTS="after_commit:reserve_inventory:once,before_effect:charge_card"` makes this
+process SIGKILL itself at those points (`:once` across all processes sharing
+SAGA_FAULTS_DIR). A crash point costs one set lookup when nothing is armed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+
+_ARMED = frozenset(p.strip() for p in os.environ.get("SAGA_FAULTS", "").split(",") if p.strip())
+
+
+def crash_point(point: str, step: str | None = None) -> None:
+    if not _ARMED:
+        return
+    for name in (point, f"{point}:{step}"):
+        if name in _ARMED or (f"{name}:once" in _ARMED and _first_time(name)):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _first_time(name: str) -> bool:
+    folder = os.environ.get("SAGA_FAULTS_DIR") or tempfile.gettempdir()
+    try:
+        fd = os.open(os.path.join(folder, f"fault-{name.replace(':', '-')}"),
+                     os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True

@@ -1,0 +1,85 @@
+"""The saga log: runs, steps (forward and compensation), events, idempotent responses.
+
+Revision ID: 0001
+Revises:
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+When = sa.DateTime(timezone=True)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "runs",
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("saga", sa.String(200), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("shape", sa.String(32), nullable=False),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("input", JSON, nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("idempotency_key", sa.String(255)),
+        sa.Column("request_hash", sa.String(64)),
+        sa.Column("created_at", When, nullable=False),
+        sa.Column("updated_at", When, nullable=False),
+        sa.Column("finished_at", When),
+        sa.UniqueConstraint("saga", "idempotency_key", name="runs_saga_idempotency_key"),
+    )
+    op.create_index("runs_created", "runs", ["created_at", "id"])
+    op.create_index("runs_saga_created", "runs", ["saga", "created_at", "id"])
+    op.create_index("runs_status_created", "runs", ["status", "created_at", "id"])
+    op.create_table(
+        "steps",
+        sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+                  primary_key=True),
+        sa.Column("name", sa.String(200), primary_key=True),
+        sa.Column("kind", sa.String(12), primary_key=True),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("fence", sa.BigInteger, nullable=False),
+        sa.Column("lease_owner", sa.String(200)),
+        sa.Column("lease_expires_at", When),
+        sa.Column("next_attempt_at", When),
+        sa.Column("redispatch_at", When),
+        sa.Column("dispatches", sa.Integer, nullable=False),
+        sa.Column("output", JSON),
+        sa.Column("error", sa.Text),
+        sa.Column("queued_at", When),
+        sa.Column("started_at", When),
+        sa.Column("finished_at", When),
+    )
+    for name, column, status in (("steps_redispatch_due", "redispatch_at", "queued"),
+                                 ("steps_lease_due", "lease_expires_at", "running"),
+                                 ("steps_retry_due", "next_attempt_at", "retry_wait")):
+        where = sa.text(f"status = '{status}'")
+        op.create_index(name, "steps", [column], postgresql_where=where, sqlite_where=where)
+    op.create_table(
+        "events",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                  autoincrement=True),
+        sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+                  nullable=False),
+        sa.Column("at", When, nullable=False),
+        sa.Column("type", sa.String(60), nullable=False),
+        sa.Column("step", sa.String(200)),
+        sa.Column("kind", sa.String(12)),
+        sa.Column("attempt", sa.Integer),
+        sa.Column("worker", sa.String(200)),
+        sa.Column("data", JSON, nullable=False),
+    )
+    op.create_index("events_run", "events", ["run_id", "id"])
+
+
+def downgrade() -> None:
+    op.drop_table("events")
+    op.drop_table("steps")
+    op.drop_table("runs")

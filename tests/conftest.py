@@ -1,0 +1,94 @@
+"""Shared fixtures: real servers (or a clear skip), a fresh database per test, real processes.
+
+Without a server a test needs, it is skipped with a message saying which and where; with
+CI=true it fails instead, because CI must run everything.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import pytest
+import sqlalchemy as sa
+
+from tests.stack import Stack
+
+PG_ADMIN_URL = os.environ.get("SAGA_TEST_DATABASE_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BROKERS = {
+    "rabbitmq": os.environ.get("SAGA_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    "redis": os.environ.get("SAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(name: str, url: str) -> None:
+    """Skip (or, in CI, fail) unless the server behind `url` accepts connections."""
+    parsed = urlparse(url.replace("+psycopg", ""))
+    host, port = parsed.hostname or "127.0.0.1", parsed.port
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        message = f"{name} is not reachable at {host}:{port}; start it to run this test"
+        if IN_CI:
+            pytest.fail(f"CI requires every server: {message}")
+        pytest.skip(message)
+
+
+def _admin() -> sa.Engine:
+    return sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+def _db_url(name: str) -> str:
+    return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A database migrated once; each test copies it (CREATE DATABASE … TEMPLATE)."""
+    need("PostgreSQL", PG_ADMIN_URL)
+    from saga import migrations
+
+    name = f"saga_tpl_{uuid.uuid4().hex[:8]}"
+    admin = _admin()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine = sa.create_engine(_db_url(name))
+    migrations.upgrade(engine)
+    engine.dispose()
+    yield name
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def database_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test alone."""
+    name = f"saga_t_{uuid.uuid4().hex[:10]}"
+    admin = _admin()
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield _db_url(name)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs once on RabbitMQ and once on Redis."""
+    url = BROKERS[request.param]
+    need(request.param, url)
+    return url
+
+
+@pytest.fixture
+def stack(database_url: str, broker_url: str, tmp_path) -> Iterator[Stack]:
+    """Real `saga api` / `saga worker` / `saga sweeper` processes, stopped after the test."""
+    with Stack(database_url, broker_url, tmp_path) as running:
+        yield running

@@ -1,0 +1,205 @@
+"""Real saga processes for tests: start, wait until ready, inspect, kill, clean up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import requests
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+TERMINAL = ("succeeded", "compensated", "failed")
+
+
+def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        self._file = open(log, "wb")
+        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._file,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.alive():
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+                self.popen.wait(timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        if self.alive():
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait(10)
+        self._file.close()
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+
+class Stack:
+    """The processes of one test, sharing one database, broker and queue."""
+
+    def __init__(self, database_url: str, broker_url: str, folder: Path,
+                 sagas: str = "examples.fulfillment,tests.sagas") -> None:
+        self.database_url, self.broker_url, self.folder = database_url, broker_url, folder
+        self.queue = f"saga-test-{uuid.uuid4().hex[:8]}"
+        self.api_port = free_port()
+        self.base = f"http://127.0.0.1:{self.api_port}"
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "SAGA_DATABASE_URL": database_url,
+            "SAGA_BROKER_URL": broker_url,
+            "SAGA_DEFAULT_QUEUE": self.queue,
+            "SAGA_SAGAS": sagas,
+            "SAGA_LEASE_S": "3",
+            "SAGA_SWEEP_INTERVAL_S": "0.2",
+            "SAGA_REDISPATCH_S": "1",
+            "SAGA_DEMO_SERVICES_URL": self.base,
+            "SAGA_FAULTS_DIR": str(folder),
+            "SAGA_TEST_BARRIER_DIR": str(folder),
+        }
+        self.processes: list[Process] = []
+        self.db = sa.create_engine(database_url)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in self.processes:
+            process.stop()
+        self.db.dispose()
+        self._delete_queue()
+
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None) -> Process:
+        log = self.folder / f"{name}-{len(self.processes)}.log"
+        argv = [sys.executable, "-m", "saga.cli", "--log-level", "INFO", *args]
+        process = Process(name, argv, {**self.env, **(env or {})}, log)
+        self.processes.append(process)
+        return process
+
+    def api(self, env: dict[str, str] | None = None) -> Process:
+        process = self._start("api", ["api", "--port", str(self.api_port)], env)
+
+        def healthy() -> bool:
+            if not process.alive():
+                raise AssertionError(f"api exited:\n{process.output()}")
+            try:
+                return requests.get(f"{self.base}/v1/health", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for(healthy, 30, "the API to answer /v1/health")
+        return process
+
+    def worker(self, concurrency: int = 2, env: dict[str, str] | None = None) -> Process:
+        process = self._start("worker", ["worker", "-c", str(concurrency)], env)
+
+        def ready() -> bool:
+            if not process.alive():
+                raise AssertionError(f"worker exited:\n{process.output()}")
+            return " ready." in process.output()
+
+        wait_for(ready, 60, "the worker to be ready")
+        return process
+
+    def sweeper(self, env: dict[str, str] | None = None) -> Process:
+        return self._start("sweeper", ["sweeper"], env)
+
+    # -- looking at the result ------------------------------------------------------
+
+    def post_order(self, **overrides: Any) -> str:
+        order = {"order_id": f"o-{uuid.uuid4().hex[:8]}", "items": [{"sku": "sku-1", "qty": 2}],
+                 "amount_cents": 1999, "card": "ok", "address": "1 Main St",
+                 "email": "buyer@example.com", **overrides}
+        response = requests.post(f"{self.base}/orders", json=order, timeout=10)
+        assert response.status_code == 201, response.text
+        return response.json()["run_id"]
+
+    def post_run(self, saga: str, input: dict[str, Any], **headers: str) -> str:
+        response = requests.post(f"{self.base}/v1/sagas/{saga}/runs", json={"input": input},
+                                 headers=headers, timeout=10)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def celery(self) -> Any:
+        """A Celery app on this stack's broker, to publish messages by hand."""
+        from saga.settings import Settings
+        from saga.tasks import make_celery
+
+        return make_celery(Settings(broker_url=self.broker_url, default_queue=self.queue))
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        response = requests.get(f"{self.base}/v1/runs/{run_id}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_terminal(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            run = self.run(run_id)
+            return run if run["status"] in TERMINAL else None
+
+        return wait_for(done, timeout, f"run {run_id} to finish")
+
+    def effects(self, order_id: str) -> list[tuple[str, str]]:
+        response = requests.get(f"{self.base}/demo/effects", params={"order_id": order_id},
+                                timeout=10)
+        return [(e["action"], e["idempotency_key"]) for e in response.json()["effects"]]
+
+    def query(self, sql: str, **params: Any) -> list[Any]:
+        with self.db.connect() as conn:
+            return list(conn.execute(sa.text(sql), params))
+
+    def _delete_queue(self) -> None:
+        from kombu import Connection
+
+        try:
+            with Connection(self.broker_url, connect_timeout=3) as conn:
+                conn.default_channel.queue_delete(self.queue)
+        except Exception:
+            pass
