@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import sys
 
@@ -70,11 +71,19 @@ def api(host: str, port: int) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(concurrency: int | None, pool: str, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker for the saga steps; extra arguments go to Celery."""
+    from saga.tasks import broker_limit_problems
+
     settings = _settings()
     system = _system(settings)
+    problems = broker_limit_problems(settings, system.engine.registry)
+    if problems:
+        raise click.ClickException("refusing to start: " + "; ".join(problems))
     argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency or settings.worker_concurrency}",
             f"--queues={settings.default_queue}", "--without-gossip", "--without-mingle",
             "--loglevel=INFO", *celery_args]
+    if not any(a.startswith(("-n", "--hostname")) for a in celery_args):
+        # Unique node names: two workers named alike fight over RabbitMQ's pidbox queue.
+        argv.append(f"--hostname=saga-{os.getpid()}@%h")
     system.celery.worker_main(argv)
 
 

@@ -19,16 +19,19 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from saga import state
+from saga.alerts import Alerts
 from saga.context import Heartbeat, LeaseLost, StepContext
 from saga.definitions import RemoteTask, Saga, resolve_action
 from saga.errors import InvalidInput, NonRetryable, UnknownSaga
 from saga.faults import crash_point
 from saga.registry import Registry
 from saga.settings import Settings
-from saga.state import Command, Event, Kind, StepFailed, StepSucceeded
+from saga.state import Alert, Command, Event, Kind, RetryRequested, StepFailed, StepSucceeded
 from saga.store import Conflict, Store
 
 log = logging.getLogger("saga.engine")
+# Celery's soft limit and a RemoteTask's wait, matched by name to keep Celery at the edge.
+TIMEOUT_ERRORS = frozenset({"SoftTimeLimitExceeded", "TimeoutError"})
 
 
 class Dispatcher(Protocol):
@@ -61,6 +64,7 @@ class Engine:
         self.registry = registry
         self.store = store
         self.dispatcher = dispatcher
+        self.alerts = Alerts(settings.alert_webhook, settings.alert_hook)
 
     # -- starting -------------------------------------------------------------------
 
@@ -95,13 +99,25 @@ class Engine:
                 if new == tx.run:
                     _record_stale(tx, event, worker)
                     return False
-                tx.save(new, worker=worker)
+                alerts = [c for c in commands if isinstance(c, Alert)]
+                tx.save(new, worker=worker, extra=[
+                    {"type": f"alert.{a.reason}", "step": a.step, "data": {"message": a.message}}
+                    for a in alerts])
         except Conflict as exc:
             log.warning("advance of run %s abandoned: %s", run_id, exc)
             return False
         crash_point("after_commit", getattr(event, "step", None))
-        self.publish(saga, run_id, commands)
+        self.publish(saga, run_id, [c for c in commands if not isinstance(c, Alert)])
+        for alert in alerts:
+            self.alerts.send(run_id, saga.name, alert)
         return True
+
+    def retry(self, run_id: str) -> bool:
+        """Resume a failed run from its given-up compensation or parked step.
+
+        False when the run is not failed or has nothing to resume; `RunNotFound` if unknown.
+        """
+        return self.handle(run_id, RetryRequested())
 
     def publish(self, saga: Saga, run_id: str, commands: list[Command]) -> None:
         if not commands:
@@ -129,7 +145,8 @@ class Engine:
             return StepResult("dropped")
         policy = definition.retry if kind is Kind.FORWARD else definition.compensate_retry
         action = definition.action if kind is Kind.FORWARD else definition.compensate
-        lease_s = self.settings.lease_s
+        lease_s = (definition.heartbeat_timeout.total_seconds() if definition.heartbeat_timeout
+                   else self.settings.lease_s)
         claim = self.store.claim(run_id, step, kind, worker, lease_s, policy.attempts)
         if claim is None:
             return StepResult("dropped")
@@ -161,6 +178,9 @@ class Engine:
         except NonRetryable as exc:
             return StepFailed(ctx.step, kind, ctx.fence, _describe(exc), retryable=False)
         except Exception as exc:
+            if type(exc).__name__ in TIMEOUT_ERRORS:
+                return StepFailed(ctx.step, kind, ctx.fence, f"exceeded its {timeout}s time limit",
+                                  timed_out=True, spread=random.random())
             log.info("step %s of run %s attempt %s failed: %s", ctx.step, ctx.run_id,
                      ctx.attempt, _describe(exc))
             return StepFailed(ctx.step, kind, ctx.fence, _describe(exc),

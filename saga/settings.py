@@ -28,7 +28,11 @@ class Settings:
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     worker_concurrency: int = 2
     default_queue: str = "saga"
-    result_backend: str = ""  # only for RemoteTask steps; empty: derived from the broker
+    result_backend: str = ""  # only for RemoteTask steps, which wait for another worker's result
+    alert_webhook: str = ""  # POSTed a JSON alert on every timeout and every run needing a person
+    alert_hook: str = ""  # "module:function" called with the same alert
+    visibility_timeout_s: int = 3600  # Redis: redelivery of unacknowledged messages
+    consumer_timeout_s: int = 1800  # RabbitMQ's consumer_timeout, as the server is configured
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:

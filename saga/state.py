@@ -16,7 +16,8 @@ from saga import compensation
 from saga.definitions import Saga
 from saga.status import Kind, RunStatus, StepStatus
 
-__all__ = ["Kind", "RunStatus", "StepStatus", "StepState", "Run", "start", "advance", "plan"]
+__all__ = ["Kind", "RunStatus", "StepStatus", "StepState", "Run", "start", "advance", "plan",
+           "transitions"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class StepState:
     next_attempt_at: datetime | None = None
     lease_expires_at: datetime | None = None
     lease_owner: str | None = None
+    start_by: datetime | None = None  # queued longer than this: the schedule-to-start timeout
 
 
 StepKey = tuple[str, Kind]
@@ -52,6 +54,7 @@ class Run:
     error: str | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    deadline_at: datetime | None = None
 
     def step(self, name: str, kind: Kind = Kind.FORWARD) -> StepState | None:
         return self.steps.get((name, kind))
@@ -81,6 +84,7 @@ class StepFailed:
     error: str
     retryable: bool = True
     spread: float = 0.5  # where in the retry jitter band the next wait falls, in [0, 1)
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,26 @@ class RetryDue:
     kind: Kind
 
 
-Event = Union[StepSucceeded, StepFailed, LeaseExpired, RetryDue]
+@dataclass(frozen=True)
+class QueueTimedOut:
+    """No worker took the queued step within its schedule-to-start limit."""
+
+    step: str
+    kind: Kind
+
+
+@dataclass(frozen=True)
+class DeadlinePassed:
+    """The saga's own deadline passed while it was still running forward."""
+
+
+@dataclass(frozen=True)
+class RetryRequested:
+    """A person asked a failed run to resume from where it stopped."""
+
+
+Event = Union[StepSucceeded, StepFailed, LeaseExpired, RetryDue, QueueTimedOut, DeadlinePassed,
+              RetryRequested]
 
 
 # Commands: imperatives, carried out after the commit.
@@ -113,27 +136,52 @@ class CompensateStep:
     kind: Kind = Kind.COMPENSATE
 
 
-Command = Union[RunStep, CompensateStep]
+@dataclass(frozen=True)
+class Alert:
+    """Tell a person: a timeout, or a run that needs them. Recorded, logged, sent to hooks."""
+
+    reason: str  # "timeout" | "failed"
+    message: str
+    step: str | None = None
+
+
+Command = Union[RunStep, CompensateStep, Alert]
 
 
 def start(saga: Saga, run_id: str, input: Any, now: datetime) -> tuple[Run, list[Command]]:
     """A new run of `saga` and the first steps to dispatch."""
     run = Run(id=run_id, saga=saga.name, version=saga.version, status=RunStatus.RUNNING,
-              input=input, created_at=now)
+              input=input, created_at=now,
+              deadline_at=now + saga.timeout if saga.timeout is not None else None)
     return plan(saga, run, now)
 
 
 def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, list[Command]]:
     """Apply one event, then plan what follows. Stale or duplicate events change nothing."""
+    if isinstance(event, DeadlinePassed):
+        if run.status is not RunStatus.RUNNING or run.deadline_at is None or run.deadline_at > now:
+            return run, []
+        reason = f"the saga's deadline passed at {run.deadline_at.isoformat()}"
+        run, commands = plan(saga, _begin_compensation(run, reason, now), now)
+        return run, [Alert("timeout", reason), *commands]
+    if isinstance(event, RetryRequested):
+        return _resume(saga, run, now)
     step = run.steps.get((event.step, event.kind))
     if step is None:
         return run, []
+    if isinstance(event, QueueTimedOut):
+        if step.status is not StepStatus.QUEUED or step.start_by is None or step.start_by > now:
+            return run, []
+        # It never ran, but it counts as an attempt, so the retry policy bounds the loop.
+        step = replace(step, attempt=step.attempt + 1)
+        return _fail_attempt(saga, run, step, "not started within its schedule-to-start limit",
+                             True, 0.5, now, timed_out=True)
     if isinstance(event, RetryDue):
         if step.status is not StepStatus.RETRY_WAIT or (step.next_attempt_at or now) > now:
             return run, []
         if run.status.terminal:
             return run, []
-        run = _put(run, replace(step, status=StepStatus.QUEUED, next_attempt_at=None, queued_at=now))
+        run = _put(run, _queued(saga, step, now))
         return _with_dispatch(saga, run, step, now)
     if step.status is not StepStatus.RUNNING or step.fence != event.fence:
         return run, []
@@ -144,30 +192,72 @@ def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, lis
     if isinstance(event, LeaseExpired):
         if step.lease_expires_at is not None and step.lease_expires_at > now:
             return run, []
-        error, retryable, spread = f"lease expired on attempt {step.attempt}", True, 0.5
-    else:
-        error, retryable, spread = event.error, event.retryable, event.spread
-    return _fail_attempt(saga, run, step, error, retryable, spread, now)
+        return _fail_attempt(saga, run, step, f"no heartbeat within the lease on attempt "
+                             f"{step.attempt} (the worker died, froze or hung)", True, 0.5, now,
+                             timed_out=True)
+    return _fail_attempt(saga, run, step, event.error, event.retryable, event.spread, now,
+                         timed_out=event.timed_out)
 
 
 def _fail_attempt(saga: Saga, run: Run, step: StepState, error: str, retryable: bool,
-                  spread: float, now: datetime) -> tuple[Run, list[Command]]:
+                  spread: float, now: datetime, timed_out: bool = False) -> tuple[Run, list[Command]]:
     definition = saga.by_name[step.name]
+    alerts: list[Command] = []
+    if timed_out:
+        alerts.append(Alert("timeout", f"{step.kind} {step.name!r} attempt {step.attempt} "
+                                       f"timed out: {error}", step.name))
+        if step.kind is Kind.FORWARD and run.status is RunStatus.RUNNING:
+            if definition.on_timeout == "park":
+                parked = replace(step, status=StepStatus.PARKED, error=error, finished_at=now,
+                                 lease_expires_at=None)
+                reason = f"step {step.name!r} parked after a timeout: {error}"
+                run = replace(_put(run, parked), status=RunStatus.FAILED, error=reason,
+                              finished_at=now)
+                return run, [*alerts, Alert("failed", reason, step.name)]
+            retryable = retryable and definition.on_timeout == "retry"
     policy = definition.retry if step.kind is Kind.FORWARD else definition.compensate_retry
     may_retry = (retryable and step.attempt < policy.attempts and not run.status.terminal
                  and (step.kind is Kind.COMPENSATE or run.status is RunStatus.RUNNING))
     if not may_retry:
         failed = replace(step, status=StepStatus.FAILED, error=error, finished_at=now,
                          lease_expires_at=None)
-        return plan(saga, _put(run, failed), now)
+        run, commands = plan(saga, _put(run, failed), now)
+        return run, [*alerts, *commands]
     wait = policy.delay(step.attempt, spread)
     if wait.total_seconds() <= 0:
-        queued = replace(step, status=StepStatus.QUEUED, error=error, queued_at=now,
-                         lease_expires_at=None)
-        return _with_dispatch(saga, _put(run, queued), queued, now)
+        queued = _queued(saga, step, now, error=error, lease_expires_at=None)
+        run, commands = _with_dispatch(saga, _put(run, queued), queued, now)
+        return run, [*alerts, *commands]
     waiting = replace(step, status=StepStatus.RETRY_WAIT, error=error,
-                      next_attempt_at=now + wait, lease_expires_at=None)
-    return plan(saga, _put(run, waiting), now)
+                      next_attempt_at=now + wait, lease_expires_at=None, start_by=None)
+    run, commands = plan(saga, _put(run, waiting), now)
+    return run, [*alerts, *commands]
+
+
+def _resume(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
+    """Put a failed run back to work: its given-up compensations, or its parked step."""
+    if run.status is not RunStatus.FAILED:
+        return run, []
+    steps = dict(run.steps)
+    resumed = [s for s in run.steps.values()
+               if (s.kind is Kind.COMPENSATE and s.status is StepStatus.FAILED)
+               or (s.kind is Kind.FORWARD and s.status is StepStatus.PARKED)]
+    if not resumed:
+        return run, []
+    for s in resumed:  # a fresh attempt budget; the fence keeps growing
+        steps[(s.name, s.kind)] = _queued(saga, s, now, attempt=0)
+    compensating = any(s.kind is Kind.COMPENSATE for s in resumed)
+    status = RunStatus.COMPENSATING if compensating else RunStatus.RUNNING
+    run = replace(run, steps=steps, status=status, finished_at=None,
+                  error=run.error if compensating else None)
+    run, commands = plan(saga, run, now)
+    return run, [*(_command(s.name, s.kind) for s in resumed), *commands]
+
+
+def _queued(saga: Saga, step: StepState, now: datetime, **changes: Any) -> StepState:
+    limit = saga.by_name[step.name].schedule_to_start if step.kind is Kind.FORWARD else None
+    return replace(step, status=StepStatus.QUEUED, queued_at=now, next_attempt_at=None,
+                   finished_at=None, start_by=now + limit if limit else None, **changes)
 
 
 def _with_dispatch(saga: Saga, run: Run, step: StepState, now: datetime) -> tuple[Run, list[Command]]:
@@ -183,7 +273,8 @@ def plan(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
         failed = [s for s in run.steps.values()
                   if s.kind is Kind.FORWARD and s.status is StepStatus.FAILED]
         if failed:
-            return plan(saga, _begin_compensation(run, failed[0], now), now)
+            reason = f"step {failed[0].name!r} failed: {failed[0].error}"
+            return plan(saga, _begin_compensation(run, reason, now), now)
         return _plan_forward(saga, run, now)
     return _plan_compensation(saga, run, now)
 
@@ -195,8 +286,8 @@ def _plan_forward(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Comman
         if (name, Kind.FORWARD) in steps:
             continue
         if all(_succeeded(steps.get((dep, Kind.FORWARD))) for dep in saga.graph[name]):
-            steps[(name, Kind.FORWARD)] = StepState(name, Kind.FORWARD, StepStatus.QUEUED,
-                                                    queued_at=now)
+            steps[(name, Kind.FORWARD)] = _queued(
+                saga, StepState(name, Kind.FORWARD, StepStatus.QUEUED), now)
             commands.append(RunStep(name))
     run = replace(run, steps=steps)
     if all(_succeeded(steps.get((name, Kind.FORWARD))) for name in saga.order):
@@ -204,15 +295,14 @@ def _plan_forward(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Comman
     return run, commands
 
 
-def _begin_compensation(run: Run, failed: StepState, now: datetime) -> Run:
+def _begin_compensation(run: Run, reason: str, now: datetime) -> Run:
     """Turn to compensation; steps not yet claimed will never run, running ones settle."""
     steps = dict(run.steps)
     for key, s in run.steps.items():
         if s.kind is Kind.FORWARD and s.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT):
             steps[key] = replace(s, status=StepStatus.CANCELLED, finished_at=now,
-                                 next_attempt_at=None)
-    return replace(run, status=RunStatus.COMPENSATING, steps=steps,
-                   error=f"step {failed.name!r} failed: {failed.error}")
+                                 next_attempt_at=None, start_by=None)
+    return replace(run, status=RunStatus.COMPENSATING, steps=steps, error=reason)
 
 
 def _plan_compensation(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
@@ -220,13 +310,15 @@ def _plan_compensation(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[C
                 if s.kind is Kind.COMPENSATE and s.status is StepStatus.FAILED]
     if given_up:
         reason = f"compensation of {given_up[0].name!r} failed: {given_up[0].error}"
-        return replace(run, status=RunStatus.FAILED, finished_at=now,
-                       error=f"{run.error}; {reason}" if run.error else reason), []
+        if run.error and reason not in run.error:
+            reason = f"{run.error}; {reason}"
+        return (replace(run, status=RunStatus.FAILED, finished_at=now, error=reason),
+                [Alert("failed", reason, given_up[0].name)])
     steps = dict(run.steps)
     commands: list[Command] = []
     for name in compensation.ready(saga, run.steps):
-        steps[(name, Kind.COMPENSATE)] = StepState(name, Kind.COMPENSATE, StepStatus.QUEUED,
-                                                   queued_at=now)
+        steps[(name, Kind.COMPENSATE)] = _queued(
+            saga, StepState(name, Kind.COMPENSATE, StepStatus.QUEUED), now)
         commands.append(CompensateStep(name))
     run = replace(run, steps=steps)
     if compensation.finished(saga, steps):

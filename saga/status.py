@@ -27,6 +27,7 @@ class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"  # never to run: the run turned to compensation first
+    PARKED = "parked"  # timed out under on_timeout="park": waits for a person to retry it
 
     @property
     def active(self) -> bool:

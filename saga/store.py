@@ -42,10 +42,13 @@ runs = sa.Table(
     sa.Column("created_at", When, nullable=False),
     sa.Column("updated_at", When, nullable=False),
     sa.Column("finished_at", When),
+    sa.Column("deadline_at", When),
     sa.UniqueConstraint("saga", "idempotency_key", name="runs_saga_idempotency_key"),
     sa.Index("runs_created", "created_at", "id"),
     sa.Index("runs_saga_created", "saga", "created_at", "id"),
     sa.Index("runs_status_created", "status", "created_at", "id"),
+    sa.Index("runs_deadline_due", "deadline_at",
+             postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'")),
 )
 
 steps = sa.Table(
@@ -61,6 +64,7 @@ steps = sa.Table(
     sa.Column("lease_expires_at", When),
     sa.Column("next_attempt_at", When),
     sa.Column("redispatch_at", When),  # a queued step unclaimed by then is published again
+    sa.Column("start_by", When),  # a queued step unclaimed by then timed out (schedule-to-start)
     sa.Column("dispatches", sa.Integer, nullable=False, default=1),
     sa.Column("output", JSON),
     sa.Column("error", sa.Text),
@@ -76,6 +80,9 @@ steps = sa.Table(
     sa.Index("steps_retry_due", "next_attempt_at",
              postgresql_where=sa.text("status = 'retry_wait'"),
              sqlite_where=sa.text("status = 'retry_wait'")),
+    sa.Index("steps_start_due", "start_by",
+             postgresql_where=sa.text("status = 'queued' AND start_by IS NOT NULL"),
+             sqlite_where=sa.text("status = 'queued' AND start_by IS NOT NULL")),
 )
 
 events = sa.Table(
@@ -181,7 +188,7 @@ class Store:
             row = dict(id=run.id, saga=run.saga, version=run.version, shape=shape,
                        status=str(run.status), input=run.input, error=None,
                        idempotency_key=idempotency_key, request_hash=request_hash,
-                       created_at=now, updated_at=now)
+                       created_at=now, updated_at=now, deadline_at=run.deadline_at)
             if idempotency_key is None:
                 conn.execute(runs.insert().values(row))
             else:
@@ -224,7 +231,7 @@ class Store:
                                       steps.c.lease_expires_at < now)))
                 .values(status=StepStatus.RUNNING, attempt=steps.c.attempt + 1,
                         fence=steps.c.fence + 1, lease_owner=owner, lease_expires_at=expires,
-                        started_at=now, redispatch_at=None, next_attempt_at=None)
+                        started_at=now, redispatch_at=None, next_attempt_at=None, start_by=None)
                 .returning(steps.c.attempt, steps.c.fence)).first()
             if row is None:
                 return None
@@ -280,17 +287,17 @@ class Store:
             if before == step:
                 continue
             values = dict(status=str(step.status), output=step.output, error=step.error,
-                          queued_at=step.queued_at, finished_at=step.finished_at,
-                          next_attempt_at=step.next_attempt_at,
-                          lease_expires_at=step.lease_expires_at)
+                          attempt=step.attempt, queued_at=step.queued_at,
+                          finished_at=step.finished_at, next_attempt_at=step.next_attempt_at,
+                          lease_expires_at=step.lease_expires_at, start_by=step.start_by)
             if step.status is StepStatus.QUEUED and (before is None or before.status is not step.status):
                 values["redispatch_at"] = now + self.redispatch
             elif step.status is not StepStatus.QUEUED:
                 values["redispatch_at"] = None
             if before is None:
                 conn.execute(steps.insert().values(run_id=new.id, name=step.name,
-                                                   kind=str(step.kind), attempt=step.attempt,
-                                                   fence=step.fence, dispatches=1, **values))
+                                                   kind=str(step.kind), fence=step.fence,
+                                                   dispatches=1, **values))
                 continue
             done = conn.execute(steps.update().where(
                 steps.c.run_id == new.id, steps.c.name == step.name,
@@ -299,7 +306,7 @@ class Store:
             if done.rowcount != 1:
                 raise Conflict(f"step {step.name} of run {new.id} changed under the lock")
         if old is not None and (old.status, old.error, old.finished_at) != (
-                new.status, new.error, new.finished_at):
+                new.status, new.error, new.finished_at):  # the deadline is set once, at start
             conn.execute(runs.update().where(runs.c.id == new.id).values(
                 status=str(new.status), error=new.error, finished_at=new.finished_at,
                 updated_at=now))
@@ -342,6 +349,19 @@ class Store:
     def retries_due(self, limit: int) -> list[Due]:
         """Steps whose wait before the next attempt is over."""
         return self._due(steps.c.next_attempt_at, StepStatus.RETRY_WAIT, limit)
+
+    def queue_timeouts_due(self, limit: int) -> list[Due]:
+        """Queued steps no worker took before their schedule-to-start limit."""
+        return self._due(steps.c.start_by, StepStatus.QUEUED, limit)
+
+    def deadlines_due(self, limit: int) -> list[str]:
+        """Runs still going forward past their saga's deadline."""
+        with self.engine.connect() as conn:
+            now = self.now(conn)
+            return list(conn.execute(
+                sa.select(runs.c.id).where(runs.c.status == RunStatus.RUNNING,
+                                           runs.c.deadline_at <= now)
+                .order_by(runs.c.deadline_at).limit(limit)).scalars())
 
     def _due(self, due_at: sa.Column, status: StepStatus, limit: int,
              strictly: bool = False) -> list[Due]:
@@ -469,7 +489,8 @@ def _run(row: Any, step_states: list[StepState]) -> Run:
     return Run(id=row["id"], saga=row["saga"], version=row["version"],
                status=RunStatus(row["status"]), input=row["input"],
                steps={(s.name, s.kind): s for s in step_states}, error=row["error"],
-               created_at=_aware(row["created_at"]), finished_at=_aware(row["finished_at"]))
+               created_at=_aware(row["created_at"]), finished_at=_aware(row["finished_at"]),
+               deadline_at=_aware(row["deadline_at"]))
 
 
 def _step(row: Any) -> StepState:
@@ -479,14 +500,15 @@ def _step(row: Any) -> StepState:
                      started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]),
                      next_attempt_at=_aware(row["next_attempt_at"]),
                      lease_expires_at=_aware(row["lease_expires_at"]),
-                     lease_owner=row["lease_owner"])
+                     lease_owner=row["lease_owner"], start_by=_aware(row["start_by"]))
 
 
 def _run_view(row: Any) -> dict[str, Any]:
     return {"id": row["id"], "saga": row["saga"], "version": row["version"],
             "status": row["status"], "input": row["input"], "error": row["error"],
             "idempotency_key": row["idempotency_key"], "created_at": _aware(row["created_at"]),
-            "updated_at": _aware(row["updated_at"]), "finished_at": _aware(row["finished_at"])}
+            "updated_at": _aware(row["updated_at"]), "finished_at": _aware(row["finished_at"]),
+            "deadline_at": _aware(row["deadline_at"])}
 
 
 def _step_view(row: Any) -> dict[str, Any]:
@@ -505,6 +527,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, run_id = raw.split("|", 1)
+        if "\x00" in run_id:
+            raise ValueError("NUL in cursor")
         return datetime.fromisoformat(at), run_id
     except (ValueError, UnicodeDecodeError):
         raise ValueError(f"cursor {cursor!r} is not one this API returned") from None

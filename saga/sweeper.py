@@ -1,4 +1,4 @@
-"""The sweeper: republish lost dispatches, expire dead leases, fire due retries.
+"""The sweeper: republish lost dispatches, expire dead leases, fire due retries and timeouts.
 
 Safe to run on several machines at once: republishing takes its rows `FOR UPDATE SKIP
 LOCKED`, and every advance re-checks its condition under the run's lock, so a second
@@ -12,9 +12,16 @@ import threading
 from dataclasses import dataclass
 
 from saga.engine import Engine
-from saga.state import CompensateStep, Event, LeaseExpired, RetryDue, RunStep
+from saga.state import (
+    CompensateStep,
+    DeadlinePassed,
+    Event,
+    LeaseExpired,
+    QueueTimedOut,
+    RetryDue,
+    RunStep,
+)
 from saga.status import Kind
-from saga.store import Due
 
 log = logging.getLogger("saga.sweeper")
 
@@ -24,10 +31,13 @@ class Sweep:
     republished: int = 0
     leases_expired: int = 0
     retries_fired: int = 0
+    queue_timeouts: int = 0
+    deadlines: int = 0
 
     @property
     def total(self) -> int:
-        return self.republished + self.leases_expired + self.retries_fired
+        return (self.republished + self.leases_expired + self.retries_fired
+                + self.queue_timeouts + self.deadlines)
 
 
 def sweep_once(engine: Engine) -> Sweep:
@@ -43,26 +53,35 @@ def sweep_once(engine: Engine) -> Sweep:
             continue
         engine.publish(saga, due.run_id, [command])
     expired = [d for d in engine.store.leases_expired(limit)
-               if _advance(engine, d, LeaseExpired(d.step, d.kind, d.fence))]
+               if _advance(engine, d.run_id, LeaseExpired(d.step, d.kind, d.fence))]
     for due in expired:
         log.warning("lease of %s %s in run %s expired; the attempt counts as failed",
                     due.kind, due.step, due.run_id)
     fired = [d for d in engine.store.retries_due(limit)
-             if _advance(engine, d, RetryDue(d.step, d.kind))]
-    return Sweep(len(republished), len(expired), len(fired))
+             if _advance(engine, d.run_id, RetryDue(d.step, d.kind))]
+    unstarted = [d for d in engine.store.queue_timeouts_due(limit)
+                 if _advance(engine, d.run_id, QueueTimedOut(d.step, d.kind))]
+    overdue = [run_id for run_id in engine.store.deadlines_due(limit)
+               if _advance(engine, run_id, DeadlinePassed())]
+    return Sweep(len(republished), len(expired), len(fired), len(unstarted), len(overdue))
 
 
-def _advance(engine: Engine, due: Due, event: Event) -> bool:
+def _advance(engine: Engine, run_id: str, event: Event) -> bool:
     """One due item; a failure is logged and left for the next sweep, not fatal to this one."""
     try:
-        return engine.handle(due.run_id, event, skip_locked=True)
+        return engine.handle(run_id, event, skip_locked=True)
     except Exception:
-        log.exception("could not advance run %s (%s %s)", due.run_id, due.kind, due.step)
+        log.exception("could not advance run %s on %s", run_id, event)
         return False
 
 
 def run_forever(engine: Engine, stop: threading.Event | None = None) -> None:
-    """Sweep every `sweep_interval_s` until `stop` is set; a failed sweep is logged and retried."""
+    """Sweep every `sweep_interval_s` until `stop` is set; a failed sweep is logged and retried.
+
+    Recovery after a crash is bounded: a dead worker's step is retried within
+    `lease_s + sweep_interval_s`, a lost message is republished within
+    `redispatch_s + sweep_interval_s`.
+    """
     stop = stop or threading.Event()
     while not stop.is_set():
         try:

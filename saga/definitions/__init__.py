@@ -80,17 +80,26 @@ class RemoteTask:
 
 Action = Union[Callable[..., Any], RemoteTask, str]
 
+TIMEOUT_POLICIES = ("retry", "compensate", "park")
 DEFAULT_COMPENSATE_RETRY = Retry(attempts=10, first_delay=timedelta(seconds=1),
                                  max_delay=timedelta(minutes=1))
 
 
 @dataclass(frozen=True)
 class Step:
-    """One step: an action, its optional compensation, how to retry it, its time limit.
+    """One step: an action, its optional compensation, how to retry it, its time limits.
 
     An action is a callable taking a `saga.StepContext`, a `"module:function"` import
     path, or a `RemoteTask`. `after` adds dependencies beyond the step's place in its
-    sequence.
+    sequence. Time limits, each measuring one thing:
+
+    - `timeout` (start to close): the soft limit raises inside the step, and the hard
+      limit (a few seconds later) kills it.
+    - `heartbeat_timeout`: the lease; without a heartbeat within it the attempt failed.
+    - `schedule_to_start`: queued longer than this without a worker taking it.
+
+    `on_timeout` says what a timed-out attempt leads to: "retry" (by `retry`),
+    "compensate" (fail the step now), or "park" (stop and flag the run for a person).
     """
 
     name: str
@@ -99,6 +108,9 @@ class Step:
     retry: Retry = Retry()
     compensate_retry: Retry = DEFAULT_COMPENSATE_RETRY
     timeout: timedelta | None = None
+    heartbeat_timeout: timedelta | None = None
+    schedule_to_start: timedelta | None = None
+    on_timeout: str = "retry"
     after: tuple[str, ...] = ()
     queue: str | None = None
 
@@ -218,8 +230,13 @@ def _check_step(step: Step) -> None:
                 resolve_action(action)
             except DefinitionError as exc:
                 raise DefinitionError(f"step {step.name!r}: {role} {exc}") from None
-    if step.timeout is not None and step.timeout <= timedelta(0):
-        raise DefinitionError(f"step {step.name!r}: timeout must be positive")
+    for limit in ("timeout", "heartbeat_timeout", "schedule_to_start"):
+        value = getattr(step, limit)
+        if value is not None and value <= timedelta(0):
+            raise DefinitionError(f"step {step.name!r}: {limit} must be positive")
+    if step.on_timeout not in TIMEOUT_POLICIES:
+        raise DefinitionError(f"step {step.name!r}: on_timeout must be one of "
+                              f"{', '.join(TIMEOUT_POLICIES)}, not {step.on_timeout!r}")
 
 
 def resolve_action(action: Action) -> Callable[..., Any] | RemoteTask:

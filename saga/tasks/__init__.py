@@ -8,7 +8,7 @@ decides. Settings follow RELIABILITY.md: JSON only, late acks, prefetch 1, no re
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -18,7 +18,7 @@ from saga.settings import Settings
 from saga.state import Command, Kind
 
 if TYPE_CHECKING:
-    from saga.definitions import RemoteTask
+    from saga.definitions import RemoteTask, Saga
     from saga.engine import Engine
 
 STEP_TASK = "saga.step"
@@ -32,6 +32,9 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) 
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith(("amqp", "pyamqp")):
         transport_options["confirm_publish"] = True  # a publish that is not confirmed raises
+    elif settings.broker_url.startswith(("redis", "rediss")):
+        # Unacknowledged messages come back after this; it must outlast every hard limit.
+        transport_options["visibility_timeout"] = settings.visibility_timeout_s
     elif settings.broker_url.startswith("memory"):
         transport_options["polling_interval"] = 0.01  # the in-process broker polls; keep it brisk
     app.conf.update(
@@ -70,6 +73,30 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) 
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
     return app
+
+
+def broker_limit_problems(settings: Settings, sagas: Iterable[Saga]) -> list[str]:
+    """Steps whose hard time limit outlasts the broker's redelivery limit (refuse to start).
+
+    Past Redis's visibility timeout the message is delivered again while the step still
+    runs; past RabbitMQ's consumer_timeout the broker closes the channel.
+    """
+    if settings.broker_url.startswith(("redis", "rediss")):
+        limit, what = settings.visibility_timeout_s, "the Redis visibility_timeout (SAGA_VISIBILITY_TIMEOUT_S)"
+    elif settings.broker_url.startswith(("amqp", "pyamqp")):
+        limit, what = settings.consumer_timeout_s, "RabbitMQ's consumer_timeout (SAGA_CONSUMER_TIMEOUT_S)"
+    else:
+        return []
+    problems = []
+    for saga in sagas:
+        for step in saga.by_name.values():
+            if step.timeout is None:
+                continue
+            hard = step.timeout.total_seconds() + HARD_LIMIT_GRACE_S
+            if hard >= limit:
+                problems.append(f"saga {saga.name!r} v{saga.version} step {step.name!r}: hard "
+                                f"time limit {hard:.0f}s is not below {what} of {limit}s")
+    return problems
 
 
 class CeleryDispatcher:

@@ -32,11 +32,15 @@ def upgrade() -> None:
         sa.Column("created_at", When, nullable=False),
         sa.Column("updated_at", When, nullable=False),
         sa.Column("finished_at", When),
+        sa.Column("deadline_at", When),
         sa.UniqueConstraint("saga", "idempotency_key", name="runs_saga_idempotency_key"),
     )
     op.create_index("runs_created", "runs", ["created_at", "id"])
     op.create_index("runs_saga_created", "runs", ["saga", "created_at", "id"])
     op.create_index("runs_status_created", "runs", ["status", "created_at", "id"])
+    running = sa.text("status = 'running'")
+    op.create_index("runs_deadline_due", "runs", ["deadline_at"], postgresql_where=running,
+                    sqlite_where=running)
     op.create_table(
         "steps",
         sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
@@ -50,6 +54,7 @@ def upgrade() -> None:
         sa.Column("lease_expires_at", When),
         sa.Column("next_attempt_at", When),
         sa.Column("redispatch_at", When),
+        sa.Column("start_by", When),
         sa.Column("dispatches", sa.Integer, nullable=False),
         sa.Column("output", JSON),
         sa.Column("error", sa.Text),
@@ -62,6 +67,9 @@ def upgrade() -> None:
                                  ("steps_retry_due", "next_attempt_at", "retry_wait")):
         where = sa.text(f"status = '{status}'")
         op.create_index(name, "steps", [column], postgresql_where=where, sqlite_where=where)
+    where = sa.text("status = 'queued' AND start_by IS NOT NULL")
+    op.create_index("steps_start_due", "steps", ["start_by"], postgresql_where=where,
+                    sqlite_where=where)
     op.create_table(
         "events",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
@@ -77,9 +85,20 @@ def upgrade() -> None:
         sa.Column("data", JSON, nullable=False),
     )
     op.create_index("events_run", "events", ["run_id", "id"])
+    # saga.idempotent: the helper services use to store and replay responses by key.
+    op.create_table(
+        "idempotency_responses",
+        sa.Column("scope", sa.String(100), primary_key=True),
+        sa.Column("key", sa.String(255), primary_key=True),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("status_code", sa.Integer),
+        sa.Column("body", sa.Text),
+        sa.Column("created_at", When, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("idempotency_responses")
     op.drop_table("events")
     op.drop_table("steps")
     op.drop_table("runs")

@@ -1,0 +1,108 @@
+"""Runs: start one, read one with its steps, list them, and read one's history."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import flask
+
+from api.parsing import Blueprint
+from api.problems import Problem, ProblemSchema, flatten
+from api.schemas import (
+    EventListSchema,
+    IdempotencySchema,
+    RunPageSchema,
+    RunQuerySchema,
+    RunSchema,
+    StartSchema,
+)
+from saga.errors import InvalidInput, RunNotFound
+
+blp = Blueprint("runs", __name__, description="Start, inspect and list saga runs")
+
+CURSOR_ERROR = "not a cursor this API returned"
+PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
+
+
+def system() -> Any:
+    return flask.current_app.extensions["saga"]
+
+
+@blp.post("/sagas/<name>/runs")
+@blp.arguments(IdempotencySchema, location="headers", error_status_code=400)
+@blp.arguments(StartSchema)
+@blp.response(201, RunSchema, description="The run started",
+              headers={"Location": {"description": "the run's URL",
+                                    "schema": {"type": "string"}}})
+@blp.alt_response(200, schema=RunSchema,
+                  description="An earlier request with this Idempotency-Key and body started it")
+@blp.alt_response(404, description="No saga of this name (or version) is loaded", **PROBLEM)
+@blp.alt_response(422, description="The input fails the saga's schema, or the "
+                                    "Idempotency-Key was used with another body", **PROBLEM)
+def start_run(headers: dict[str, Any], body: dict[str, Any], name: str):
+    """Start a run of a saga
+
+    Validates everything before writing anything, so an error leaves no trace.
+    """
+    engine = system().engine
+    try:
+        run_id, created = engine.start(name, body["input"], headers.get("idempotency_key"),
+                                       body.get("version"))
+    except InvalidInput as exc:
+        errors = flatten(exc.errors, "input")
+        raise Problem(422, f"The input does not match the schema of saga {name!r}.", "invalid-input",
+                      errors) from exc
+    return engine.store.get_run(run_id), 201 if created else 200, {"Location": f"/v1/runs/{run_id}"}
+
+
+@blp.get("/runs/<run_id>")
+@blp.response(200, RunSchema)
+@blp.alt_response(404, description="No run has this id", **PROBLEM)
+def get_run(run_id: str):
+    """One run with its steps and compensations"""
+    return system().engine.store.get_run(_checked(run_id))
+
+
+@blp.get("/runs")
+@blp.arguments(RunQuerySchema, location="query")
+@blp.response(200, RunPageSchema)
+def list_runs(query: dict[str, Any]):
+    """Runs, newest first, one page at a time
+
+    Pass `next_cursor` back as `cursor` for the next page; it is null on the last page.
+    """
+    try:
+        page, cursor = system().engine.store.list_runs(
+            query.get("saga"), query.get("status"), query["limit"], _cursor(query.get("cursor")))
+    except ValueError as exc:  # the store refuses a cursor it did not make
+        raise Problem(422, str(exc), errors={"cursor": [CURSOR_ERROR]}) from exc
+    return {"runs": page, "next_cursor": cursor}
+
+
+@blp.get("/runs/<run_id>/events")
+@blp.response(200, EventListSchema)
+@blp.alt_response(404, description="No run has this id", **PROBLEM)
+def run_events(run_id: str):
+    """A run's history, oldest first"""
+    return {"events": system().engine.store.events(_checked(run_id))}
+
+
+def _cursor(cursor: str | None) -> str | None:
+    # The store's cursor decoder lets a NUL through to PostgreSQL, which then fails the
+    # query (a 500); a cursor the store made never holds one.
+    try:
+        raw = base64.urlsafe_b64decode((cursor or "") + "=" * (-len(cursor or "") % 4))
+    except ValueError:
+        return cursor  # the store refuses it with its own message
+    if b"\x00" in raw:
+        raise Problem(422, f"cursor {cursor!r} is not one this API returned",
+                      errors={"cursor": [CURSOR_ERROR]})
+    return cursor
+
+
+def _checked(run_id: str) -> str:
+    # PostgreSQL refuses NUL in text; such an id can name no run, so it is a 404, not a 500.
+    if "\x00" in run_id:
+        raise RunNotFound(f"no run has id {run_id!r}")
+    return run_id

@@ -1,0 +1,18 @@
+"""The loaded saga definitions: versions, step graphs and how many runs each has in flight."""
+
+from __future__ import annotations
+
+import flask
+
+from api.parsing import Blueprint
+from api.schemas import SagaListSchema
+
+blp = Blueprint("sagas", __name__, description="The saga definitions this process has loaded")
+
+
+@blp.get("/sagas")
+@blp.response(200, SagaListSchema)
+def list_sagas():
+    """Every loaded saga, each version with its steps and runs in flight"""
+    engine = flask.current_app.extensions["saga"].engine
+    return {"sagas": engine.registry.describe(engine.store.active_versions())}

@@ -1,0 +1,1 @@
+"""Benchmarks: the saga engine against a plain Celery chain (`python bench/throughput.py`)."""

@@ -1,0 +1,140 @@
+"""`saga.cli` with timers: where a worker's time goes, per store call, statement and commit.
+
+    BENCH_STATS_DIR=/tmp/x python -m bench.instrumented_worker worker -c 2
+
+Wraps (at class level, before the pool forks) the engine's and store's hot methods, the
+psycopg commit, SQLAlchemy's pre-ping and every statement; each pool child writes its
+totals to $BENCH_STATS_DIR/<pid>.json once a second. Only for profiling: the timers cost
+a few microseconds a call. `python bench/profile_saga.py` reads the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+STATS: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])  # name -> [calls, seconds]
+_local = threading.local()
+
+
+def add(name: str, seconds: float) -> None:
+    entry = STATS[name]
+    entry[0] += 1
+    entry[1] += seconds
+
+
+def wrap(owner: Any, attr: str, name: str) -> None:
+    original = getattr(owner, attr)
+
+    @functools.wraps(original)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            add(name, time.perf_counter() - began)
+
+    setattr(owner, attr, timed)
+
+
+def wrap_context(owner: Any, attr: str, name: str) -> None:
+    """A context-manager method: time from entering to leaving (the whole transaction)."""
+    original = getattr(owner, attr)
+
+    @functools.wraps(original)
+    @contextlib.contextmanager
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            with original(*args, **kwargs) as value:
+                yield value
+        finally:
+            add(name, time.perf_counter() - began)
+
+    setattr(owner, attr, timed)
+
+
+def _statement_name(sql: str) -> str:
+    words = sql.split()
+    verb = words[0].upper() if words else "?"
+    table = re.search(r"\b(?:FROM|INTO|UPDATE)\s+(\w+)", sql, re.I)
+    lock = " FOR UPDATE" if "FOR UPDATE" in sql else " FOR SHARE" if "FOR SHARE" in sql else ""
+    target = table.group(1) if table else ("clock" if "clock_timestamp" in sql else "")
+    return f"sql {verb} {target}{lock}".strip()
+
+
+def install() -> None:
+    import psycopg
+    import sqlalchemy as sa
+    from celery import signals
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+
+    from saga.context import Heartbeat
+    from saga.engine import Engine
+    from saga.store import Store
+    from saga.tasks import CeleryDispatcher
+
+    wrap(Engine, "run_step", "engine.run_step (whole task body)")
+    wrap(Engine, "handle", "engine.handle (advance tx + publish)")
+    wrap(Engine, "publish", "engine.publish (broker send)")
+    wrap(Engine, "_call", "engine._call (the step's action)")
+    wrap(Store, "claim", "store.claim (claim tx)")
+    wrap(Store, "create_run", "store.create_run (start tx)")
+    wrap(Store, "now", "store.now (SELECT clock_timestamp)")
+    wrap_context(Store, "locked_run", "store.locked_run (advance tx)")
+    wrap(Heartbeat, "__enter__", "heartbeat thread start")
+    wrap(Heartbeat, "__exit__", "heartbeat thread stop+join")
+    wrap(CeleryDispatcher, "send", "dispatcher.send")
+    wrap(psycopg.Connection, "commit", "psycopg COMMIT")
+    wrap(psycopg.Connection, "rollback", "psycopg ROLLBACK")
+    wrap(PGDialect_psycopg, "do_ping", "pool pre-ping (SELECT 1)")
+
+    @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
+    def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        _local.began = time.perf_counter()
+
+    @sa.event.listens_for(sa.engine.Engine, "after_cursor_execute")
+    def _after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        add(_statement_name(statement), time.perf_counter() - _local.began)
+
+    @signals.task_prerun.connect
+    def _prerun(**_kw: Any) -> None:
+        _local.task_began = time.perf_counter()
+
+    @signals.task_postrun.connect
+    def _postrun(**_kw: Any) -> None:
+        add("celery task (prerun..postrun)", time.perf_counter() - _local.task_began)
+
+    @signals.worker_process_init.connect
+    def _child(**_kw: Any) -> None:
+        STATS.clear()
+        folder = os.environ.get("BENCH_STATS_DIR")
+        if not folder:
+            return
+        born = time.perf_counter()
+
+        def dump() -> None:
+            path = os.path.join(folder, f"{os.getpid()}.json")
+            while True:
+                time.sleep(1.0)
+                data = {"alive_s": time.perf_counter() - born, "cpu_s": time.process_time(),
+                        "stats": {k: list(v) for k, v in list(STATS.items())}}
+                with open(path + ".tmp", "w") as f:
+                    json.dump(data, f)
+                os.replace(path + ".tmp", path)
+
+        threading.Thread(target=dump, daemon=True, name="bench-stats").start()
+
+
+if __name__ == "__main__":
+    install()
+    from saga.cli import main
+
+    main(prog_name="saga")

@@ -1,0 +1,492 @@
+"""Throughput and latency of a 5-step saga against a plain 5-task Celery chain, per broker.
+
+    python bench/throughput.py [--sagas N] [--brokers rabbitmq,redis] [--repeat R]
+
+For each repeat and broker it starts a real worker (`saga.cli worker -c 2`, then
+`celery -A bench.baseline_tasks worker -c 2`), warms it up, starts N sagas (chains) from
+this process as fast as a few threads can, waits until all are done, and computes
+throughput = N / (last end - first start) and the p50/p99 of each one's end - start.
+Sagas are timed from the runs table (created_at, finished_at); chains by their first
+and last tasks. Commits per saga step come from pg_stat_database. It also measures the
+PostgreSQL commit rate of one connection (INSERT + COMMIT). Medians over the repeats.
+
+Servers (override with environment variables): BENCH_DATABASE_URL (an admin database on
+the PostgreSQL server; a fresh `bench_<random>` database is created and dropped),
+BENCH_RABBITMQ_URL, BENCH_REDIS_URL (the Redis broker; also where chains report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BROKERS = {
+    "rabbitmq": os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    "redis": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+}
+REPORT_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+STEPS = 5
+SAGA = "bench_five"
+TERMINAL = ("succeeded", "compensated", "failed")
+START_THREADS = 4
+WARMUP = 20
+READY_TIMEOUT_S = 60.0
+T = TypeVar("T")
+
+
+# -- processes --------------------------------------------------------------------------
+
+class Worker:
+    """A worker process in its own process group; `stop` kills the whole group."""
+
+    live: list[Worker] = []
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], folder: Path) -> None:
+        self.name = name
+        self.log = folder / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self._file = open(self.log, "wb")
+        self.popen = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self._file,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+        Worker.live.append(self)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        def ready() -> bool:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.output()[-3000:]}")
+            return " ready." in self.output()
+
+        wait_for(ready, timeout, f"{self.name} to be ready", interval=0.1)
+
+    def stop(self) -> None:
+        if self in Worker.live:
+            Worker.live.remove(self)
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.popen.pid, sig)  # the group: the main process and its children
+            except ProcessLookupError:
+                break
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                continue
+            if sig is signal.SIGTERM:  # children may linger a moment after the parent
+                try:
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            break
+        self._file.close()
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for worker in list(cls.live):
+            worker.stop()
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def drain_deadline(n: int) -> float:
+    """How long N sagas may take before the bench gives up: generous, never unbounded."""
+    return 120.0 + n * 0.5
+
+
+def delete_queue(broker_url: str, queue: str) -> None:
+    from kombu import Connection
+
+    try:
+        with Connection(broker_url, connect_timeout=3) as conn:
+            conn.default_channel.queue_delete(queue)
+    except Exception as exc:  # best effort: the queue is unique and empty
+        print(f"  (could not delete queue {queue}: {exc})", file=sys.stderr)
+
+
+# -- the database -----------------------------------------------------------------------
+
+class Database:
+    """A fresh `bench_<random>` database, migrated; dropped by `drop`."""
+
+    def __init__(self) -> None:
+        from saga import migrations
+
+        self.name = f"bench_{uuid.uuid4().hex[:10]}"
+        self.admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+        self.url = sa.make_url(ADMIN_URL).set(database=self.name).render_as_string(
+            hide_password=False)
+        engine = sa.create_engine(self.url)
+        migrations.upgrade(engine)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE bench_commit (id bigserial PRIMARY KEY, v int)")
+        engine.dispose()
+
+    @property
+    def libpq(self) -> str:
+        """The URL for psycopg itself (no SQLAlchemy driver suffix)."""
+        return self.url.replace("+psycopg", "", 1)
+
+    def counters(self) -> tuple[int, int]:
+        """(xact_commit, xact_rollback) of the bench database, read from the admin one."""
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+            row = conn.exec_driver_sql(
+                "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = %s",
+                (self.name,)).one()
+        return int(row[0]), int(row[1])
+
+    def wait_idle(self, timeout: float = 15.0) -> None:
+        """Until no other session uses the bench database: their stats are flushed on exit."""
+        def idle() -> bool:
+            with self.admin.connect() as conn:
+                return conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                    (self.name,)).scalar_one() == 0
+
+        wait_for(idle, timeout, "the bench database's sessions to close", interval=0.1)
+        time.sleep(0.3)  # a closing backend reports its counters as it exits
+
+    def drop(self) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.admin.dispose()
+
+
+def commit_rate(db: Database, seconds: float = 3.0, connections: int = 1) -> float:
+    """Single-row INSERT + COMMIT transactions per second over `connections` sessions."""
+    counts = [0] * connections
+    stop = time.monotonic() + seconds
+
+    def loop(index: int) -> None:
+        with psycopg.connect(db.libpq) as conn:
+            while time.monotonic() < stop:
+                conn.execute("INSERT INTO bench_commit (v) VALUES (%s)", (index,))
+                conn.commit()
+                counts[index] += 1
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 30)
+    elapsed = time.monotonic() - began
+    with psycopg.connect(db.libpq, autocommit=True) as conn:
+        conn.execute("TRUNCATE bench_commit")
+    return sum(counts) / elapsed
+
+
+# -- one measurement ----------------------------------------------------------------------
+
+@dataclass
+class Result:
+    rate: float  # completed per second: N / (last end - first start)
+    p50: float  # seconds, end-to-end
+    p99: float
+    submit_s: float  # how long the bench took to start all N
+    commits_per_step: float | None = None
+    rollbacks_per_step: float | None = None
+    failed: int = 0
+
+
+@dataclass
+class Row:
+    saga: list[Result] = field(default_factory=list)
+    chain: list[Result] = field(default_factory=list)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p * len(ordered)) - 1)]
+
+
+def summarize(spans: list[tuple[float, float]], submit_s: float) -> Result:
+    first = min(s for s, _ in spans)
+    last = max(e for _, e in spans)
+    latencies = [e - s for s, e in spans]
+    return Result(rate=len(spans) / (last - first), p50=percentile(latencies, 0.50),
+                  p99=percentile(latencies, 0.99), submit_s=submit_s)
+
+
+def in_threads(n: int, work: Callable[[int], T]) -> tuple[list[T], float]:
+    """Call work(i) for i in range(n) from START_THREADS threads; (results, seconds taken)."""
+    out: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def run(indices: Iterable[int]) -> None:
+        try:
+            for i in indices:
+                out[i] = work(i)
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(range(k, n, START_THREADS),))
+               for k in range(START_THREADS)]
+    began = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(drain_deadline(n))
+    taken = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    if any(t.is_alive() for t in threads):
+        raise TimeoutError("starting the runs did not finish in time")
+    return out, taken
+
+
+Hook = Callable[[str, "Worker"], None]  # called with "begin" and "end" around the measured batch
+
+
+def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = "saga.cli",
+                 extra_env: dict[str, str] | None = None, hook: Hook | None = None) -> Result:
+    """N sagas through a real `saga.cli worker -c 2` (or `module`, the same CLI with timers)."""
+    from saga.app import build
+    from saga.settings import Settings
+
+    broker_url = BROKERS[broker]
+    queue = f"bench-saga-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": db.url,
+           "SAGA_BROKER_URL": broker_url, "SAGA_SAGAS": "bench.sagas",
+           "SAGA_DEFAULT_QUEUE": queue, **(extra_env or {})}
+    settings = Settings(database_url=db.url, broker_url=broker_url, sagas=("bench.sagas",),
+                        default_queue=queue)
+    worker = Worker(f"saga-{broker}", [sys.executable, "-m", module, "--log-level", "INFO",
+                                       "worker", "-c", "2"], env, folder)
+    system = None
+    polls = 0
+    try:
+        worker.wait_ready()
+        system = build(settings)
+        engine = system.engine
+        poll = psycopg.connect(db.libpq, autocommit=True)  # each statement: one commit
+        try:
+            def wait_done(ids: list[str]) -> None:
+                def done() -> bool:
+                    nonlocal polls
+                    polls += 1
+                    finished = poll.execute(
+                        "SELECT count(*) FROM runs WHERE id = ANY(%s) AND status = ANY(%s)",
+                        (ids, list(TERMINAL))).fetchone()[0]
+                    return finished == len(ids)
+
+                wait_for(done, drain_deadline(len(ids)), f"{len(ids)} sagas to finish on {broker}",
+                         interval=0.1)
+
+            before = db.counters()
+            warm, _ = in_threads(WARMUP, lambda _i: engine.start(SAGA, {})[0])
+            wait_done(warm)
+            if hook:
+                hook("begin", worker)
+            ids, submit_s = in_threads(n, lambda _i: engine.start(SAGA, {})[0])
+            wait_done(ids)
+            if hook:
+                hook("end", worker)
+            polls += 1
+            rows = poll.execute(
+                "SELECT extract(epoch FROM created_at)::float8, extract(epoch FROM finished_at)::float8,"
+                " status FROM runs WHERE id = ANY(%s)", (ids,)).fetchall()
+        finally:
+            poll.close()
+    finally:
+        worker.stop()
+        if system is not None:
+            system.engine.store.close()  # broker connections stay in kombu's shared pool
+        delete_queue(broker_url, queue)
+    db.wait_idle()
+    after = db.counters()
+    result = summarize([(r[0], r[1]) for r in rows], submit_s)
+    step_count = (WARMUP + n) * STEPS
+    result.commits_per_step = (after[0] - before[0] - polls) / step_count
+    result.rollbacks_per_step = (after[1] - before[1]) / step_count
+    result.failed = sum(1 for r in rows if r[2] != "succeeded")
+    return result
+
+
+def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -> Result:
+    """N chains of 5 no-op tasks through a real `celery -A bench.baseline_tasks worker -c 2`."""
+    from bench.baseline_tasks import LENGTH, make_app, start_chain
+
+    assert LENGTH == STEPS
+    broker_url = BROKERS[broker]
+    queue = f"bench-chain-{uuid.uuid4().hex[:8]}"
+    key = f"bench:chain:{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_BROKER_URL": broker_url,
+           "BENCH_QUEUE": queue, "BENCH_REDIS_URL": REPORT_REDIS_URL, "BENCH_RESULTS_KEY": key}
+    argv = [sys.executable, "-m", "celery", "-A", "bench.baseline_tasks", "worker", "-c", "2",
+            "--pool", "prefork", "--without-gossip", "--without-mingle", "--loglevel=INFO",
+            f"--queues={queue}"]
+    worker = Worker(f"chain-{broker}", argv, env, folder)
+    app = make_app(broker_url, queue, REPORT_REDIS_URL, key)
+    reports = redis.Redis.from_url(REPORT_REDIS_URL)
+    try:
+        worker.wait_ready()
+
+        def wait_done(count: int) -> None:
+            wait_for(lambda: reports.llen(key) >= count, drain_deadline(count),
+                     f"{count} chains to finish on {broker}", interval=0.1)
+
+        in_threads(WARMUP, lambda _i: start_chain(app))
+        wait_done(WARMUP)
+        reports.delete(key)
+        if hook:
+            hook("begin", worker)
+        _, submit_s = in_threads(n, lambda _i: start_chain(app))
+        wait_done(n)
+        if hook:
+            hook("end", worker)
+        spans = [tuple(json.loads(raw)) for raw in reports.lrange(key, 0, -1)]
+    finally:
+        worker.stop()
+        reports.delete(key)
+        reports.close()
+        delete_queue(broker_url, queue)
+    return summarize(spans, submit_s)
+
+
+# -- the report -----------------------------------------------------------------------------
+
+def median(values: Iterable[float | None]) -> float:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else float("nan")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def print_result(label: str, result: Result) -> None:
+    extra = ""
+    if result.commits_per_step is not None:
+        extra = (f"  commits/step {result.commits_per_step:.2f}"
+                 f"  rollbacks/step {result.rollbacks_per_step:.2f}")
+        if result.failed:
+            extra += f"  NOT SUCCEEDED: {result.failed}"
+    print(f"  {label:<16} {result.rate:7.1f}/s  p50 {ms(result.p50):>8}  p99 {ms(result.p99):>8}"
+          f"  (submitted in {result.submit_s:.2f}s){extra}", flush=True)
+
+
+def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[float],
+                n: int, repeat: int) -> None:
+    headers = ["broker", "saga sagas/s", "chain chains/s", "ratio", "saga p50", "chain p50",
+               "p50 ratio", "saga p99", "chain p99", "commits/step"]
+    lines = []
+    for broker, row in rows.items():
+        pairs = list(zip(row.saga, row.chain, strict=False))
+        if not pairs:
+            continue
+        lines.append([
+            broker,
+            f"{median(r.rate for r in row.saga):.1f}",
+            f"{median(r.rate for r in row.chain):.1f}",
+            f"{median(s.rate / c.rate for s, c in pairs):.2f}x",
+            ms(median(r.p50 for r in row.saga)),
+            ms(median(r.p50 for r in row.chain)),
+            f"{median(s.p50 / c.p50 for s, c in pairs):.2f}x",
+            ms(median(r.p99 for r in row.saga)),
+            ms(median(r.p99 for r in row.chain)),
+            f"{median(r.commits_per_step for r in row.saga):.2f}",
+        ])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    print(f"\n{n} runs of {STEPS} no-op steps, worker -c 2, medians of {repeat} repeat(s); "
+          "ratios are medians of the per-repeat saga/chain ratios")
+    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for line in lines:
+        print(" | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
+    one, two = median(pg_rates), median(pg_rates2)
+    print(f"\nPostgreSQL commit rate (single-row INSERT + COMMIT): {one:.0f}/s on 1 connection, "
+          f"{two:.0f}/s on 2 connections")
+    for broker, row in rows.items():
+        cps = median(r.commits_per_step for r in row.saga)
+        if row.saga and cps == cps and cps > 0:
+            print(f"  {broker}: at {cps:.2f} commits/step the saga's ceiling from commits alone is "
+                  f"~{two / (cps * STEPS):.0f} sagas/s (2 connections)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sagas", type=int, default=500, help="runs per measurement")
+    parser.add_argument("--brokers", default="rabbitmq,redis",
+                        help="comma-separated, from: " + ",".join(BROKERS))
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    unknown = set(brokers) - BROKERS.keys()
+    if unknown or not brokers or args.sagas < 1 or args.repeat < 1:
+        parser.error(f"unknown broker(s) {sorted(unknown)}" if unknown else "nothing to run")
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    atexit.register(Worker.stop_all)
+    rows = {b: Row() for b in brokers}
+    pg_rates: list[float] = []
+    pg_rates2: list[float] = []
+    db = Database()
+    print(f"database {db.name}; {args.sagas} runs x {args.repeat} repeat(s) on {', '.join(brokers)}",
+          flush=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp:
+            folder = Path(tmp)
+            for r in range(args.repeat):
+                print(f"repeat {r + 1}/{args.repeat}", flush=True)
+                pg_rates.append(commit_rate(db, 3.0, 1))
+                pg_rates2.append(commit_rate(db, 3.0, 2))
+                print(f"  PG commits/s       1 conn {pg_rates[-1]:.0f}, 2 conns {pg_rates2[-1]:.0f}",
+                      flush=True)
+                for broker in brokers:
+                    order = ("saga", "chain") if r % 2 == 0 else ("chain", "saga")
+                    for kind in order:
+                        if kind == "saga":
+                            result = measure_saga(db, broker, args.sagas, folder)
+                        else:
+                            result = measure_chain(broker, args.sagas, folder)
+                        getattr(rows[broker], kind).append(result)
+                        print_result(f"{broker} {kind}", result)
+    finally:
+        Worker.stop_all()
+        db.drop()
+    print_table(rows, pg_rates, pg_rates2, args.sagas, args.repeat)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Demo services and sagas that show the orchestrator at work."""
