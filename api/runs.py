@@ -80,6 +80,28 @@ def list_runs(query: dict[str, Any]):
     return {"runs": page, "next_cursor": cursor}
 
 
+@blp.post("/runs/<run_id>/retry")
+@blp.response(200, RunSchema, description="The run resumed")
+@blp.alt_response(404, description="No run has this id", **PROBLEM)
+@blp.alt_response(409, description="The run is not failed, or has nothing to resume", **PROBLEM)
+def retry_run(run_id: str):
+    """Resume a failed run from where it stopped
+
+    A run that ended `failed` (a compensation gave up, or a step was parked after a
+    timeout) gets a fresh attempt budget for that compensation or step, once its cause
+    is fixed.
+    """
+    engine = system().engine
+    run = engine.store.get_run(_checked(run_id))
+    if run["status"] != "failed":
+        raise Problem(409, f"run {run_id} is {run['status']}; only a failed run can be retried",
+                      "run-not-failed")
+    if not engine.retry(run_id):
+        raise Problem(409, f"run {run_id} has no failed compensation or parked step to resume",
+                      "nothing-to-retry")
+    return engine.store.get_run(run_id)
+
+
 @blp.get("/runs/<run_id>/events")
 @blp.response(200, EventListSchema)
 @blp.alt_response(404, description="No run has this id", **PROBLEM)

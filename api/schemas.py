@@ -57,6 +57,8 @@ class RunSummarySchema(ma.Schema):
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
     finished_at = fields.DateTime(allow_none=True)
+    deadline_at = fields.DateTime(allow_none=True,
+                                  metadata={"description": "past this, the run fails and compensates"})
 
 
 class RunSchema(RunSummarySchema):

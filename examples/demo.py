@@ -6,6 +6,7 @@ the API (with the demo services) all in this process.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -20,6 +21,8 @@ from api import create_app
 from saga.embedded import embedded
 from saga.settings import Settings
 from saga.timeline import render
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # keep the timelines readable
 
 ORDERS = [
     ("an order that succeeds", {}),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import sys
 
 import click
@@ -153,6 +153,24 @@ def show(run_id: str) -> None:
         click.echo(render(store.get_run(run_id), store.events(run_id)))
     except RunNotFound as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("run_id")
+def retry(run_id: str) -> None:
+    """Resume a failed run from its given-up compensation or parked step."""
+    from saga.errors import RunNotFound
+
+    engine = _system(_settings()).engine
+    try:
+        status = engine.store.get_run(run_id)["status"]
+        if status != "failed":
+            raise click.ClickException(f"run {run_id} is {status}; only a failed run can be retried")
+        if not engine.retry(run_id):
+            raise click.ClickException(f"run {run_id} has nothing to resume")
+    except RunNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"run {run_id} resumed: {engine.store.get_run(run_id)['status']}")
 
 
 @main.command()

@@ -103,10 +103,11 @@ class Engine:
                 tx.save(new, worker=worker, extra=[
                     {"type": f"alert.{a.reason}", "step": a.step, "data": {"message": a.message}}
                     for a in alerts])
+                crash_point("before_commit", _label(event))
         except Conflict as exc:
             log.warning("advance of run %s abandoned: %s", run_id, exc)
             return False
-        crash_point("after_commit", getattr(event, "step", None))
+        crash_point("after_commit", _label(event))
         self.publish(saga, run_id, [c for c in commands if not isinstance(c, Alert)])
         for alert in alerts:
             self.alerts.send(run_id, saga.name, alert)
@@ -167,12 +168,12 @@ class Engine:
         kind = Kind(ctx.kind)
         try:
             target = resolve_action(action)
-            crash_point("before_effect", ctx.step)
+            crash_point("before_effect", _label(ctx))
             if isinstance(target, RemoteTask):
                 output = self.dispatcher.call_remote(target, _payload(ctx), timeout)
             else:
                 output = target(ctx)
-            crash_point("after_effect", ctx.step)
+            crash_point("after_effect", _label(ctx))
         except LeaseLost as exc:
             return StepFailed(ctx.step, kind, ctx.fence, str(exc))
         except NonRetryable as exc:
@@ -215,6 +216,12 @@ def _record_stale(tx: Any, event: Event, worker: str | None) -> None:
               step=event.step, kind=event.kind, worker=worker,
               data={"fence": event.fence, "current_fence": current.fence if current else None,
                     "outcome": "succeeded" if isinstance(event, StepSucceeded) else "failed"})
+
+
+def _label(item: Any) -> str | None:
+    """How crash points name a step: `charge_card`, or `charge_card.compensate`."""
+    step, kind = getattr(item, "step", None), getattr(item, "kind", None)
+    return f"{step}.compensate" if kind in (Kind.COMPENSATE, "compensate") else step
 
 
 def _payload(ctx: StepContext) -> dict[str, Any]:

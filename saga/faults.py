@@ -2,7 +2,9 @@
 
 `SAGA_FAULTS="after_commit:reserve_inventory:once,before_effect:charge_card"` makes this
 process SIGKILL itself at those points (`:once` across all processes sharing
-SAGA_FAULTS_DIR). A crash point costs one set lookup when nothing is armed.
+SAGA_FAULTS_DIR, which then holds a marker file `fault-<point>-<step>`). The points:
+after_start_commit:<saga>, before_effect / after_effect / before_commit / after_commit
+:<step> or :<step>.compensate. A crash point costs one check when nothing is armed.
 """
 
 from __future__ import annotations
