@@ -104,15 +104,15 @@ def install() -> None:
     def _after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         add(_statement_name(statement), time.perf_counter() - _local.began)
 
-    @signals.task_prerun.connect
+    @signals.task_prerun.connect(weak=False)
     def _prerun(**_kw: Any) -> None:
         _local.task_began = time.perf_counter()
 
-    @signals.task_postrun.connect
+    @signals.task_postrun.connect(weak=False)
     def _postrun(**_kw: Any) -> None:
         add("celery task (prerun..postrun)", time.perf_counter() - _local.task_began)
 
-    @signals.worker_process_init.connect
+    @signals.worker_process_init.connect(weak=False)
     def _child(**_kw: Any) -> None:
         STATS.clear()
         folder = os.environ.get("BENCH_STATS_DIR")

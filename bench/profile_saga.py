@@ -16,89 +16,16 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import throughput as tp  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def processes() -> dict[int, tuple[str, int, float]]:
-    """pid -> (name, process group, CPU seconds) for every process we can read."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        name = raw[raw.index("(") + 1:raw.rindex(")")]
-        fields = raw[raw.rindex(")") + 2:].split()
-        out[int(entry)] = (name, int(fields[2]), (int(fields[11]) + int(fields[12])) / TICK)
-    return out
-
-
-class CpuMeter:
-    """CPU seconds per kind of process between "begin" and "end" (a measure_* hook)."""
-
-    def __init__(self, db: tp.Database | None) -> None:
-        self.db = db
-        self.began: dict[int, tuple[str, int, float]] = {}
-        self.wall = 0.0
-        self.by_kind: dict[str, float] = {}
-        self.bench_pids: set[int] = set()
-
-    def __call__(self, phase: str, worker: tp.Worker) -> None:
-        if phase == "begin":
-            if self.db is not None:
-                with self.db.admin.connect() as conn:
-                    self.bench_pids = set(conn.exec_driver_sql(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = %s",
-                        (self.db.name,)).scalars())
-            self.began, self.wall = processes(), time.monotonic()
-            return
-        self.wall = time.monotonic() - self.wall
-        if self.db is not None:  # backends opened during the batch count too
-            with self.db.admin.connect() as conn:
-                self.bench_pids |= set(conn.exec_driver_sql(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = %s",
-                    (self.db.name,)).scalars())
-        totals: dict[str, float] = collections.defaultdict(float)
-        for pid, (name, group, cpu) in processes().items():
-            spent = cpu - (self.began[pid][2] if pid in self.began else 0.0)
-            if pid == os.getpid():
-                kind = "bench process (starts runs, polls)"
-            elif group == worker.popen.pid:
-                kind = "worker (parent + 2 children)"
-            elif name == "postgres" and pid in self.bench_pids:
-                kind = "postgres backends of the bench db"
-            elif name == "postgres":
-                kind = "postgres other (walwriter, other dbs)"
-            elif name.startswith(("beam", "erl_", "1_scheduler", "2_scheduler")) or "beam" in name:
-                kind = "rabbitmq"
-            elif name.startswith("redis-server"):
-                kind = "redis-server"
-            else:
-                kind = "everything else on the machine"
-            totals[kind] += spent
-        self.by_kind = dict(totals)
-
-    def report(self, label: str, n: int) -> None:
-        print(f"\n  CPU during the measured batch of {label} ({self.wall:.1f}s wall, "
-              f"{2 * self.wall:.1f} core-seconds available):")
-        for kind, spent in sorted(self.by_kind.items(), key=lambda kv: -kv[1]):
-            print(f"    {kind:<40} {spent:6.2f}s  {100 * spent / (2 * self.wall):5.1f}%  "
-                  f"{1000 * spent / (n * tp.STEPS):6.2f} ms/step")
 
 
 def report_stats(folder: Path, steps: int) -> None:
@@ -133,30 +60,36 @@ def py_spy(worker: tp.Worker, seconds: float, out: Path) -> subprocess.Popen | N
                             start_new_session=True)
 
 
-def report_py_spy(path: Path, top: int = 30) -> None:
+def report_py_spy(path: Path, top: int = 40) -> None:
+    """Shares of the samples taken inside a step task (below Engine.run_step)."""
     if not path.exists():
         print("  (py-spy wrote nothing: is ptrace allowed?)")
         return
     inclusive: dict[str, int] = collections.Counter()
     own: dict[str, int] = collections.Counter()
-    total = 0
+    total = in_task = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or not count.isdigit():
             continue
         n = int(count)
         frames = stack.split(";")
         total += n
-        own[frames[-1]] += n
-        for frame in set(frames):
+        task = [i for i, f in enumerate(frames) if f.startswith("Engine.run_step")]
+        if not task:
+            continue
+        in_task += n
+        below = frames[task[0]:]
+        own[below[-1]] += n
+        for frame in set(below):
             inclusive[frame] += n
-    print(f"\n  py-spy, worker processes, {total} samples; inclusive share (frames in saga/ "
-          "and the libraries):")
+    print(f"\n  py-spy: {total} samples of the worker processes, {in_task} inside a step task; "
+          "shares of the latter, inclusive:")
     for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
-        print(f"    {100 * n / total:5.1f}%  {frame[:120]}")
+        print(f"    {100 * n / max(in_task, 1):5.1f}%  {frame[:110]}")
     print("  self time:")
-    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:15]:
-        print(f"    {100 * n / total:5.1f}%  {frame[:120]}")
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:20]:
+        print(f"    {100 * n / max(in_task, 1):5.1f}%  {frame[:110]}")
 
 
 def main() -> int:
@@ -174,14 +107,14 @@ def main() -> int:
             for broker in [b.strip() for b in args.brokers.split(",") if b.strip()]:
                 stats = folder / f"stats-{broker}"
                 stats.mkdir()
-                meter = CpuMeter(db)
+                meter = tp.CpuMeter(db)
                 spy: dict[str, Any] = {}
 
-                def hook(phase: str, worker: tp.Worker, meter: CpuMeter = meter,
+                def hook(phase: str, worker: tp.Worker, meter: tp.CpuMeter = meter,
                          spy: dict[str, Any] = spy, broker: str = broker) -> None:
                     meter(phase, worker)
                     if args.py_spy and phase == "begin":
-                        spy["path"] = folder / f"py-spy-{broker}.txt"
+                        spy["path"] = Path(tempfile.gettempdir()) / f"saga-py-spy-{broker}.txt"
                         spy["proc"] = py_spy(worker, 600, spy["path"])
                     if phase == "end" and spy.get("proc") is not None:
                         spy["proc"].send_signal(2)  # SIGINT: py-spy writes what it has
@@ -201,7 +134,7 @@ def main() -> int:
                 if args.py_spy and spy.get("path"):
                     report_py_spy(spy["path"])
                 if args.chain:
-                    chain_meter = CpuMeter(None)
+                    chain_meter = tp.CpuMeter()
                     result = tp.measure_chain(broker, args.sagas, folder, hook=chain_meter)
                     tp.print_result(f"{broker} chain", result)
                     chain_meter.report(f"{args.sagas} chains", args.sagas)

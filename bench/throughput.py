@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import collections
 import json
 import math
 import os
@@ -215,6 +216,118 @@ def commit_rate(db: Database, seconds: float = 3.0, connections: int = 1) -> flo
     return sum(counts) / elapsed
 
 
+# -- where the CPU went ------------------------------------------------------------------
+
+TICK = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
+
+
+def processes() -> dict[int, tuple[str, int, float]]:
+    """pid -> (name, process group, CPU seconds) for every process we can read."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        out[int(entry)] = (name, int(fields[2]), (int(fields[11]) + int(fields[12])) / TICK)
+    return out
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, iowait) CPU seconds of the whole machine since boot, all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, iowait, irq, softirq, steal = values
+    return (user + nice + system + irq + softirq + steal) / TICK, iowait / TICK
+
+
+def _postgres_aux(pid: int) -> bool:
+    """The postmaster and its helpers (shared by everyone), not a session's backend."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    return "postgres:" not in title or any(
+        w in title for w in ("walwriter", "checkpointer", "background writer", "autovacuum",
+                             "stats", "logical replication"))
+
+
+class CpuMeter:
+    """CPU seconds by kind of process between "begin" and "end" of the measured batch.
+
+    "others" is the machine's busy time minus every process we can name: other people's
+    work on this shared machine, including processes that came and went meanwhile.
+    """
+
+    def __init__(self, db: Database | None = None) -> None:
+        self.db = db
+        self.began: dict[int, tuple[str, int, float]] = {}
+        self.machine = (0.0, 0.0)
+        self.wall = 0.0
+        self.by_kind: dict[str, float] = {}
+        self.bench_pids: set[int] = set()
+
+    def _backends(self) -> set[int]:
+        if self.db is None:
+            return set()
+        with self.db.admin.connect() as conn:
+            return set(conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.db.name,)).scalars())
+
+    def __call__(self, phase: str, worker: Worker) -> None:
+        if phase == "begin":
+            self.bench_pids = self._backends()
+            self.began, self.machine, self.wall = processes(), machine_cpu(), time.monotonic()
+            return
+        now = processes()
+        busy, iowait = machine_cpu()
+        self.wall = time.monotonic() - self.wall
+        self.bench_pids |= self._backends()  # backends opened during the batch count too
+        totals: dict[str, float] = collections.defaultdict(float)
+        for pid, (name, group, cpu) in now.items():
+            spent = cpu - (self.began[pid][2] if pid in self.began else 0.0)
+            if pid == os.getpid():
+                kind = "bench process (starts runs, polls)"
+            elif group == worker.popen.pid:
+                kind = "worker (parent + 2 children)"
+            elif name == "postgres" and pid in self.bench_pids:
+                kind = "postgres backends of the bench db"
+            elif name == "postgres" and _postgres_aux(pid):
+                kind = "postgres walwriter/checkpointer/..."
+            elif "beam" in name or name.startswith(("erl_", "epmd")):
+                kind = "rabbitmq"
+            elif name.startswith("redis-server"):
+                kind = "redis-server"
+            else:
+                continue
+            totals[kind] += spent
+        busy -= self.machine[0]
+        totals["others (the rest of the machine)"] = max(0.0, busy - sum(totals.values()))
+        totals["iowait (idle, waiting for disk)"] = iowait - self.machine[1]
+        self.by_kind = dict(totals)
+
+    @property
+    def ours(self) -> float:
+        """Cores busy with the bench (everything but others and iowait)."""
+        skip = ("others", "iowait")
+        return sum(v for k, v in self.by_kind.items() if not k.startswith(skip)) / max(self.wall, 1e-9)
+
+    @property
+    def others(self) -> float:
+        return self.by_kind.get("others (the rest of the machine)", 0.0) / max(self.wall, 1e-9)
+
+    def report(self, label: str, n: int) -> None:
+        print(f"\n  CPU during the measured batch of {label} ({self.wall:.1f}s wall, "
+              f"{CORES * self.wall:.1f} core-seconds available):")
+        for kind, spent in sorted(self.by_kind.items(), key=lambda kv: -kv[1]):
+            print(f"    {kind:<40} {spent:6.2f}s  {100 * spent / (CORES * self.wall):5.1f}%  "
+                  f"{1000 * spent / (n * STEPS):6.2f} ms/step")
+
+
 # -- one measurement ----------------------------------------------------------------------
 
 @dataclass
@@ -226,6 +339,8 @@ class Result:
     commits_per_step: float | None = None
     rollbacks_per_step: float | None = None
     failed: int = 0
+    ours: float = 0.0  # cores busy with the bench during the batch
+    others: float = 0.0  # cores busy with other people's work meanwhile
 
 
 @dataclass
@@ -294,6 +409,7 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
                                        "worker", "-c", "2"], env, folder)
     system = None
     polls = 0
+    meter = CpuMeter(db)
     try:
         worker.wait_ready()
         system = build(settings)
@@ -315,10 +431,12 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
             before = db.counters()
             warm, _ = in_threads(WARMUP, lambda _i: engine.start(SAGA, {})[0])
             wait_done(warm)
+            meter("begin", worker)
             if hook:
                 hook("begin", worker)
             ids, submit_s = in_threads(n, lambda _i: engine.start(SAGA, {})[0])
             wait_done(ids)
+            meter("end", worker)
             if hook:
                 hook("end", worker)
             polls += 1
@@ -339,6 +457,7 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     result.commits_per_step = (after[0] - before[0] - polls) / step_count
     result.rollbacks_per_step = (after[1] - before[1]) / step_count
     result.failed = sum(1 for r in rows if r[2] != "succeeded")
+    result.ours, result.others = meter.ours, meter.others
     return result
 
 
@@ -358,6 +477,7 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
     worker = Worker(f"chain-{broker}", argv, env, folder)
     app = make_app(broker_url, queue, REPORT_REDIS_URL, key)
     reports = redis.Redis.from_url(REPORT_REDIS_URL)
+    meter = CpuMeter()
     try:
         worker.wait_ready()
 
@@ -368,10 +488,12 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
         in_threads(WARMUP, lambda _i: start_chain(app))
         wait_done(WARMUP)
         reports.delete(key)
+        meter("begin", worker)
         if hook:
             hook("begin", worker)
         _, submit_s = in_threads(n, lambda _i: start_chain(app))
         wait_done(n)
+        meter("end", worker)
         if hook:
             hook("end", worker)
         spans = [tuple(json.loads(raw)) for raw in reports.lrange(key, 0, -1)]
@@ -380,7 +502,9 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
         reports.delete(key)
         reports.close()
         delete_queue(broker_url, queue)
-    return summarize(spans, submit_s)
+    result = summarize(spans, submit_s)
+    result.ours, result.others = meter.ours, meter.others
+    return result
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -395,7 +519,7 @@ def ms(seconds: float) -> str:
 
 
 def print_result(label: str, result: Result) -> None:
-    extra = ""
+    extra = f"  cpu: bench {result.ours:.2f} cores, others {result.others:.2f}"
     if result.commits_per_step is not None:
         extra = (f"  commits/step {result.commits_per_step:.2f}"
                  f"  rollbacks/step {result.rollbacks_per_step:.2f}")

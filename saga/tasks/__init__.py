@@ -62,12 +62,12 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) 
             holder["engine"] = engine()
         return holder["engine"]
 
-    @app.task(name=STEP_TASK, bind=True)
+    @app.task(name=STEP_TASK, bind=True, shared=False)  # this app only, never another
     def step(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         return current().run_step(run_id, step, Kind.FORWARD, saga, version,
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
-    @app.task(name=COMPENSATE_TASK, bind=True)
+    @app.task(name=COMPENSATE_TASK, bind=True, shared=False)
     def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         return current().run_step(run_id, step, Kind.COMPENSATE, saga, version,
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
