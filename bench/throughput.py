@@ -338,6 +338,7 @@ class Result:
     submit_s: float  # how long the bench took to start all N
     commits_per_step: float | None = None
     rollbacks_per_step: float | None = None
+    writes_per_step: float | None = None  # transactions that wrote (distinct xmin of events)
     failed: int = 0
     ours: float = 0.0  # cores busy with the bench during the batch
     others: float = 0.0  # cores busy with other people's work meanwhile
@@ -443,6 +444,11 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
             rows = poll.execute(
                 "SELECT extract(epoch FROM created_at)::float8, extract(epoch FROM finished_at)::float8,"
                 " status FROM runs WHERE id = ANY(%s)", (ids,)).fetchall()
+            # Every write transaction of the protocol appends an event and events are never
+            # updated, so their distinct xmin count is the number of write transactions.
+            polls += 1
+            writes = poll.execute("SELECT count(DISTINCT xmin::text) FROM events"
+                                  " WHERE run_id = ANY(%s)", (ids,)).fetchone()[0]
         finally:
             poll.close()
     finally:
@@ -456,6 +462,7 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     step_count = (WARMUP + n) * STEPS
     result.commits_per_step = (after[0] - before[0] - polls) / step_count
     result.rollbacks_per_step = (after[1] - before[1]) / step_count
+    result.writes_per_step = writes / (n * STEPS)
     result.failed = sum(1 for r in rows if r[2] != "succeeded")
     result.ours, result.others = meter.ours, meter.others
     return result
@@ -521,8 +528,8 @@ def ms(seconds: float) -> str:
 def print_result(label: str, result: Result) -> None:
     extra = f"  cpu: bench {result.ours:.2f} cores, others {result.others:.2f}"
     if result.commits_per_step is not None:
-        extra = (f"  commits/step {result.commits_per_step:.2f}"
-                 f"  rollbacks/step {result.rollbacks_per_step:.2f}")
+        extra += (f"  commits/step {result.commits_per_step:.2f}"
+                  f" (writes {result.writes_per_step:.2f}, rollbacks {result.rollbacks_per_step:.2f})")
         if result.failed:
             extra += f"  NOT SUCCEEDED: {result.failed}"
     print(f"  {label:<16} {result.rate:7.1f}/s  p50 {ms(result.p50):>8}  p99 {ms(result.p99):>8}"
@@ -532,7 +539,8 @@ def print_result(label: str, result: Result) -> None:
 def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[float],
                 n: int, repeat: int) -> None:
     headers = ["broker", "saga sagas/s", "chain chains/s", "ratio", "saga p50", "chain p50",
-               "p50 ratio", "saga p99", "chain p99", "commits/step"]
+               "p50 ratio", "saga p99", "chain p99", "commits/step", "write tx/step",
+               "others' load"]
     lines = []
     for broker, row in rows.items():
         pairs = list(zip(row.saga, row.chain, strict=False))
@@ -549,8 +557,10 @@ def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[flo
             ms(median(r.p99 for r in row.saga)),
             ms(median(r.p99 for r in row.chain)),
             f"{median(r.commits_per_step for r in row.saga):.2f}",
+            f"{median(r.writes_per_step for r in row.saga):.2f}",
+            f"{median(r.others for r in row.saga + row.chain):.2f} cores",
         ])
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(headers)]
     print(f"\n{n} runs of {STEPS} no-op steps, worker -c 2, medians of {repeat} repeat(s); "
           "ratios are medians of the per-repeat saga/chain ratios")
     print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
@@ -561,10 +571,13 @@ def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[flo
     print(f"\nPostgreSQL commit rate (single-row INSERT + COMMIT): {one:.0f}/s on 1 connection, "
           f"{two:.0f}/s on 2 connections")
     for broker, row in rows.items():
-        cps = median(r.commits_per_step for r in row.saga)
-        if row.saga and cps == cps and cps > 0:
-            print(f"  {broker}: at {cps:.2f} commits/step the saga's ceiling from commits alone is "
-                  f"~{two / (cps * STEPS):.0f} sagas/s (2 connections)")
+        writes = median(r.writes_per_step for r in row.saga)
+        if row.saga and writes == writes and writes > 0:
+            print(f"  {broker}: at {writes:.2f} write transactions per step, commits alone cap the "
+                  f"saga near {two / (writes * STEPS):.0f} sagas/s (2 connections)")
+    print("commits/step is pg_stat_database xact_commit / steps: it also counts the pool's "
+          "pre-ping (an autocommit SELECT 1 per checkout) and any read-only transaction; "
+          "write tx/step counts only transactions that wrote (distinct xmin of their events).")
 
 
 def main(argv: list[str] | None = None) -> int:

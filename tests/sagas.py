@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from saga import Parallel, Saga, Step, StepContext
+from saga import Parallel, RemoteTask, Saga, Step, StepContext
 
 
 def arrive_and_wait(ctx: StepContext) -> dict:
@@ -28,4 +28,11 @@ def join(ctx: StepContext) -> dict:
 barrier = Saga("barrier", steps=[
     Parallel(Step("left", arrive_and_wait), Step("right", arrive_and_wait)),
     Step("join", join),
+])
+
+
+# A step another service's worker runs (tests/remote_service.py), by task name.
+remote = Saga("remote", steps=[
+    Step("double", RemoteTask("remote_service.double", queue="saga-test-remote")),
+    Step("check", join),
 ])

@@ -117,9 +117,12 @@ class Stack:
         self._delete_queue()
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None) -> Process:
+        return self.start_process(name, ["-m", "saga.cli", "--log-level", "INFO", *args], env)
+
+    def start_process(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
+        """Any Python process with this stack's environment, stopped with the stack."""
         log = self.folder / f"{name}-{len(self.processes)}.log"
-        argv = [sys.executable, "-m", "saga.cli", "--log-level", "INFO", *args]
-        process = Process(name, argv, {**self.env, **(env or {})}, log)
+        process = Process(name, [sys.executable, *args], {**self.env, **(env or {})}, log)
         self.processes.append(process)
         return process
 

@@ -139,3 +139,22 @@ def test_whole_worker_killed_then_replaced_resumes_the_run(stack: Stack) -> None
     charge = next(s for s in run["steps"] if s["name"] == "charge_card")
     assert charge["attempts"] == 2
     assert _effect_actions(stack, _order_id(stack, run_id)) == ["reserve", "charge", "ship"]
+
+
+def test_remote_task_step_runs_on_another_services_worker(database_url, broker_url, tmp_path):
+    """Given a step naming another service's Celery task, its result becomes the output."""
+    backend = "redis://127.0.0.1:6379/1"
+    with Stack(database_url, broker_url, tmp_path) as stack:
+        stack.env["SAGA_RESULT_BACKEND"] = backend
+        stack.api()
+        stack.worker()
+        service = stack.start_process("remote", [
+            "-m", "celery", "-A", "tests.remote_service", "worker", "-Q", "saga-test-remote",
+            "-c", "1", "--without-gossip", "--without-mingle", "--loglevel=INFO",
+            "-n", f"remote-{stack.queue}@%h"])
+        wait_for(lambda: " ready." in service.output(), 60, "the remote service's worker")
+        run_id = stack.post_run("remote", {"n": 21})
+        run = stack.wait_terminal(run_id)
+        assert run["status"] == "succeeded", run
+        double = next(s for s in run["steps"] if s["name"] == "double")
+        assert double["output"] == {"doubled": 42, "key": f"{run_id}:double:forward"}
