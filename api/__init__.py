@@ -13,13 +13,13 @@ import flask
 import flask_smorest
 from werkzeug.exceptions import HTTPException
 
-from api import health, problems, runs, sagas
+from api import control, health, problems, runs, sagas, schedules
 from saga.app import System, build
 from saga.settings import Settings
 
 __all__ = ["create_app"]
 
-BLUEPRINTS = (runs.blp, sagas.blp, health.blp)
+BLUEPRINTS = (runs.blp, control.blp, schedules.blp, sagas.blp, health.blp)
 
 
 class ProblemApi(flask_smorest.Api):

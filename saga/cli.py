@@ -9,24 +9,9 @@ import sys
 
 import click
 
-from saga.settings import Settings
-
-
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _system(settings: Settings):
-    from saga.app import build
-    from saga.errors import SagaError
-
-    try:
-        return build(settings)
-    except (SagaError, ImportError) as exc:
-        raise click.ClickException(f"cannot load the sagas in SAGA_SAGAS: {exc}") from None
+from saga.cli_common import safe_url as _safe_url
+from saga.cli_common import settings as _settings
+from saga.cli_common import system as _system
 
 
 @click.group()
@@ -140,62 +125,17 @@ def start(saga_name: str, input_json: str, key: str | None, version: int | None)
     click.echo(run_id if created else f"{run_id} (already started with this key)")
 
 
-@main.command()
-@click.argument("run_id")
-def show(run_id: str) -> None:
-    """Print a run's timeline."""
-    from saga.errors import RunNotFound
-    from saga.store import Store
-    from saga.timeline import render
+def _register() -> None:
+    # Command groups kept in their own modules, so each stays small.
+    from saga.cli_backfill import backfill
+    from saga.cli_control import cancel, retry, signal
+    from saga.cli_history import runs, show
 
-    store = Store(_settings().database_url)
-    try:
-        click.echo(render(store.get_run(run_id), store.events(run_id)))
-    except RunNotFound as exc:
-        raise click.ClickException(str(exc)) from None
+    for command in (show, runs, cancel, signal, retry, backfill):
+        main.add_command(command)
 
 
-@main.command()
-@click.argument("run_id")
-def retry(run_id: str) -> None:
-    """Resume a failed run from its given-up compensation or parked step."""
-    from saga.errors import RunNotFound
-
-    engine = _system(_settings()).engine
-    try:
-        status = engine.store.get_run(run_id)["status"]
-        if status != "failed":
-            raise click.ClickException(f"run {run_id} is {status}; only a failed run can be retried")
-        if not engine.retry(run_id):
-            raise click.ClickException(f"run {run_id} has nothing to resume")
-    except RunNotFound as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"run {run_id} resumed: {engine.store.get_run(run_id)['status']}")
-
-
-@main.command()
-@click.option("--saga", "saga_name", default=None)
-@click.option("--status", default=None)
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200))
-def runs(saga_name: str | None, status: str | None, limit: int) -> None:
-    """List runs, newest first."""
-    from saga.store import Store
-
-    page, _ = Store(_settings().database_url).list_runs(saga_name, status, limit)
-    for run in page:
-        click.echo(f"{run['id']}  {run['created_at']:%Y-%m-%d %H:%M:%S}  {run['saga']} "
-                   f"v{run['version']}  {run['status']}")
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1]
-
+_register()
 
 if __name__ == "__main__":
     main()

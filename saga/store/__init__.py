@@ -1,4 +1,7 @@
-"""The saga log: tables and the run store; the only place in `saga` that speaks SQL.
+"""The saga log's writes: start, claim, heartbeat, advance under a lock, and due work.
+
+`saga.store` is the only package in `saga` that speaks SQL (tables in `tables`, reads in
+`reads`, row conversion in `rows`).
 
 Every state change is one transaction with its event rows. PostgreSQL locks the run row
 (`FOR UPDATE` to advance, `FOR SHARE` to claim) and its clock times leases; SQLite, the
@@ -9,7 +12,6 @@ ORM object leaves this module.
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,84 +24,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from saga.errors import IdempotencyConflict, RunNotFound
-from saga.state import Kind, Run, RunStatus, StepState, StepStatus, transitions
+from saga.state import Kind, Run, RunStatus, StepStatus, transitions
+from saga.store.reads import Reads
+from saga.store.rows import aware, to_run, to_step
+from saga.store.tables import events, metadata, runs, steps
 
-metadata = sa.MetaData()
-JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
-When = sa.DateTime(timezone=True)
-
-runs = sa.Table(
-    "runs", metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
-    sa.Column("saga", sa.String(200), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("shape", sa.String(32), nullable=False),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("input", JSON, nullable=False),
-    sa.Column("error", sa.Text),
-    sa.Column("idempotency_key", sa.String(255)),
-    sa.Column("request_hash", sa.String(64)),
-    sa.Column("created_at", When, nullable=False),
-    sa.Column("updated_at", When, nullable=False),
-    sa.Column("finished_at", When),
-    sa.Column("deadline_at", When),
-    sa.UniqueConstraint("saga", "idempotency_key", name="runs_saga_idempotency_key"),
-    sa.Index("runs_created", "created_at", "id"),
-    sa.Index("runs_saga_created", "saga", "created_at", "id"),
-    sa.Index("runs_status_created", "status", "created_at", "id"),
-    sa.Index("runs_deadline_due", "deadline_at",
-             postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'")),
-)
-
-steps = sa.Table(
-    "steps", metadata,
-    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
-              primary_key=True),
-    sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("kind", sa.String(12), primary_key=True),
-    sa.Column("status", sa.String(20), nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False, default=0),
-    sa.Column("fence", sa.BigInteger, nullable=False, default=0),
-    sa.Column("lease_owner", sa.String(200)),
-    sa.Column("lease_expires_at", When),
-    sa.Column("next_attempt_at", When),
-    sa.Column("redispatch_at", When),  # a queued step unclaimed by then is published again
-    sa.Column("start_by", When),  # a queued step unclaimed by then timed out (schedule-to-start)
-    sa.Column("dispatches", sa.Integer, nullable=False, default=1),
-    sa.Column("output", JSON),
-    sa.Column("error", sa.Text),
-    sa.Column("queued_at", When),
-    sa.Column("started_at", When),
-    sa.Column("finished_at", When),
-    # Each sweep query reads one of these partial indexes, so its cost follows what is
-    # due, never what merely waits.
-    sa.Index("steps_redispatch_due", "redispatch_at",
-             postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'")),
-    sa.Index("steps_lease_due", "lease_expires_at",
-             postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'")),
-    sa.Index("steps_retry_due", "next_attempt_at",
-             postgresql_where=sa.text("status = 'retry_wait'"),
-             sqlite_where=sa.text("status = 'retry_wait'")),
-    sa.Index("steps_start_due", "start_by",
-             postgresql_where=sa.text("status = 'queued' AND start_by IS NOT NULL"),
-             sqlite_where=sa.text("status = 'queued' AND start_by IS NOT NULL")),
-)
-
-events = sa.Table(
-    "events", metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
-              autoincrement=True),
-    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
-              nullable=False),
-    sa.Column("at", When, nullable=False),
-    sa.Column("type", sa.String(60), nullable=False),
-    sa.Column("step", sa.String(200)),
-    sa.Column("kind", sa.String(12)),
-    sa.Column("attempt", sa.Integer),
-    sa.Column("worker", sa.String(200)),
-    sa.Column("data", JSON, nullable=False),
-    sa.Index("events_run", "run_id", "id"),
-)
+__all__ = ["Store", "RunTransaction", "Claim", "Due", "Conflict", "metadata", "runs", "steps",
+           "events"]
 
 
 class Conflict(Exception):
@@ -134,7 +65,7 @@ class Due:
     fence: int
 
 
-class Store:
+class Store(Reads):
     """Reads and writes the saga log. Safe to share between threads; re-opened after fork."""
 
     def __init__(self, url: str, redispatch_s: float = 10.0, echo: bool = False) -> None:
@@ -174,7 +105,7 @@ class Store:
         """The database's clock (SQLite: this machine's), which times every lease."""
         if self.is_sqlite:
             return datetime.now(UTC)
-        return _aware(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+        return aware(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
 
     def create_run(self, run: Run, shape: str, idempotency_key: str | None,
                    request_hash: str | None) -> tuple[str, bool]:
@@ -270,7 +201,7 @@ class Store:
                     return
                 raise RunNotFound(f"no run has id {run_id!r}")
             step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id)).mappings()
-            run = _run(row, [_step(s) for s in step_rows])
+            run = to_run(row, [to_step(s) for s in step_rows])
             yield RunTransaction(self, conn, run, self.now(conn))
 
     def record_event(self, conn: sa.Connection, run_id: str, at: datetime, type: str,
@@ -375,66 +306,6 @@ class Store:
                 .order_by(due_at).limit(limit)).all()
         return [Due(r.run_id, r.saga, r.version, r.name, Kind(r.kind), r.fence) for r in rows]
 
-    # -- reads ------------------------------------------------------------------------
-
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        """One run with its steps and compensations, as plain data."""
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
-            if row is None:
-                raise RunNotFound(f"no run has id {run_id!r}")
-            step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id).order_by(
-                steps.c.queued_at, steps.c.name)).mappings().all()
-        view = _run_view(row)
-        view["steps"] = [_step_view(s) for s in step_rows if s["kind"] == Kind.FORWARD]
-        view["compensations"] = [_step_view(s) for s in step_rows if s["kind"] == Kind.COMPENSATE]
-        return view
-
-    def load_run(self, run_id: str) -> Run:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
-            if row is None:
-                raise RunNotFound(f"no run has id {run_id!r}")
-            step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id)).mappings()
-            return _run(row, [_step(s) for s in step_rows])
-
-    def list_runs(self, saga: str | None = None, status: str | None = None, limit: int = 50,
-                  cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """Runs newest first, one page; the second value is the next page's cursor."""
-        query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
-        if saga:
-            query = query.where(runs.c.saga == saga)
-        if status:
-            query = query.where(runs.c.status == status)
-        if cursor:
-            at, run_id = _decode_cursor(cursor)
-            query = query.where(sa.or_(runs.c.created_at < at,
-                                       sa.and_(runs.c.created_at == at, runs.c.id < run_id)))
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        page = [_run_view(r) for r in rows[:limit]]
-        more = len(rows) > limit
-        return page, _encode_cursor(rows[limit - 1]) if more and page else None
-
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's history, oldest first."""
-        with self.engine.connect() as conn:
-            if conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is None:
-                raise RunNotFound(f"no run has id {run_id!r}")
-            rows = conn.execute(sa.select(events).where(events.c.run_id == run_id)
-                                .order_by(events.c.id)).mappings().all()
-        return [{"id": r["id"], "at": _aware(r["at"]), "type": r["type"], "step": r["step"],
-                 "kind": r["kind"], "attempt": r["attempt"], "worker": r["worker"],
-                 "data": r["data"]} for r in rows]
-
-    def active_versions(self) -> dict[tuple[str, int], int]:
-        """How many unfinished runs each (saga, version) has."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(runs.c.saga, runs.c.version, sa.func.count())
-                                .where(runs.c.status.in_([RunStatus.RUNNING, RunStatus.COMPENSATING]))
-                                .group_by(runs.c.saga, runs.c.version)).all()
-        return {(r[0], r[1]): r[2] for r in rows}
-
     @contextmanager
     def _begin(self) -> Iterator[sa.Connection]:
         with self.engine.begin() as conn:
@@ -479,56 +350,3 @@ def _make_engine(url: str, echo: bool) -> sa.Engine:
     return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def _run(row: Any, step_states: list[StepState]) -> Run:
-    return Run(id=row["id"], saga=row["saga"], version=row["version"],
-               status=RunStatus(row["status"]), input=row["input"],
-               steps={(s.name, s.kind): s for s in step_states}, error=row["error"],
-               created_at=_aware(row["created_at"]), finished_at=_aware(row["finished_at"]),
-               deadline_at=_aware(row["deadline_at"]))
-
-
-def _step(row: Any) -> StepState:
-    return StepState(name=row["name"], kind=Kind(row["kind"]), status=StepStatus(row["status"]),
-                     attempt=row["attempt"], fence=row["fence"], output=row["output"],
-                     error=row["error"], queued_at=_aware(row["queued_at"]),
-                     started_at=_aware(row["started_at"]), finished_at=_aware(row["finished_at"]),
-                     next_attempt_at=_aware(row["next_attempt_at"]),
-                     lease_expires_at=_aware(row["lease_expires_at"]),
-                     lease_owner=row["lease_owner"], start_by=_aware(row["start_by"]))
-
-
-def _run_view(row: Any) -> dict[str, Any]:
-    return {"id": row["id"], "saga": row["saga"], "version": row["version"],
-            "status": row["status"], "input": row["input"], "error": row["error"],
-            "idempotency_key": row["idempotency_key"], "created_at": _aware(row["created_at"]),
-            "updated_at": _aware(row["updated_at"]), "finished_at": _aware(row["finished_at"]),
-            "deadline_at": _aware(row["deadline_at"])}
-
-
-def _step_view(row: Any) -> dict[str, Any]:
-    return {"name": row["name"], "status": row["status"], "attempts": row["attempt"],
-            "queued_at": _aware(row["queued_at"]), "started_at": _aware(row["started_at"]),
-            "finished_at": _aware(row["finished_at"]), "next_attempt_at": _aware(row["next_attempt_at"]),
-            "worker": row["lease_owner"], "output": row["output"], "error": row["error"]}
-
-
-def _encode_cursor(row: Any) -> str:
-    raw = f"{_aware(row['created_at']).isoformat()}|{row['id']}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, run_id = raw.split("|", 1)
-        if "\x00" in run_id:
-            raise ValueError("NUL in cursor")
-        return datetime.fromisoformat(at), run_id
-    except (ValueError, UnicodeDecodeError):
-        raise ValueError(f"cursor {cursor!r} is not one this API returned") from None

@@ -1,0 +1,64 @@
+"""Rows into plain values: `Run`/`StepState` for the engine, dicts for the API and CLI."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+from saga.state import Kind, Run, RunStatus, StepState, StepStatus
+
+
+def aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def to_run(row: Any, step_states: list[StepState]) -> Run:
+    return Run(id=row["id"], saga=row["saga"], version=row["version"],
+               status=RunStatus(row["status"]), input=row["input"],
+               steps={(s.name, s.kind): s for s in step_states}, error=row["error"],
+               created_at=aware(row["created_at"]), finished_at=aware(row["finished_at"]),
+               deadline_at=aware(row["deadline_at"]))
+
+
+def to_step(row: Any) -> StepState:
+    return StepState(name=row["name"], kind=Kind(row["kind"]), status=StepStatus(row["status"]),
+                     attempt=row["attempt"], fence=row["fence"], output=row["output"],
+                     error=row["error"], queued_at=aware(row["queued_at"]),
+                     started_at=aware(row["started_at"]), finished_at=aware(row["finished_at"]),
+                     next_attempt_at=aware(row["next_attempt_at"]),
+                     lease_expires_at=aware(row["lease_expires_at"]),
+                     lease_owner=row["lease_owner"], start_by=aware(row["start_by"]))
+
+
+def run_view(row: Any) -> dict[str, Any]:
+    return {"id": row["id"], "saga": row["saga"], "version": row["version"],
+            "status": row["status"], "input": row["input"], "error": row["error"],
+            "idempotency_key": row["idempotency_key"], "created_at": aware(row["created_at"]),
+            "updated_at": aware(row["updated_at"]), "finished_at": aware(row["finished_at"]),
+            "deadline_at": aware(row["deadline_at"])}
+
+
+def step_view(row: Any) -> dict[str, Any]:
+    return {"name": row["name"], "status": row["status"], "attempts": row["attempt"],
+            "queued_at": aware(row["queued_at"]), "started_at": aware(row["started_at"]),
+            "finished_at": aware(row["finished_at"]), "next_attempt_at": aware(row["next_attempt_at"]),
+            "worker": row["lease_owner"], "output": row["output"], "error": row["error"]}
+
+
+def encode_cursor(row: Any) -> str:
+    raw = f"{aware(row['created_at']).isoformat()}|{row['id']}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, run_id = raw.split("|", 1)
+        if "\x00" in run_id:
+            raise ValueError("NUL in cursor")
+        return datetime.fromisoformat(at), run_id
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"cursor {cursor!r} is not one this API returned") from None

@@ -1,0 +1,83 @@
+"""The saga log's tables: runs, steps (forward and compensation) and their events."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData()
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+When = sa.DateTime(timezone=True)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("saga", sa.String(200), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("shape", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("input", JSON, nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("request_hash", sa.String(64)),
+    sa.Column("created_at", When, nullable=False),
+    sa.Column("updated_at", When, nullable=False),
+    sa.Column("finished_at", When),
+    sa.Column("deadline_at", When),
+    sa.UniqueConstraint("saga", "idempotency_key", name="runs_saga_idempotency_key"),
+    sa.Index("runs_created", "created_at", "id"),
+    sa.Index("runs_saga_created", "saga", "created_at", "id"),
+    sa.Index("runs_status_created", "status", "created_at", "id"),
+    sa.Index("runs_deadline_due", "deadline_at",
+             postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'")),
+)
+
+steps = sa.Table(
+    "steps", metadata,
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("kind", sa.String(12), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("fence", sa.BigInteger, nullable=False, default=0),
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_expires_at", When),
+    sa.Column("next_attempt_at", When),
+    sa.Column("redispatch_at", When),  # a queued step unclaimed by then is published again
+    sa.Column("start_by", When),  # a queued step unclaimed by then timed out (schedule-to-start)
+    sa.Column("dispatches", sa.Integer, nullable=False, default=1),
+    sa.Column("output", JSON),
+    sa.Column("error", sa.Text),
+    sa.Column("queued_at", When),
+    sa.Column("started_at", When),
+    sa.Column("finished_at", When),
+    # Each sweep query reads one of these partial indexes, so its cost follows what is
+    # due, never what merely waits.
+    sa.Index("steps_redispatch_due", "redispatch_at",
+             postgresql_where=sa.text("status = 'queued'"), sqlite_where=sa.text("status = 'queued'")),
+    sa.Index("steps_lease_due", "lease_expires_at",
+             postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'")),
+    sa.Index("steps_retry_due", "next_attempt_at",
+             postgresql_where=sa.text("status = 'retry_wait'"),
+             sqlite_where=sa.text("status = 'retry_wait'")),
+    sa.Index("steps_start_due", "start_by",
+             postgresql_where=sa.text("status = 'queued' AND start_by IS NOT NULL"),
+             sqlite_where=sa.text("status = 'queued' AND start_by IS NOT NULL")),
+)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("at", When, nullable=False),
+    sa.Column("type", sa.String(60), nullable=False),
+    sa.Column("step", sa.String(200)),
+    sa.Column("kind", sa.String(12)),
+    sa.Column("attempt", sa.Integer),
+    sa.Column("worker", sa.String(200)),
+    sa.Column("data", JSON, nullable=False),
+    sa.Index("events_run", "run_id", "id"),
+)
