@@ -23,7 +23,8 @@ class System:
 def build(settings: Settings, registry: Registry | None = None) -> System:
     """Everything one process needs; the worker's tasks share this process's engine."""
     registry = registry if registry is not None else Registry.from_modules(settings.sagas)
-    store = Store(settings.database_url, redispatch_s=settings.redispatch_s)
+    store = Store(settings.database_url, redispatch_s=settings.redispatch_s,
+                  clock_offset_file=settings.clock_offset_file)
     holder: dict[str, Engine] = {}
     celery = make_celery(settings, engine=lambda: holder["engine"])
     engine = Engine(settings, registry, store, CeleryDispatcher(celery, settings.default_queue))

@@ -78,7 +78,7 @@ class Engine:
         validate_input(saga, input)
         request_hash = hashlib.sha256(json.dumps(
             {"input": input, "version": version}, sort_keys=True).encode()).hexdigest()
-        run, commands = state.start(saga, str(uuid.uuid4()), input, _utcnow())
+        run, commands = state.start(saga, str(uuid.uuid4()), input, self.store.now())
         run_id, created = self.store.create_run(run, saga.shape_hash, idempotency_key, request_hash)
         crash_point("after_start_commit", saga.name)
         if created:

@@ -103,7 +103,9 @@ class Stack:
             "SAGA_DEMO_SERVICES_URL": self.base,
             "SAGA_FAULTS_DIR": str(folder),
             "SAGA_TEST_BARRIER_DIR": str(folder),
+            "SAGA_CLOCK_OFFSET_FILE": str(folder / "clock-offset"),
         }
+        self.clock_offset = 0.0
         self.processes: list[Process] = []
         self.db = sa.create_engine(database_url)
 
@@ -153,6 +155,13 @@ class Stack:
 
     def sweeper(self, env: dict[str, str] | None = None) -> Process:
         return self._start("sweeper", ["sweeper"], env)
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move every process's clock forward (the injectable clock: no sleeping)."""
+        self.clock_offset += seconds
+        path = Path(self.env["SAGA_CLOCK_OFFSET_FILE"])
+        path.with_suffix(".tmp").write_text(str(self.clock_offset))
+        path.with_suffix(".tmp").replace(path)  # atomic: a reader never sees half a number
 
     # -- looking at the result ------------------------------------------------------
 

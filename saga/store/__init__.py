@@ -68,9 +68,11 @@ class Due:
 class Store(Reads):
     """Reads and writes the saga log. Safe to share between threads; re-opened after fork."""
 
-    def __init__(self, url: str, redispatch_s: float = 10.0, echo: bool = False) -> None:
+    def __init__(self, url: str, redispatch_s: float = 10.0, echo: bool = False,
+                 clock_offset_file: str = "") -> None:
         self.url = url
         self.redispatch = timedelta(seconds=redispatch_s)
+        self.clock_offset_file = clock_offset_file
         self._echo = echo
         self._engine: sa.Engine | None = None
         self._pid = 0
@@ -101,11 +103,24 @@ class Store(Reads):
 
     # -- writes ---------------------------------------------------------------------
 
-    def now(self, conn: sa.Connection) -> datetime:
-        """The database's clock (SQLite: this machine's), which times every lease."""
+    def now(self, conn: sa.Connection | None = None) -> datetime:
+        """The database's clock (SQLite: this machine's), which times every lease and wait."""
         if self.is_sqlite:
-            return datetime.now(UTC)
-        return aware(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+            now = datetime.now(UTC)
+        elif conn is None:
+            with self.engine.connect() as own:
+                now = aware(own.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+        else:
+            now = aware(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+        return now + self._offset() if self.clock_offset_file else now
+
+    def _offset(self) -> timedelta:
+        # The injectable clock of the tests: every process reads the same file of seconds.
+        try:
+            with open(self.clock_offset_file) as f:
+                return timedelta(seconds=float(f.read().strip() or 0))
+        except FileNotFoundError:
+            return timedelta(0)
 
     def create_run(self, run: Run, shape: str, idempotency_key: str | None,
                    request_hash: str | None) -> tuple[str, bool]:
