@@ -11,7 +11,16 @@ import flask
 import marshmallow as ma
 from werkzeug.exceptions import HTTPException
 
-from saga.errors import IdempotencyConflict, InvalidInput, RunNotFound, SagaError, UnknownSaga
+from saga.errors import (
+    IdempotencyConflict,
+    InvalidInput,
+    RunNotFound,
+    RunParked,
+    RunStateConflict,
+    SagaError,
+    UnknownSaga,
+    UnknownSignal,
+)
 
 log = logging.getLogger("api")
 
@@ -26,6 +35,9 @@ SAGA_ERRORS: dict[type[SagaError], tuple[int, str | None]] = {
     RunNotFound: (404, "run-not-found"),
     IdempotencyConflict: (422, "idempotency-conflict"),
     InvalidInput: (422, "invalid-input"),
+    UnknownSignal: (404, "unknown-signal"),
+    RunParked: (409, "run-parked"),
+    RunStateConflict: (409, "run-state-conflict"),
 }
 
 

@@ -20,14 +20,15 @@ import time
 from collections import defaultdict
 from typing import Any
 
-STATS: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])  # name -> [calls, seconds]
+STATS: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # name -> [calls, wall, cpu]
 _local = threading.local()
 
 
-def add(name: str, seconds: float) -> None:
+def add(name: str, seconds: float, cpu: float = 0.0) -> None:
     entry = STATS[name]
     entry[0] += 1
     entry[1] += seconds
+    entry[2] += cpu
 
 
 def wrap(owner: Any, attr: str, name: str) -> None:
@@ -35,11 +36,11 @@ def wrap(owner: Any, attr: str, name: str) -> None:
 
     @functools.wraps(original)
     def timed(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         try:
             return original(*args, **kwargs)
         finally:
-            add(name, time.perf_counter() - began)
+            add(name, time.perf_counter() - began, time.thread_time() - cpu)
 
     setattr(owner, attr, timed)
 
@@ -51,12 +52,12 @@ def wrap_context(owner: Any, attr: str, name: str) -> None:
     @functools.wraps(original)
     @contextlib.contextmanager
     def timed(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         try:
             with original(*args, **kwargs) as value:
                 yield value
         finally:
-            add(name, time.perf_counter() - began)
+            add(name, time.perf_counter() - began, time.thread_time() - cpu)
 
     setattr(owner, attr, timed)
 
@@ -70,7 +71,38 @@ def _statement_name(sql: str) -> str:
     return f"sql {verb} {target}{lock}".strip()
 
 
+def experiments(names: set[str]) -> None:
+    """What-ifs, measured rather than guessed; each breaks a guarantee, never ship them.
+
+    no_preping: the store's engine without pool_pre_ping (one round trip per transaction).
+    py_clock: Store.now reads this machine's clock instead of `SELECT clock_timestamp()`
+        (what reading the clock inside the statements that need it would save).
+    no_heartbeat: no heartbeat thread per step (what one shared heartbeat thread would save).
+    """
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from saga import context, store
+
+    if "no_preping" in names:
+        original = store._make_engine
+
+        def make_engine(url: str, echo: bool) -> sa.Engine:
+            if url.startswith("sqlite"):
+                return original(url, echo)
+            return sa.create_engine(url, echo=echo, pool_size=5, max_overflow=10)
+
+        store._make_engine = make_engine
+    if "py_clock" in names:
+        store.Store.now = lambda self, conn: datetime.now(UTC)
+    if "no_heartbeat" in names:
+        context.Heartbeat.__enter__ = lambda self: self
+        context.Heartbeat.__exit__ = lambda self, *exc: None
+
+
 def install() -> None:
+    experiments({e for e in os.environ.get("BENCH_EXPERIMENTS", "").split(",") if e})
     import psycopg
     import sqlalchemy as sa
     from celery import signals
@@ -98,19 +130,21 @@ def install() -> None:
 
     @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
     def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        _local.began = time.perf_counter()
+        _local.began = time.perf_counter(), time.thread_time()
 
     @sa.event.listens_for(sa.engine.Engine, "after_cursor_execute")
     def _after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        add(_statement_name(statement), time.perf_counter() - _local.began)
+        add(_statement_name(statement), time.perf_counter() - _local.began[0],
+            time.thread_time() - _local.began[1])
 
     @signals.task_prerun.connect(weak=False)
     def _prerun(**_kw: Any) -> None:
-        _local.task_began = time.perf_counter()
+        _local.task_began = time.perf_counter(), time.thread_time()
 
     @signals.task_postrun.connect(weak=False)
     def _postrun(**_kw: Any) -> None:
-        add("celery task (prerun..postrun)", time.perf_counter() - _local.task_began)
+        add("celery task (prerun..postrun)", time.perf_counter() - _local.task_began[0],
+            time.thread_time() - _local.task_began[1])
 
     @signals.worker_process_init.connect(weak=False)
     def _child(**_kw: Any) -> None:

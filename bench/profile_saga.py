@@ -31,21 +31,22 @@ from bench import throughput as tp  # noqa: E402
 def report_stats(folder: Path, steps: int) -> None:
     import json
 
-    merged: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0])
+    merged: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
     alive = cpu = 0.0
     for path in folder.glob("*.json"):
         data = json.loads(path.read_text())
         alive += data["alive_s"]
         cpu += data["cpu_s"]
-        for name, (calls, seconds) in data["stats"].items():
+        for name, (calls, seconds, cpu_s) in data["stats"].items():
             merged[name][0] += calls
             merged[name][1] += seconds
+            merged[name][2] += cpu_s
     print(f"\n  worker children (warm-up included; per saga step = /{steps}); "
           f"children CPU {cpu:.1f}s over {alive:.1f}s alive:")
-    print(f"    {'what':<48} {'calls/step':>10} {'ms/call':>8} {'ms/step':>8}")
-    for name, (calls, seconds) in sorted(merged.items(), key=lambda kv: -kv[1][1]):
+    print(f"    {'what':<48} {'calls/step':>10} {'ms/call':>8} {'ms/step':>8} {'cpu ms/step':>11}")
+    for name, (calls, seconds, cpu_s) in sorted(merged.items(), key=lambda kv: -kv[1][1]):
         print(f"    {name:<48} {calls / steps:10.2f} {1000 * seconds / max(calls, 1):8.3f} "
-              f"{1000 * seconds / steps:8.3f}")
+              f"{1000 * seconds / steps:8.3f} {1000 * cpu_s / steps:11.3f}")
 
 
 def py_spy(worker: tp.Worker, seconds: float, out: Path) -> subprocess.Popen | None:
@@ -99,6 +100,9 @@ def main() -> int:
     parser.add_argument("--instrument", action="store_true", help="time store calls and statements")
     parser.add_argument("--chain", action="store_true", help="also profile the chain baseline")
     parser.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy")
+    parser.add_argument("--experiments", default="",
+                        help="with --instrument: what-ifs, e.g. no_preping,py_clock,no_heartbeat "
+                             "(see bench/instrumented_worker.py)")
     args = parser.parse_args()
     db = tp.Database()
     try:
@@ -125,7 +129,8 @@ def main() -> int:
 
                 module = "bench.instrumented_worker" if args.instrument else "saga.cli"
                 result = tp.measure_saga(db, broker, args.sagas, folder, module=module,
-                                         extra_env={"BENCH_STATS_DIR": str(stats)}, hook=hook)
+                                         extra_env={"BENCH_STATS_DIR": str(stats),
+                                                    "BENCH_EXPERIMENTS": args.experiments}, hook=hook)
                 print(f"\n== {broker}")
                 tp.print_result(f"{broker} saga", result)
                 meter.report(f"{args.sagas} sagas", args.sagas)

@@ -1,4 +1,4 @@
-"""`make demo`: three orders through the fulfillment saga on the embedded stack, as timelines.
+"""`make demo`: four orders through the fulfillment saga on the embedded stack, as timelines.
 
 Needs no server: a SQLite file, Celery's in-memory broker, and a worker, the sweeper and
 the API (with the demo services) all in this process.
@@ -25,10 +25,11 @@ from saga.timeline import render
 logging.getLogger("werkzeug").setLevel(logging.WARNING)  # keep the timelines readable
 
 ORDERS = [
-    ("an order that succeeds", {}),
-    ("a declined card: the reservation is released", {"card": "declined"}),
+    ("an order that ships: it waits for the carrier's label, then emails the buyer", {}, "signal"),
+    ("a declined card: the reservation is released", {"card": "declined"}, None),
     ("an undeliverable address: the card is refunded, then the reservation released",
-     {"address": "nowhere"}),
+     {"address": "nowhere"}, None),
+    ("an order cancelled while it waits for its label: everything done is undone", {}, "cancel"),
 ]
 
 
@@ -44,33 +45,50 @@ def main() -> int:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         print(f"embedded stack: SQLite at {folder}/demo.db, in-memory broker, API on {base}\n")
         failures = 0
-        for title, changes in ORDERS:
+        for title, changes, then in ORDERS:
             order = {"order_id": f"order-{uuid.uuid4().hex[:6]}", "amount_cents": 4200,
                      "items": [{"sku": "teapot", "qty": 1}], "card": "4242",
                      "address": "1 Main St", "email": "ada@example.com", **changes}
             started = requests.post(f"{base}/orders", json=order, timeout=10).json()
-            run = wait_finished(base, started["run_id"])
-            events = requests.get(f"{base}/v1/runs/{run['id']}/events", timeout=10).json()["events"]
+            run_id = started["run_id"]
+            print(f"== {title}")
+            run = wait_until(base, run_id, FINISHED + ("waiting",))
+            if run["status"] == "waiting":
+                print(f"  ... run {run_id} is waiting for its 'shipping_label' signal, "
+                      "holding no worker")
+                if then == "signal":
+                    requests.post(f"{base}/v1/runs/{run_id}/signals/shipping_label",
+                                  json={"payload": {"tracking": "1Z999AA10123456784"}}, timeout=10)
+                    print("  ... the carrier sends the label: POST /v1/runs/{id}/signals/shipping_label")
+                else:
+                    requests.post(f"{base}/v1/runs/{run_id}/cancel", timeout=10)
+                    print("  ... the buyer cancels: POST /v1/runs/{id}/cancel")
+                run = wait_until(base, run_id, FINISHED)
+            store = system.engine.store
+            print(render(store.get_run(run_id), store.events(run_id)))
             effects = requests.get(f"{base}/demo/effects", params={"order_id": order["order_id"]},
                                    timeout=10).json()["effects"]
-            print(f"== {title}")
-            print(render(system.engine.store.get_run(run["id"]), system.engine.store.events(run["id"])))
             print("  effects applied by the services: "
-                  + (", ".join(e["action"] for e in effects) or "none"))
-            print(f"  ({len(events)} events)\n")
-            failures += run["status"] not in ("succeeded", "compensated")
+                  + (", ".join(e["action"] for e in effects) or "none") + "\n")
+            failures += run["status"] not in ("succeeded", "compensated", "cancelled")
         server.shutdown()
     return 1 if failures else 0
 
 
-def wait_finished(base: str, run_id: str, timeout: float = 30) -> dict:
+FINISHED = ("succeeded", "compensated", "cancelled", "failed")
+
+
+def wait_until(base: str, run_id: str, statuses: tuple[str, ...], timeout: float = 30) -> dict:
+    """Poll the run until it is in one of `statuses` ("waiting": its current step waits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = requests.get(f"{base}/v1/runs/{run_id}", timeout=10).json()
-        if run["status"] in ("succeeded", "compensated", "failed"):
+        if run["status"] in statuses:
             return run
+        if "waiting" in statuses and any(s["status"] == "waiting" for s in run["steps"]):
+            return dict(run, status="waiting")
         time.sleep(0.05)
-    raise SystemExit(f"run {run_id} did not finish in {timeout}s")
+    raise SystemExit(f"run {run_id} did not reach {statuses} in {timeout}s")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The demo saga: order fulfillment across inventory, payment and shipping services.
 
-validate order → reserve inventory → charge card → (create shipment ‖ email warehouse).
+validate order → reserve inventory → charge card → (create shipment ‖ email warehouse),
+and in version 2 → wait for the shipping label (up to two days) → email the user.
 Each step calls a demo service over HTTP with the step's idempotency key, so a retried
 or redelivered step applies its effect once. `init_app` mounts the demo services and
 `POST /orders` on the saga API (`SAGA_SAGAS=examples.fulfillment saga api`).
@@ -15,7 +16,7 @@ from typing import Any
 import requests
 from marshmallow import Schema, ValidationError, fields, validate
 
-from saga import NonRetryable, Parallel, Retry, Saga, Step, StepContext
+from saga import NonRetryable, Parallel, Retry, Saga, Step, StepContext, WaitForSignal
 
 DEFAULT_SERVICES_URL = "http://127.0.0.1:8000"
 
@@ -108,6 +109,32 @@ order_fulfillment = Saga("order_fulfillment", version=1, input=OrderSchema,
         Step("create_shipment", create_shipment, compensate=cancel_shipment, retry=QUICK_RETRY),
         Step("email_warehouse", email_warehouse),
     ),
+])
+
+
+class LabelSchema(Schema):
+    tracking = fields.Str(required=True, validate=validate.Length(min=1, max=100))
+
+
+def email_user(ctx: StepContext) -> dict[str, Any]:
+    label = ctx.outputs["shipping_label"]
+    return {"to": ctx.input["email"], "order_id": ctx.input["order_id"],
+            "tracking": label["tracking"]}
+
+
+# Version 2 waits for the carrier's label (up to two days) before telling the buyer. Runs
+# that started on version 1 finish on version 1, which stays loaded beside it.
+order_fulfillment_v2 = Saga("order_fulfillment", version=2, input=OrderSchema,
+                            timeout=timedelta(days=3), steps=[
+    Step("validate_order", validate_order),
+    Step("reserve_inventory", reserve_inventory, compensate=release_inventory, retry=QUICK_RETRY),
+    Step("charge_card", charge_card, compensate=refund_card, retry=QUICK_RETRY),
+    Parallel(
+        Step("create_shipment", create_shipment, compensate=cancel_shipment, retry=QUICK_RETRY),
+        Step("email_warehouse", email_warehouse),
+    ),
+    WaitForSignal("shipping_label", timeout=timedelta(days=2), schema=LabelSchema),
+    Step("email_user", email_user, timeout=timedelta(seconds=30)),
 ])
 
 

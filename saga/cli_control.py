@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from saga.cli_common import settings as _settings
@@ -12,15 +14,38 @@ from saga.cli_common import system as _system
 @click.argument("run_id")
 def cancel(run_id: str) -> None:
     """Cancel a run: let running steps settle, then compensate what was done."""
-    raise click.ClickException("cancel is not built yet")
+    from saga.errors import SagaError
+
+    engine = _system(_settings()).engine
+    try:
+        engine.cancel(run_id)
+    except SagaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"run {run_id}: cancelling ({engine.store.get_run(run_id)['status']})")
 
 
 @click.command()
 @click.argument("run_id")
 @click.argument("name")
-def signal(run_id: str, name: str) -> None:
-    """Send the signal NAME to a waiting run."""
-    raise click.ClickException("signal is not built yet")
+@click.option("--payload", default="{}", help="the signal's payload, a JSON object")
+@click.option("--key", default=None, help="an idempotency key: the same signal twice counts once")
+def signal(run_id: str, name: str, payload: str, key: str | None) -> None:
+    """Send the signal NAME to a run (kept until the run reaches its wait)."""
+    from saga.errors import SagaError
+
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
+    if not isinstance(body, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--payload")
+    engine = _system(_settings()).engine
+    try:
+        signal_id, new = engine.signal(run_id, name, body, key)
+    except SagaError as exc:
+        detail = getattr(exc, "errors", None)
+        raise click.ClickException(f"{exc}{' ' + json.dumps(detail) if detail else ''}") from None
+    click.echo(f"signal {signal_id} {'recorded' if new else 'already recorded'} for run {run_id}")
 
 
 @click.command()

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -22,12 +23,29 @@ from saga import state
 from saga.alerts import Alerts
 from saga.context import Heartbeat, LeaseLost, StepContext
 from saga.definitions import RemoteTask, Saga, resolve_action
-from saga.errors import InvalidInput, NonRetryable, UnknownSaga
+from saga.errors import (
+    InvalidInput,
+    NonRetryable,
+    RunParked,
+    RunStateConflict,
+    UnknownSaga,
+    UnknownSignal,
+)
 from saga.faults import crash_point
 from saga.registry import Registry
 from saga.settings import Settings
-from saga.state import Alert, Command, Event, Kind, RetryRequested, StepFailed, StepSucceeded
-from saga.store import Conflict, Store
+from saga.state import (
+    Alert,
+    CancelRequested,
+    Command,
+    Event,
+    Kind,
+    RetryRequested,
+    SignalReceived,
+    StepFailed,
+    StepSucceeded,
+)
+from saga.store import Conflict, RunTransaction, ShapeChanged, Store
 
 log = logging.getLogger("saga.engine")
 # Celery's soft limit and a RemoteTask's wait, matched by name to keep Celery at the edge.
@@ -88,16 +106,28 @@ class Engine:
     # -- advancing --------------------------------------------------------------------
 
     def handle(self, run_id: str, event: Event, worker: str | None = None,
-               skip_locked: bool = False) -> bool:
-        """Apply one event to a run under its lock; False if it changed nothing."""
+               skip_locked: bool = False,
+               prepare: Callable[[RunTransaction, Saga], None] | None = None) -> bool:
+        """Apply one event to a run under its lock; False if it changed nothing.
+
+        `prepare` runs first in the same transaction (to check the run and write what the
+        event needs, such as a received signal); its writes commit even if the event then
+        changes nothing. A run no loaded definition fits is parked: `RunParked`.
+        """
+        parked = None
         try:
             with self.store.locked_run(run_id, skip_locked=skip_locked) as tx:
                 if tx is None:
                     return False
-                saga = self.registry.get(tx.run.saga, tx.run.version)
+                saga, parked = self._definition(tx.run)
+                if saga is None:
+                    return False  # parked below, once this lock is let go
+                if prepare is not None:
+                    prepare(tx, saga)
                 new, commands = state.advance(saga, tx.run, event, tx.now)
                 if new == tx.run:
-                    _record_stale(tx, event, worker)
+                    if prepare is None:
+                        _record_stale(tx, event, worker)
                     return False
                 alerts = [c for c in commands if isinstance(c, Alert)]
                 tx.save(new, worker=worker, extra=[
@@ -107,11 +137,29 @@ class Engine:
         except Conflict as exc:
             log.warning("advance of run %s abandoned: %s", run_id, exc)
             return False
+        finally:
+            if parked is not None:
+                self._park(run_id, parked)
         crash_point("after_commit", _label(event))
         self.publish(saga, run_id, [c for c in commands if not isinstance(c, Alert)])
         for alert in alerts:
             self.alerts.send(run_id, saga.name, alert)
         return True
+
+    def _definition(self, run: state.Run) -> tuple[Saga | None, str | None]:
+        """The definition the run started on, or None and why the run must be parked."""
+        try:
+            saga = self.registry.get(run.saga, run.version)
+        except UnknownSaga as exc:
+            return None, f"waiting for {run.saga} v{run.version} to be loaded again: {exc}"
+        if run.shape and saga.shape_hash != run.shape:
+            return None, str(ShapeChanged(run.shape, saga.shape_hash))
+        return saga, None
+
+    def _park(self, run_id: str, reason: str) -> None:
+        self.store.park(run_id, reason)
+        log.error("run %s parked: %s", run_id, reason)
+        raise RunParked(f"run {run_id} is parked: {reason}")
 
     def retry(self, run_id: str) -> bool:
         """Resume a failed run from its given-up compensation or parked step.
@@ -119,6 +167,49 @@ class Engine:
         False when the run is not failed or has nothing to resume; `RunNotFound` if unknown.
         """
         return self.handle(run_id, RetryRequested())
+
+    def cancel(self, run_id: str) -> None:
+        """Cancel a running run: running steps settle, then what was done is compensated.
+
+        `RunStateConflict` if it is finished or already compensating; `RunNotFound`.
+        """
+        def check(tx: RunTransaction, saga: Saga) -> None:
+            if tx.run.status is not state.RunStatus.RUNNING:
+                raise RunStateConflict(f"run {run_id} is {tx.run.status}; only a running run "
+                                       "can be cancelled")
+
+        self.handle(run_id, CancelRequested(), prepare=check)
+
+    def signal(self, run_id: str, name: str, payload: Any,
+               idempotency_key: str | None = None) -> tuple[int, bool]:
+        """Deliver signal `name` to a run: (signal id, whether it is new).
+
+        A signal sent before the run reaches its wait is kept and consumed there. Raises
+        `UnknownSignal` (not declared), `InvalidInput` (payload fails the step's schema),
+        `RunStateConflict` (the run is finished), `RunNotFound`.
+        """
+        run = self.store.load_run(run_id)
+        saga, parked = self._definition(run)
+        if saga is None:
+            self._park(run_id, parked)
+        waits = saga.signal_steps(name)
+        if not waits:
+            raise UnknownSignal(f"saga {run.saga!r} v{run.version} declares no signal {name!r}")
+        schema = waits[0].wait.schema
+        if schema is not None:
+            errors = (schema() if isinstance(schema, type) else schema).validate(payload)
+            if errors:
+                raise InvalidInput(errors)
+        received: dict[str, Any] = {}
+
+        def record(tx: RunTransaction, saga: Saga) -> None:
+            if tx.run.status.terminal:
+                raise RunStateConflict(f"run {run_id} is {tx.run.status}; it takes no signals")
+            received["id"], received["new"] = self.store.add_signal(tx, name, payload,
+                                                                    idempotency_key)
+
+        self.handle(run_id, SignalReceived(name), prepare=record)
+        return received["id"], received["new"]
 
     def publish(self, saga: Saga, run_id: str, commands: list[Command]) -> None:
         if not commands:
@@ -137,9 +228,9 @@ class Engine:
         worker = worker or worker_name()
         try:
             saga = self.registry.get(saga_name, version)
-        except UnknownSaga:
-            log.error("run %s needs %s v%s, which this worker has not loaded", run_id,
-                      saga_name, version)
+        except UnknownSaga as exc:  # the sweeper publishes it again; a worker that has it runs it
+            self.store.park(run_id, f"waiting for {saga_name} v{version} to be loaded again: {exc}")
+            log.error("run %s parked: %s is not loaded here", run_id, f"{saga_name} v{version}")
             return StepResult("dropped")
         definition = saga.by_name.get(step)
         if definition is None:
@@ -148,7 +239,12 @@ class Engine:
         action = definition.action if kind is Kind.FORWARD else definition.compensate
         lease_s = (definition.heartbeat_timeout.total_seconds() if definition.heartbeat_timeout
                    else self.settings.lease_s)
-        claim = self.store.claim(run_id, step, kind, worker, lease_s, policy.attempts)
+        try:
+            claim = self.store.claim(run_id, step, kind, worker, lease_s, policy.attempts,
+                                     shape=saga.shape_hash)
+        except ShapeChanged as exc:
+            self.store.park(run_id, str(exc))
+            return StepResult("dropped")
         if claim is None:
             return StepResult("dropped")
         beat = Heartbeat(lambda: self.store.heartbeat(run_id, step, kind, claim.fence, lease_s),

@@ -6,6 +6,9 @@
     ├── RunNotFound          no run has that id
     ├── IdempotencyConflict  an Idempotency-Key reused with another request body
     ├── InvalidInput         the input fails the saga's schema
+    ├── UnknownSignal        the run's saga declares no signal of that name
+    ├── RunStateConflict     the run's status does not allow this (cancel a finished run…)
+    │   └── RunParked        no loaded definition fits the run (version gone or changed)
     └── NonRetryable         raised by a step: do not try it again
 """
 
@@ -44,6 +47,18 @@ class InvalidInput(SagaError):
         fields = ", ".join(sorted(errors)) or "input"
         super().__init__(f"invalid input: {fields}")
         self.errors = errors
+
+
+class UnknownSignal(SagaError):
+    """The run's saga declares no signal of that name."""
+
+
+class RunStateConflict(SagaError):
+    """The run's status does not allow this."""
+
+
+class RunParked(RunStateConflict):
+    """No loaded definition fits this run: its version is not loaded, or changed shape."""
 
 
 class NonRetryable(SagaError):

@@ -13,11 +13,11 @@ from datetime import datetime
 from typing import Any, Union
 
 from saga import compensation
-from saga.definitions import Saga
+from saga.definitions import Saga, Signal, Timer
 from saga.status import Kind, RunStatus, StepStatus
 
-__all__ = ["Kind", "RunStatus", "StepStatus", "StepState", "Run", "start", "advance", "plan",
-           "transitions"]
+__all__ = ["Kind", "RunStatus", "StepStatus", "StepState", "PendingSignal", "Run", "start",
+           "advance", "plan", "transitions"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,17 @@ class StepState:
     lease_expires_at: datetime | None = None
     lease_owner: str | None = None
     start_by: datetime | None = None  # queued longer than this: the schedule-to-start timeout
+    wake_at: datetime | None = None  # a waiting timer fires, or a signal wait times out, then
+
+
+@dataclass(frozen=True)
+class PendingSignal:
+    """A signal received and not yet consumed by a step (it may arrive before the wait)."""
+
+    id: int
+    name: str
+    payload: Any
+    consumed_by: str | None = None
 
 
 StepKey = tuple[str, Kind]
@@ -55,6 +66,9 @@ class Run:
     created_at: datetime | None = None
     finished_at: datetime | None = None
     deadline_at: datetime | None = None
+    signals: tuple[PendingSignal, ...] = ()
+    cancel_requested: bool = False
+    shape: str = ""  # the definition's shape hash when the run started
 
     def step(self, name: str, kind: Kind = Kind.FORWARD) -> StepState | None:
         return self.steps.get((name, kind))
@@ -118,8 +132,28 @@ class RetryRequested:
     """A person asked a failed run to resume from where it stopped."""
 
 
+@dataclass(frozen=True)
+class WakeUpDue:
+    """A waiting step's time came: its timer fired, or its signal wait timed out."""
+
+    step: str
+    kind: Kind = Kind.FORWARD
+
+
+@dataclass(frozen=True)
+class SignalReceived:
+    """A signal arrived; it is already among the run's pending signals."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    """Someone asked to cancel the run: settle what runs, then compensate what was done."""
+
+
 Event = Union[StepSucceeded, StepFailed, LeaseExpired, RetryDue, QueueTimedOut, DeadlinePassed,
-              RetryRequested]
+              RetryRequested, WakeUpDue, SignalReceived, CancelRequested]
 
 
 # Commands: imperatives, carried out after the commit.
@@ -166,6 +200,13 @@ def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, lis
         return run, [Alert("timeout", reason), *commands]
     if isinstance(event, RetryRequested):
         return _resume(saga, run, now)
+    if isinstance(event, CancelRequested):
+        if run.status is not RunStatus.RUNNING:
+            return run, []
+        run = replace(_begin_compensation(run, "cancelled on request", now), cancel_requested=True)
+        return plan(saga, run, now)
+    if isinstance(event, SignalReceived):
+        return plan(saga, run, now)  # a step waiting for it consumes it while planning
     step = run.steps.get((event.step, event.kind))
     if step is None:
         return run, []
@@ -176,6 +217,10 @@ def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, lis
         step = replace(step, attempt=step.attempt + 1)
         return _fail_attempt(saga, run, step, "not started within its schedule-to-start limit",
                              True, 0.5, now, timed_out=True)
+    if isinstance(event, WakeUpDue):
+        if step.status is not StepStatus.WAITING or step.wake_at is None or step.wake_at > now:
+            return run, []
+        return _wake(saga, run, step, now)
     if isinstance(event, RetryDue):
         if step.status is not StepStatus.RETRY_WAIT or (step.next_attempt_at or now) > now:
             return run, []
@@ -234,6 +279,23 @@ def _fail_attempt(saga: Saga, run: Run, step: StepState, error: str, retryable: 
     return run, [*alerts, *commands]
 
 
+def _wake(saga: Saga, run: Run, step: StepState, now: datetime) -> tuple[Run, list[Command]]:
+    wait = saga.by_name[step.name].wait
+    if isinstance(wait, Timer):
+        done = replace(step, status=StepStatus.SUCCEEDED, finished_at=now, wake_at=None,
+                       output={"woke_at": step.wake_at.isoformat() if step.wake_at else None})
+        return plan(saga, _put(run, done), now)
+    assert isinstance(wait, Signal)
+    if wait.on_timeout == "continue":
+        done = replace(step, status=StepStatus.SUCCEEDED, finished_at=now, wake_at=None,
+                       output={"timed_out": True})
+        return plan(saga, _put(run, done), now)
+    error = f"no {wait.name!r} signal within {wait.timeout}"
+    failed = replace(step, status=StepStatus.FAILED, finished_at=now, wake_at=None, error=error)
+    run, commands = plan(saga, _put(run, failed), now)
+    return run, [Alert("timeout", f"step {step.name!r}: {error}", step.name), *commands]
+
+
 def _resume(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
     """Put a failed run back to work: its given-up compensations, or its parked step."""
     if run.status is not RunStatus.FAILED:
@@ -281,27 +343,77 @@ def plan(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
 
 def _plan_forward(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
     commands: list[Command] = []
+    run = _consume_signals(saga, run, now)
     steps = dict(run.steps)
-    for name in saga.order:
+    for name in saga.order:  # in graph order, so a wait that ends at once frees its successors
         if (name, Kind.FORWARD) in steps:
             continue
         if all(_succeeded(steps.get((dep, Kind.FORWARD))) for dep in saga.graph[name]):
-            steps[(name, Kind.FORWARD)] = _queued(
-                saga, StepState(name, Kind.FORWARD, StepStatus.QUEUED), now)
-            commands.append(RunStep(name))
+            wait = saga.by_name[name].wait
+            if wait is None:
+                steps[(name, Kind.FORWARD)] = _queued(
+                    saga, StepState(name, Kind.FORWARD, StepStatus.QUEUED), now)
+                commands.append(RunStep(name))
+                continue
+            waiting = _begin_wait(saga, run, StepState(name, Kind.FORWARD, StepStatus.WAITING,
+                                                       queued_at=now, started_at=now), now)
+            run = replace(run, steps={**steps, (name, Kind.FORWARD): waiting})
+            run = _consume_signals(saga, run, now)
+            steps = dict(run.steps)
+            if steps[(name, Kind.FORWARD)].status is StepStatus.FAILED:
+                return plan(saga, run, now)
     run = replace(run, steps=steps)
     if all(_succeeded(steps.get((name, Kind.FORWARD))) for name in saga.order):
         run = replace(run, status=RunStatus.SUCCEEDED, finished_at=now)
     return run, commands
 
 
+def _begin_wait(saga: Saga, run: Run, step: StepState, now: datetime) -> StepState:
+    wait = saga.by_name[step.name].wait
+    if isinstance(wait, Signal):
+        return replace(step, wake_at=now + wait.timeout if wait.timeout else None)
+    assert isinstance(wait, Timer)
+    if wait.duration is not None:
+        wake_at = now + wait.duration
+    else:
+        try:
+            wake_at = wait.until(run.input, run.outputs)
+            if not isinstance(wake_at, datetime) or wake_at.tzinfo is None:
+                raise TypeError(f"until() must return an aware datetime, not {wake_at!r}")
+        except Exception as exc:  # a bad deadline is the step's failure, not the engine's
+            return replace(step, status=StepStatus.FAILED, finished_at=now,
+                           error=f"until() failed: {type(exc).__name__}: {exc}")
+    if wake_at <= now:
+        return replace(step, status=StepStatus.SUCCEEDED, finished_at=now,
+                       output={"woke_at": wake_at.isoformat()})
+    return replace(step, wake_at=wake_at)
+
+
+def _consume_signals(saga: Saga, run: Run, now: datetime) -> Run:
+    """Give each step waiting for a signal the oldest unconsumed one of that name."""
+    signals = list(run.signals)
+    steps = dict(run.steps)
+    for key, step in run.steps.items():
+        wait = saga.by_name[step.name].wait
+        if step.status is not StepStatus.WAITING or not isinstance(wait, Signal):
+            continue
+        for i, signal in enumerate(signals):
+            if signal.name == wait.name and signal.consumed_by is None:
+                signals[i] = replace(signal, consumed_by=step.name)
+                steps[key] = replace(step, status=StepStatus.SUCCEEDED, output=signal.payload,
+                                     finished_at=now, wake_at=None)
+                break
+    return replace(run, steps=steps, signals=tuple(signals))
+
+
 def _begin_compensation(run: Run, reason: str, now: datetime) -> Run:
     """Turn to compensation; steps not yet claimed will never run, running ones settle."""
     steps = dict(run.steps)
     for key, s in run.steps.items():
-        if s.kind is Kind.FORWARD and s.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT):
+        if s.kind is Kind.FORWARD and s.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT,
+                                                   StepStatus.WAITING):
             steps[key] = replace(s, status=StepStatus.CANCELLED, finished_at=now,
-                                 next_attempt_at=None, start_by=None)
+                                 next_attempt_at=None, start_by=None, wake_at=None)
     return replace(run, status=RunStatus.COMPENSATING, steps=steps, error=reason)
 
 
@@ -322,7 +434,8 @@ def _plan_compensation(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[C
         commands.append(CompensateStep(name))
     run = replace(run, steps=steps)
     if compensation.finished(saga, steps):
-        run = replace(run, status=RunStatus.COMPENSATED, finished_at=now)
+        done = RunStatus.CANCELLED if run.cancel_requested else RunStatus.COMPENSATED
+        run = replace(run, status=done, finished_at=now)
     return run, commands
 
 
@@ -339,6 +452,8 @@ def transitions(old: Run | None, new: Run) -> list[dict[str, Any]]:
             data["error"] = step.error
         if step.next_attempt_at is not None:
             data["next_attempt_at"] = step.next_attempt_at.isoformat()
+        if step.wake_at is not None and step.status is StepStatus.WAITING:
+            data["wake_at"] = step.wake_at.isoformat()
         entries.append({"type": f"{prefix}.{step.status}", "step": step.name,
                         "kind": str(step.kind), "attempt": step.attempt, "data": data})
     if old is None or old.status is not new.status:

@@ -9,10 +9,12 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     COMPENSATED = "compensated"
     FAILED = "failed"  # compensation could not finish: a person must look
+    CANCELLED = "cancelled"  # cancelled on request, and what it had done was compensated
 
     @property
     def terminal(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.COMPENSATED, RunStatus.FAILED)
+        return self in (RunStatus.SUCCEEDED, RunStatus.COMPENSATED, RunStatus.FAILED,
+                        RunStatus.CANCELLED)
 
 
 class Kind(StrEnum):
@@ -22,6 +24,7 @@ class Kind(StrEnum):
 
 class StepStatus(StrEnum):
     QUEUED = "queued"
+    WAITING = "waiting"  # a timer or a signal: a row with a due time, no worker, no message
     RUNNING = "running"
     RETRY_WAIT = "retry_wait"
     SUCCEEDED = "succeeded"
@@ -31,4 +34,5 @@ class StepStatus(StrEnum):
 
     @property
     def active(self) -> bool:
-        return self in (StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.RETRY_WAIT)
+        return self in (StepStatus.QUEUED, StepStatus.WAITING, StepStatus.RUNNING,
+                        StepStatus.RETRY_WAIT)

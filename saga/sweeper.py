@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 from saga.engine import Engine
+from saga.errors import RunParked
 from saga.state import (
     CompensateStep,
     DeadlinePassed,
@@ -20,6 +21,7 @@ from saga.state import (
     QueueTimedOut,
     RetryDue,
     RunStep,
+    WakeUpDue,
 )
 from saga.status import Kind
 
@@ -33,11 +35,12 @@ class Sweep:
     retries_fired: int = 0
     queue_timeouts: int = 0
     deadlines: int = 0
+    wakeups: int = 0
 
     @property
     def total(self) -> int:
         return (self.republished + self.leases_expired + self.retries_fired
-                + self.queue_timeouts + self.deadlines)
+                + self.queue_timeouts + self.deadlines + self.wakeups)
 
 
 def sweep_once(engine: Engine) -> Sweep:
@@ -59,17 +62,23 @@ def sweep_once(engine: Engine) -> Sweep:
                     due.kind, due.step, due.run_id)
     fired = [d for d in engine.store.retries_due(limit)
              if _advance(engine, d.run_id, RetryDue(d.step, d.kind))]
+    woken = [d for d in engine.store.wakeups_due(limit)
+             if _advance(engine, d.run_id, WakeUpDue(d.step, d.kind))]
     unstarted = [d for d in engine.store.queue_timeouts_due(limit)
                  if _advance(engine, d.run_id, QueueTimedOut(d.step, d.kind))]
     overdue = [run_id for run_id in engine.store.deadlines_due(limit)
                if _advance(engine, run_id, DeadlinePassed())]
-    return Sweep(len(republished), len(expired), len(fired), len(unstarted), len(overdue))
+    return Sweep(len(republished), len(expired), len(fired), len(unstarted), len(overdue),
+                 len(woken))
 
 
 def _advance(engine: Engine, run_id: str, event: Event) -> bool:
     """One due item; a failure is logged and left for the next sweep, not fatal to this one."""
     try:
         return engine.handle(run_id, event, skip_locked=True)
+    except RunParked as exc:
+        log.warning("%s", exc)
+        return False
     except Exception:
         log.exception("could not advance run %s on %s", run_id, event)
         return False

@@ -165,13 +165,17 @@ class Stack:
 
     # -- looking at the result ------------------------------------------------------
 
-    def post_order(self, **overrides: Any) -> str:
+    def post_order(self, version: int = 1, **overrides: Any) -> str:
+        """Start the demo saga (version 1 unless asked: version 2 waits for a label signal)."""
         order = {"order_id": f"o-{uuid.uuid4().hex[:8]}", "items": [{"sku": "sku-1", "qty": 2}],
                  "amount_cents": 1999, "card": "ok", "address": "1 Main St",
                  "email": "buyer@example.com", **overrides}
-        response = requests.post(f"{self.base}/orders", json=order, timeout=10)
+        response = requests.post(f"{self.base}/v1/sagas/order_fulfillment/runs",
+                                 json={"input": order, "version": version},
+                                 headers={"Idempotency-Key": f"order:{order['order_id']}"},
+                                 timeout=10)
         assert response.status_code == 201, response.text
-        return response.json()["run_id"]
+        return response.json()["id"]
 
     def post_run(self, saga: str, input: dict[str, Any], **headers: str) -> str:
         response = requests.post(f"{self.base}/v1/sagas/{saga}/runs", json={"input": input},

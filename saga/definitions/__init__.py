@@ -27,7 +27,8 @@ from typing import Any, Union
 
 from saga.errors import DefinitionError
 
-__all__ = ["Saga", "Step", "Parallel", "Retry", "RemoteTask", "Node", "resolve_action"]
+__all__ = ["Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "Timer",
+           "Signal", "Node", "resolve_action"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,28 @@ class RemoteTask:
 
 Action = Union[Callable[..., Any], RemoteTask, str]
 
+
+@dataclass(frozen=True)
+class Timer:
+    """A durable wait: a fixed `duration`, or `until(input, outputs)` giving an aware datetime."""
+
+    duration: timedelta | None = None
+    until: Callable[[Any, dict[str, Any]], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A wait for the external signal `name`; its payload becomes the step's output.
+
+    `on_timeout`: "compensate" (the step fails and the run compensates) or "continue"
+    (the step succeeds with output `{"timed_out": true}` and the saga goes on).
+    """
+
+    name: str
+    timeout: timedelta | None = None
+    on_timeout: str = "compensate"
+    schema: Any = None  # a marshmallow Schema (class or instance) validating the payload
+
 TIMEOUT_POLICIES = ("retry", "compensate", "park")
 DEFAULT_COMPENSATE_RETRY = Retry(attempts=10, first_delay=timedelta(seconds=1),
                                  max_delay=timedelta(minutes=1))
@@ -113,6 +136,30 @@ class Step:
     on_timeout: str = "retry"
     after: tuple[str, ...] = ()
     queue: str | None = None
+    wait: Timer | Signal | None = None  # set by Wait / WaitForSignal: a step that holds no worker
+
+
+def Wait(name: str, duration: timedelta | None = None,
+         until: Callable[[Any, dict[str, Any]], Any] | None = None,
+         after: tuple[str, ...] = ()) -> Step:
+    """A durable timer step: "wait 20 minutes", or until a time computed from the run.
+
+    The wait is a row with a due time: a waiting run holds no worker and no message.
+
+        Wait("cool_off", duration=timedelta(minutes=20))
+        Wait("trial_over", until=lambda input, outputs: parse(input["trial_ends_at"]))
+    """
+    return Step(name, None, wait=Timer(duration, until), after=after)
+
+
+def WaitForSignal(name: str, signal: str | None = None, timeout: timedelta | None = None,
+                  on_timeout: str = "compensate", schema: Any = None,
+                  after: tuple[str, ...] = ()) -> Step:
+    """A step that waits for `POST /v1/runs/{id}/signals/{signal}` (the step's name by default).
+
+        WaitForSignal("shipping_label", timeout=timedelta(days=2), schema=LabelSchema)
+    """
+    return Step(name, None, wait=Signal(signal or name, timeout, on_timeout, schema), after=after)
 
 
 class Parallel:
@@ -169,8 +216,14 @@ class Saga:
     @property
     def shape_hash(self) -> str:
         """A digest of the step graph, to notice a definition changed under one version."""
-        shape = {n: [sorted(self.graph[n]), self.by_name[n].compensate is not None] for n in self.order}
+        shape = {n: [sorted(self.graph[n]), self.by_name[n].compensate is not None,
+                     _kind(self.by_name[n])] for n in self.order}
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+    def signal_steps(self, signal: str) -> list[Step]:
+        """The steps waiting for this signal name (empty: the saga does not declare it)."""
+        return [s for s in self.by_name.values()
+                if isinstance(s.wait, Signal) and s.wait.name == signal]
 
     def successors(self, name: str) -> tuple[str, ...]:
         """The steps that wait directly for `name`."""
@@ -185,6 +238,7 @@ class Saga:
                 {
                     "name": n,
                     "after": sorted(self.graph[n]),
+                    "kind": _kind(self.by_name[n]),
                     "action": _action_name(self.by_name[n].action),
                     "compensate": _action_name(self.by_name[n].compensate),
                     "retry_attempts": self.by_name[n].retry.attempts,
@@ -221,7 +275,9 @@ def _compile(node: Node, deps: frozenset[str], steps: dict[str, Step],
 def _check_step(step: Step) -> None:
     if not isinstance(step.name, str) or not step.name.isidentifier():
         raise DefinitionError(f"step name {step.name!r} must be an identifier")
-    if step.action is None:
+    if step.wait is not None:
+        _check_wait(step)
+    elif step.action is None:
         what = "a compensation on nothing" if step.compensate is not None else "no action"
         raise DefinitionError(f"step {step.name!r} has {what}")
     for role, action in (("action", step.action), ("compensation", step.compensate)):
@@ -239,6 +295,28 @@ def _check_step(step: Step) -> None:
                               f"{', '.join(TIMEOUT_POLICIES)}, not {step.on_timeout!r}")
 
 
+def _check_wait(step: Step) -> None:
+    wait = step.wait
+    if step.action is not None or step.compensate is not None:
+        raise DefinitionError(f"step {step.name!r}: a wait has no action and nothing to compensate")
+    if isinstance(wait, Timer):
+        if (wait.duration is None) == (wait.until is None):
+            raise DefinitionError(f"step {step.name!r}: a Wait needs a duration or until, not both")
+        if wait.duration is not None and wait.duration < timedelta(0):
+            raise DefinitionError(f"step {step.name!r}: a Wait's duration must not be negative")
+    elif isinstance(wait, Signal):
+        if not wait.name or not wait.name.replace("_", "").replace("-", "").isalnum():
+            raise DefinitionError(f"step {step.name!r}: signal name {wait.name!r} must be "
+                                  "letters, digits, _ or -")
+        if wait.on_timeout not in ("compensate", "continue"):
+            raise DefinitionError(f"step {step.name!r}: on_timeout must be 'compensate' or "
+                                  f"'continue', not {wait.on_timeout!r}")
+        if wait.timeout is not None and wait.timeout <= timedelta(0):
+            raise DefinitionError(f"step {step.name!r}: the signal timeout must be positive")
+    else:
+        raise DefinitionError(f"step {step.name!r}: wait must be a Timer or a Signal")
+
+
 def resolve_action(action: Action) -> Callable[..., Any] | RemoteTask:
     """A callable or RemoteTask for an action; a "module:function" path is imported."""
     if isinstance(action, RemoteTask) or callable(action):
@@ -254,6 +332,14 @@ def resolve_action(action: Action) -> Callable[..., Any] | RemoteTask:
                 f"names unknown task {action!r} (use 'module:function' or RemoteTask(name))")
         return target
     raise DefinitionError(f"must be a callable, 'module:function' or RemoteTask, not {action!r}")
+
+
+def _kind(step: Step) -> str:
+    if isinstance(step.wait, Timer):
+        return "timer"
+    if isinstance(step.wait, Signal):
+        return f"signal:{step.wait.name}"
+    return "action"
 
 
 def _action_name(action: Action | None) -> str | None:

@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,17 +24,25 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from saga.errors import IdempotencyConflict, RunNotFound
-from saga.state import Kind, Run, RunStatus, StepStatus, transitions
+from saga.state import Kind, PendingSignal, Run, RunStatus, StepStatus, transitions
 from saga.store.reads import Reads
 from saga.store.rows import aware, to_run, to_step
-from saga.store.tables import events, metadata, runs, steps
+from saga.store.tables import events, metadata, runs, signals, steps
 
-__all__ = ["Store", "RunTransaction", "Claim", "Due", "Conflict", "metadata", "runs", "steps",
-           "events"]
+__all__ = ["Store", "RunTransaction", "Claim", "Due", "Conflict", "ShapeChanged", "metadata",
+           "runs", "steps", "events", "signals"]
 
 
 class Conflict(Exception):
     """A row changed under a transaction that read it locked; the change is abandoned."""
+
+
+class ShapeChanged(Exception):
+    """The run was started on a definition of another shape under the same version."""
+
+    def __init__(self, stored: str, loaded: str) -> None:
+        super().__init__(f"the definition changed under this version (started as shape "
+                         f"{stored}, loaded is {loaded}): give the new shape a new version")
 
 
 @dataclass(frozen=True)
@@ -153,19 +161,23 @@ class Store(Reads):
             return run.id, True
 
     def claim(self, run_id: str, step: str, kind: Kind, owner: str, lease_s: float,
-              max_attempts: int) -> Claim | None:
+              max_attempts: int, shape: str | None = None) -> Claim | None:
         """Take a queued step (or one whose lease expired) under a new fence.
 
         None means a duplicate or stale message, the run has moved on, or the attempts
-        are used up: the caller acknowledges and drops it.
+        are used up: the caller acknowledges and drops it. `ShapeChanged` means the run
+        was started on another definition under the same version.
         """
         wanted = RunStatus.RUNNING if kind is Kind.FORWARD else RunStatus.COMPENSATING
         with self._begin() as conn:
             run = conn.execute(
-                sa.select(runs.c.status, runs.c.saga, runs.c.version, runs.c.input)
+                sa.select(runs.c.status, runs.c.saga, runs.c.version, runs.c.input,
+                          runs.c.shape, runs.c.parked)
                 .where(runs.c.id == run_id).with_for_update(read=True)).first()
             if run is None or run.status != wanted:
                 return None
+            if shape is not None and run.shape != shape:
+                raise ShapeChanged(run.shape, shape)
             now = self.now(conn)
             expires = now + timedelta(seconds=lease_s)
             row = conn.execute(
@@ -185,12 +197,25 @@ class Store(Reads):
             conn.execute(events.insert().values(
                 run_id=run_id, at=now, type=f"{prefix}.running", step=step, kind=str(kind),
                 attempt=row.attempt, worker=owner, data={"fence": row.fence}))
+            if run.parked:  # its version is loaded again: say so once
+                conn.execute(runs.update().where(runs.c.id == run_id).values(parked=None))
+                self.record_event(conn, run_id, now, "run.unparked", worker=owner)
             outputs = dict(conn.execute(
                 sa.select(steps.c.name, steps.c.output).where(
                     steps.c.run_id == run_id, steps.c.kind == str(Kind.FORWARD),
                     steps.c.status == StepStatus.SUCCEEDED)).all())
         return Claim(run_id, step, kind, row.attempt, row.fence, run.saga, run.version,
                      run.input, outputs, expires)
+
+    def park(self, run_id: str, reason: str) -> None:
+        """Flag a run no worker here can go on with; kept as it is until that changes."""
+        with self._begin() as conn:
+            changed = conn.execute(runs.update().where(
+                runs.c.id == run_id, sa.or_(runs.c.parked.is_(None), runs.c.parked != reason))
+                .values(parked=reason)).rowcount
+            if changed:
+                self.record_event(conn, run_id, self.now(conn), "run.parked",
+                                  data={"reason": reason})
 
     def heartbeat(self, run_id: str, step: str, kind: Kind, fence: int, lease_s: float) -> bool:
         """Extend a lease; False means the fence is stale and the worker must stop."""
@@ -216,8 +241,34 @@ class Store(Reads):
                     return
                 raise RunNotFound(f"no run has id {run_id!r}")
             step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id)).mappings()
-            run = to_run(row, [to_step(s) for s in step_rows])
+            run = to_run(row, [to_step(s) for s in step_rows], self._pending_signals(conn, run_id))
             yield RunTransaction(self, conn, run, self.now(conn))
+
+    def _pending_signals(self, conn: sa.Connection, run_id: str) -> tuple[PendingSignal, ...]:
+        rows = conn.execute(sa.select(signals.c.id, signals.c.name, signals.c.payload).where(
+            signals.c.run_id == run_id, signals.c.consumed_at.is_(None)).order_by(signals.c.id))
+        return tuple(PendingSignal(r.id, r.name, r.payload) for r in rows)
+
+    def add_signal(self, tx: RunTransaction, name: str, payload: Any,
+                   idempotency_key: str | None) -> tuple[int, bool]:
+        """Record a signal for the locked run: (its id, whether it is new).
+
+        The same idempotency key for the same signal returns the first one's id.
+        """
+        conn = tx.conn
+        if idempotency_key is not None:
+            existing = conn.execute(sa.select(signals.c.id).where(
+                signals.c.run_id == tx.run.id, signals.c.name == name,
+                signals.c.idempotency_key == idempotency_key)).scalar()
+            if existing is not None:  # the run row is locked, so no one inserts it meanwhile
+                return existing, False
+        signal_id = conn.execute(signals.insert().values(
+            run_id=tx.run.id, name=name, payload=payload, idempotency_key=idempotency_key,
+            received_at=tx.now).returning(signals.c.id)).scalar_one()
+        tx.run = replace(tx.run, signals=(*tx.run.signals, PendingSignal(signal_id, name, payload)))
+        self.record_event(conn, tx.run.id, tx.now, "signal.received", data={
+            "signal": name, "signal_id": signal_id})
+        return signal_id, True
 
     def record_event(self, conn: sa.Connection, run_id: str, at: datetime, type: str,
                      step: str | None = None, kind: Kind | None = None, attempt: int | None = None,
@@ -235,7 +286,8 @@ class Store(Reads):
             values = dict(status=str(step.status), output=step.output, error=step.error,
                           attempt=step.attempt, queued_at=step.queued_at,
                           finished_at=step.finished_at, next_attempt_at=step.next_attempt_at,
-                          lease_expires_at=step.lease_expires_at, start_by=step.start_by)
+                          lease_expires_at=step.lease_expires_at, start_by=step.start_by,
+                          wake_at=step.wake_at, started_at=step.started_at)
             if step.status is StepStatus.QUEUED and (before is None or before.status is not step.status):
                 values["redispatch_at"] = now + self.redispatch
             elif step.status is not StepStatus.QUEUED:
@@ -251,11 +303,16 @@ class Store(Reads):
                 steps.c.fence == before.fence).values(**values))
             if done.rowcount != 1:
                 raise Conflict(f"step {step.name} of run {new.id} changed under the lock")
-        if old is not None and (old.status, old.error, old.finished_at) != (
-                new.status, new.error, new.finished_at):  # the deadline is set once, at start
+        if old is not None and (old.status, old.error, old.finished_at, old.cancel_requested) != (
+                new.status, new.error, new.finished_at, new.cancel_requested):
             conn.execute(runs.update().where(runs.c.id == new.id).values(
                 status=str(new.status), error=new.error, finished_at=new.finished_at,
-                updated_at=now))
+                cancel_requested=new.cancel_requested, updated_at=now))
+        before = {s.id: s for s in old.signals} if old else {}
+        for signal in new.signals:
+            if signal.consumed_by and before.get(signal.id) != signal:
+                conn.execute(signals.update().where(signals.c.id == signal.id).values(
+                    consumed_by=signal.consumed_by, consumed_at=now))
         history = [*extra, *transitions(old, new)]
         if history:
             conn.execute(events.insert(), [
@@ -299,6 +356,10 @@ class Store(Reads):
     def queue_timeouts_due(self, limit: int) -> list[Due]:
         """Queued steps no worker took before their schedule-to-start limit."""
         return self._due(steps.c.start_by, StepStatus.QUEUED, limit)
+
+    def wakeups_due(self, limit: int) -> list[Due]:
+        """Waiting steps whose timer is due or whose signal wait timed out."""
+        return self._due(steps.c.wake_at, StepStatus.WAITING, limit)
 
     def deadlines_due(self, limit: int) -> list[str]:
         """Runs still going forward past their saga's deadline."""

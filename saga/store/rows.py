@@ -6,7 +6,7 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-from saga.state import Kind, Run, RunStatus, StepState, StepStatus
+from saga.state import Kind, PendingSignal, Run, RunStatus, StepState, StepStatus
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -15,12 +15,14 @@ def aware(value: datetime | None) -> datetime | None:
     return value
 
 
-def to_run(row: Any, step_states: list[StepState]) -> Run:
+def to_run(row: Any, step_states: list[StepState],
+           signals: tuple[PendingSignal, ...] = ()) -> Run:
     return Run(id=row["id"], saga=row["saga"], version=row["version"],
                status=RunStatus(row["status"]), input=row["input"],
                steps={(s.name, s.kind): s for s in step_states}, error=row["error"],
                created_at=aware(row["created_at"]), finished_at=aware(row["finished_at"]),
-               deadline_at=aware(row["deadline_at"]))
+               deadline_at=aware(row["deadline_at"]), signals=signals,
+               cancel_requested=bool(row["cancel_requested"]), shape=row["shape"])
 
 
 def to_step(row: Any) -> StepState:
@@ -30,7 +32,8 @@ def to_step(row: Any) -> StepState:
                      started_at=aware(row["started_at"]), finished_at=aware(row["finished_at"]),
                      next_attempt_at=aware(row["next_attempt_at"]),
                      lease_expires_at=aware(row["lease_expires_at"]),
-                     lease_owner=row["lease_owner"], start_by=aware(row["start_by"]))
+                     lease_owner=row["lease_owner"], start_by=aware(row["start_by"]),
+                     wake_at=aware(row["wake_at"]))
 
 
 def run_view(row: Any) -> dict[str, Any]:
@@ -38,13 +41,15 @@ def run_view(row: Any) -> dict[str, Any]:
             "status": row["status"], "input": row["input"], "error": row["error"],
             "idempotency_key": row["idempotency_key"], "created_at": aware(row["created_at"]),
             "updated_at": aware(row["updated_at"]), "finished_at": aware(row["finished_at"]),
-            "deadline_at": aware(row["deadline_at"])}
+            "deadline_at": aware(row["deadline_at"]), "parked": row["parked"],
+            "cancel_requested": bool(row["cancel_requested"])}
 
 
 def step_view(row: Any) -> dict[str, Any]:
     return {"name": row["name"], "status": row["status"], "attempts": row["attempt"],
             "queued_at": aware(row["queued_at"]), "started_at": aware(row["started_at"]),
             "finished_at": aware(row["finished_at"]), "next_attempt_at": aware(row["next_attempt_at"]),
+            "wake_at": aware(row["wake_at"]),
             "worker": row["lease_owner"], "output": row["output"], "error": row["error"]}
 
 

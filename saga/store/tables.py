@@ -24,6 +24,9 @@ runs = sa.Table(
     sa.Column("updated_at", When, nullable=False),
     sa.Column("finished_at", When),
     sa.Column("deadline_at", When),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
+    sa.Column("parked", sa.Text),  # why no worker can go on with it (its version is not loaded)
     sa.UniqueConstraint("saga", "idempotency_key", name="runs_saga_idempotency_key"),
     sa.Index("runs_created", "created_at", "id"),
     sa.Index("runs_saga_created", "saga", "created_at", "id"),
@@ -46,6 +49,7 @@ steps = sa.Table(
     sa.Column("next_attempt_at", When),
     sa.Column("redispatch_at", When),  # a queued step unclaimed by then is published again
     sa.Column("start_by", When),  # a queued step unclaimed by then timed out (schedule-to-start)
+    sa.Column("wake_at", When),  # a waiting step's timer fires, or its signal wait times out
     sa.Column("dispatches", sa.Integer, nullable=False, default=1),
     sa.Column("output", JSON),
     sa.Column("error", sa.Text),
@@ -61,6 +65,9 @@ steps = sa.Table(
     sa.Index("steps_retry_due", "next_attempt_at",
              postgresql_where=sa.text("status = 'retry_wait'"),
              sqlite_where=sa.text("status = 'retry_wait'")),
+    sa.Index("steps_wake_due", "wake_at",
+             postgresql_where=sa.text("status = 'waiting' AND wake_at IS NOT NULL"),
+             sqlite_where=sa.text("status = 'waiting' AND wake_at IS NOT NULL")),
     sa.Index("steps_start_due", "start_by",
              postgresql_where=sa.text("status = 'queued' AND start_by IS NOT NULL"),
              sqlite_where=sa.text("status = 'queued' AND start_by IS NOT NULL")),
@@ -80,4 +87,22 @@ events = sa.Table(
     sa.Column("worker", sa.String(200)),
     sa.Column("data", JSON, nullable=False),
     sa.Index("events_run", "run_id", "id"),
+)
+
+signals = sa.Table(
+    "signals", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+              autoincrement=True),
+    sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("payload", JSON, nullable=False),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("received_at", When, nullable=False),
+    sa.Column("consumed_by", sa.String(200)),  # the step that took it
+    sa.Column("consumed_at", When),
+    sa.UniqueConstraint("run_id", "name", "idempotency_key", name="signals_once"),
+    sa.Index("signals_pending", "run_id", "id",
+             postgresql_where=sa.text("consumed_at IS NULL"),
+             sqlite_where=sa.text("consumed_at IS NULL")),
 )

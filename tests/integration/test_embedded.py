@@ -46,9 +46,10 @@ def _order(base: str, **changes: str) -> dict:
     order = {"order_id": f"o-{changes.get('card', 'ok')}-{changes.get('address', 'x')}",
              "items": [{"sku": "teapot", "qty": 1}], "amount_cents": 500, "card": "4242",
              "address": "1 Main St", "email": "a@example.com", **changes}
-    started = requests.post(f"{base}/orders", json=order, timeout=10)
+    started = requests.post(f"{base}/v1/sagas/order_fulfillment/runs",
+                            json={"input": order, "version": 1}, timeout=10)
     assert started.status_code == 201, started.text
-    run_id = started.json()["run_id"]
+    run_id = started.json()["id"]
 
     def finished():
         run = requests.get(f"{base}/v1/runs/{run_id}", timeout=10).json()

@@ -33,6 +33,8 @@ def upgrade() -> None:
         sa.Column("updated_at", When, nullable=False),
         sa.Column("finished_at", When),
         sa.Column("deadline_at", When),
+        sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("parked", sa.Text),
         sa.UniqueConstraint("saga", "idempotency_key", name="runs_saga_idempotency_key"),
     )
     op.create_index("runs_created", "runs", ["created_at", "id"])
@@ -55,6 +57,7 @@ def upgrade() -> None:
         sa.Column("next_attempt_at", When),
         sa.Column("redispatch_at", When),
         sa.Column("start_by", When),
+        sa.Column("wake_at", When),
         sa.Column("dispatches", sa.Integer, nullable=False),
         sa.Column("output", JSON),
         sa.Column("error", sa.Text),
@@ -67,6 +70,9 @@ def upgrade() -> None:
                                  ("steps_retry_due", "next_attempt_at", "retry_wait")):
         where = sa.text(f"status = '{status}'")
         op.create_index(name, "steps", [column], postgresql_where=where, sqlite_where=where)
+    where = sa.text("status = 'waiting' AND wake_at IS NOT NULL")
+    op.create_index("steps_wake_due", "steps", ["wake_at"], postgresql_where=where,
+                    sqlite_where=where)
     where = sa.text("status = 'queued' AND start_by IS NOT NULL")
     op.create_index("steps_start_due", "steps", ["start_by"], postgresql_where=where,
                     sqlite_where=where)
@@ -85,6 +91,23 @@ def upgrade() -> None:
         sa.Column("data", JSON, nullable=False),
     )
     op.create_index("events_run", "events", ["run_id", "id"])
+    op.create_table(
+        "signals",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                  autoincrement=True),
+        sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
+                  nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("payload", JSON, nullable=False),
+        sa.Column("idempotency_key", sa.String(255)),
+        sa.Column("received_at", When, nullable=False),
+        sa.Column("consumed_by", sa.String(200)),
+        sa.Column("consumed_at", When),
+        sa.UniqueConstraint("run_id", "name", "idempotency_key", name="signals_once"),
+    )
+    pending = sa.text("consumed_at IS NULL")
+    op.create_index("signals_pending", "signals", ["run_id", "id"], postgresql_where=pending,
+                    sqlite_where=pending)
     # saga.idempotent: the helper services use to store and replay responses by key.
     op.create_table(
         "idempotency_responses",
@@ -99,6 +122,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("idempotency_responses")
+    op.drop_table("signals")
     op.drop_table("events")
     op.drop_table("steps")
     op.drop_table("runs")

@@ -1,0 +1,509 @@
+"""Worker faults on real processes: killed, frozen, hung and poisoned workers, racing sweepers.
+
+Each test starts the real `saga api` / `saga worker` / `saga sweeper` processes on a fresh
+PostgreSQL database and a real broker (RabbitMQ and Redis, by the `broker_url` fixture),
+injects one fault, waits on conditions with deadlines, then asserts what RELIABILITY.md
+promises and runs the invariant checker (I1-I5). Recovery times are measured from the
+fault to the step's next `step.running` event (the events table's `at`, the database's
+clock) and printed (`pytest -s`).
+
+The demo saga `order_fulfillment` and the sagas in `tests.faults.worker_sagas` are loaded;
+see that module for how its steps hold, hang or kill themselves on cue.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from saga.registry import Registry
+from tests.faults import invariants
+from tests.faults.worker_sagas import EXECUTIONS, HOLD_LEASE
+from tests.stack import Stack, wait_for
+
+SAGAS = "examples.fulfillment,tests.faults.worker_sagas"
+LEASE_S = 3.0  # the Stack's SAGA_LEASE_S: the lease of steps without a heartbeat_timeout
+SWEEP_S = 0.2  # the Stack's SAGA_SWEEP_INTERVAL_S
+HOLD_LEASE_S = HOLD_LEASE.total_seconds()  # the lease of the test sagas' frozen steps
+HARD_LIMIT_S = 1.0 + 5.0  # `stubborn`'s timeout plus saga.tasks.HARD_LIMIT_GRACE_S
+# Beyond lease + sweep interval: the step's retry backoff (QUICK_RETRY: 0.2 s), the sweep
+# that fires it, the publish and the claim, on a busy two-core machine.
+SLACK_S = 1.5
+HOLD = {"SAGA_TEST_HOLD": "1"}
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.from_modules(SAGAS.split(","))
+
+
+@pytest.fixture
+def stack(database_url: str, broker_url: str, tmp_path: Path) -> Any:
+    """The processes of one test, loading the test sagas too; nothing left frozen or held."""
+    with Stack(database_url, broker_url, tmp_path, sagas=SAGAS) as running:
+        try:
+            yield running
+        finally:
+            (tmp_path / "release").touch()  # let held steps finish, so workers stop at once
+            for process in running.processes:
+                try:
+                    os.killpg(process.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def broker(stack: Stack) -> str:
+    return stack.broker_url.split(":", 1)[0].replace("amqp", "rabbitmq")
+
+
+def new_order() -> str:
+    return f"o-{uuid.uuid4().hex[:8]}"
+
+
+def events(stack: Stack, run_id: str, step: str | None = None,
+           type: str | None = None) -> list[Any]:
+    sql = ("SELECT id, at, type, step, kind, attempt, worker, data FROM events "
+           "WHERE run_id = :r")
+    if step is not None:
+        sql += " AND step = :s"
+    if type is not None:
+        sql += " AND type = :t"
+    return stack.query(sql + " ORDER BY id", r=run_id, s=step, t=type)
+
+
+def step_history(stack: Stack, run_id: str, step: str) -> list[tuple[str, int]]:
+    return [(e.type, e.attempt) for e in events(stack, run_id, step)
+            if e.type.startswith("step.")]
+
+
+def rerun_event(stack: Stack, run_id: str, step: str, attempt: int) -> Any:
+    """The `step.running` event of one attempt, once it exists."""
+    return wait_for(lambda: next((e for e in events(stack, run_id, step, "step.running")
+                                  if e.attempt == attempt), None),
+                    30, f"attempt {attempt} of {step} to start")
+
+
+def step_of(run: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in run["steps"] if s["name"] == name)
+
+
+def started_pid(stack: Stack, run_id: str, step: str, attempt: int) -> int:
+    path = stack.folder / f"started-{run_id}-{step}-{attempt}"
+    wait_for(path.exists, 30, f"attempt {attempt} of {step} to start in a worker child")
+    return int(path.read_text())
+
+
+def executions(stack: Stack, key: str) -> list[str]:
+    """Lines of the non-idempotent execution log for one idempotency key."""
+    path = stack.folder / EXECUTIONS
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line for line in lines if line.split(" ", 1)[0] == key]
+
+
+def mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def kill_group(process: Any, sig: int) -> None:
+    os.killpg(process.pid, sig)
+
+
+def report(what: str, seconds: float, bound: float) -> str:
+    line = f"RECOVERY {what}: {seconds:.2f}s (bound {bound:.2f}s)"
+    print(line)
+    return line
+
+
+def effects_by_key(stack: Stack, order_id: str) -> Counter:
+    return Counter(key for _, key in stack.effects(order_id))
+
+
+# -- 1. a worker child killed mid-step ---------------------------------------------------
+
+@pytest.mark.parametrize("point", ["before_effect", "after_effect", "before_commit"])
+def test_child_killed_mid_step_is_retried_after_its_lease_and_applies_effects_once(
+        stack: Stack, point: str, registry: Registry) -> None:
+    """Given a worker whose child SIGKILLs itself at `point` of charge_card (once),
+    when an order is placed,
+    then the killed attempt fails only when its lease expires, the sweeper retries it
+    within lease + sweep interval + slack, the run succeeds with charge_card on attempt 2,
+    and the card is charged once."""
+    stack.api()
+    stack.sweeper()
+    worker = stack.worker(concurrency=2, env={"SAGA_FAULTS": f"{point}:charge_card:once"})
+    run_id = stack.post_order()
+    marker = stack.folder / f"fault-{point}-charge_card"
+    wait_for(marker.exists, 30, f"the worker child to crash at {point}")
+    crashed_at = mtime(marker)
+
+    run = stack.wait_terminal(run_id, 30)
+    assert run["status"] == "succeeded", run
+    assert step_of(run, "charge_card")["attempts"] == 2
+    assert worker.alive(), "the pool replaces a killed child; the worker itself stays up"
+    assert step_history(stack, run_id, "charge_card") == [
+        ("step.queued", 0), ("step.running", 1), ("step.retry_wait", 1), ("step.queued", 1),
+        ("step.running", 2), ("step.succeeded", 2)]
+    first = rerun_event(stack, run_id, "charge_card", 1)
+    failed = events(stack, run_id, "charge_card", "step.retry_wait")[0]
+    assert "no heartbeat within the lease" in failed.data["error"]
+    held = (failed.at - first.at).total_seconds()
+    assert held >= LEASE_S, f"the attempt was failed {held:.2f}s after its claim, before its lease"
+    retried = rerun_event(stack, run_id, "charge_card", 2)
+    recovery = (retried.at - crashed_at).total_seconds()
+    bound = LEASE_S + SWEEP_S + SLACK_S
+    assert recovery <= bound, report(f"[{broker(stack)}] child killed {point}", recovery, bound)
+    report(f"[{broker(stack)}] child killed {point}", recovery, bound)
+
+    order_id = run["input"]["order_id"]
+    assert [action for action, _ in stack.effects(order_id)] == ["reserve", "charge", "ship"]
+    invariants.check(stack, [run_id], registry)
+
+
+# -- 2. the whole worker killed while it holds messages -------------------------------------
+
+def test_whole_worker_killed_holding_messages_is_replaced_and_every_run_finishes(
+        stack: Stack, registry: Registry) -> None:
+    """Given a worker (concurrency 2) whose two children are mid-step on two of six runs,
+    with the other four runs' messages queued behind them,
+    when the whole worker (parent and children) is SIGKILLed and a new worker started,
+    then every run succeeds, the two killed steps on their second attempt, every effect
+    applied once, and the killed attempts never reached their effect."""
+    stack.api()
+    stack.sweeper()
+    doomed = stack.worker(concurrency=2, env=HOLD)
+    orders = {stack.post_run("held_order", {"order_id": o}): o
+              for o in [new_order() for _ in range(6)]}
+    run_ids = list(orders)
+
+    def both_children_held() -> list[str] | None:
+        rows = stack.query("SELECT run_id FROM steps WHERE run_id = ANY(:ids) AND name = 'hold' "
+                           "AND status = 'running'", ids=run_ids)
+        return [r.run_id for r in rows] if len(rows) == 2 else None
+
+    held = wait_for(both_children_held, 30, "both worker children to hold a step")
+    for run_id in held:
+        started_pid(stack, run_id, "hold", 1)
+    kill_group(doomed, signal.SIGKILL)
+    doomed.popen.wait(10)
+    killed_at = datetime.now(UTC)
+    stack.worker(concurrency=2)
+    ready_at = datetime.now(UTC)
+
+    finished = {run_id: stack.wait_terminal(run_id, 30) for run_id in run_ids}
+    drained = (datetime.now(UTC) - killed_at).total_seconds()
+    for run_id, run in finished.items():
+        assert run["status"] == "succeeded", run
+        expected = 2 if run_id in held else 1
+        assert step_of(run, "hold")["attempts"] == expected, (run_id in held, run["steps"])
+        key = f"{run_id}:hold:forward"
+        assert len(executions(stack, key)) == 1, executions(stack, key)
+        assert set(effects_by_key(stack, orders[run_id]).values()) == {1}
+    for run_id in held:
+        retried = rerun_event(stack, run_id, "hold", 2)
+        since_kill = (retried.at - killed_at).total_seconds()
+        since_ready = (retried.at - ready_at).total_seconds()
+        bound = max(HOLD_LEASE_S + SWEEP_S, (ready_at - killed_at).total_seconds()) + SLACK_S
+        assert since_kill <= bound, report(f"[{broker(stack)}] whole worker killed",
+                                           since_kill, bound)
+        report(f"[{broker(stack)}] whole worker killed (new worker ready after "
+               f"{(ready_at - killed_at).total_seconds():.2f}s, then {since_ready:.2f}s)",
+               since_kill, bound)
+    print(f"[{broker(stack)}] all 6 runs finished {drained:.2f}s after the kill")
+    invariants.check(stack, run_ids, registry)
+
+
+# -- 3 and 4b. a worker frozen past its lease ------------------------------------------------
+
+@pytest.mark.parametrize("frozen", ["worker", "child"])
+def test_worker_frozen_past_its_lease_is_superseded_and_cannot_commit(
+        stack: Stack, frozen: str, registry: Registry) -> None:
+    """Given a step mid-attempt in a worker child,
+    when that worker's process group (or only the child) is SIGSTOPped past the step's
+    lease, another worker (or child) takes the step over and finishes the run, and then
+    the frozen one gets SIGCONT,
+    then the lease expiry failed the frozen attempt and the sweeper retried it within
+    lease + sweep interval + slack, the woken attempt commits nothing (a `step.superseded`
+    event records its discarded result), the step succeeded once, and its effect ran once."""
+    stack.api()
+    stack.sweeper()
+    if frozen == "worker":
+        workers = [stack.worker(concurrency=1, env=HOLD), stack.worker(concurrency=1, env=HOLD)]
+    else:
+        workers = [stack.worker(concurrency=2, env=HOLD)]
+    order_id = new_order()
+    run_id = stack.post_run("held_order", {"order_id": order_id})
+    pid = started_pid(stack, run_id, "hold", 1)
+    owner = next(w for w in workers if pid in w.children())
+    stopped = False
+    try:
+        if frozen == "worker":
+            kill_group(owner, signal.SIGSTOP)
+        else:
+            os.kill(pid, signal.SIGSTOP)
+        stopped = True
+        stopped_at = datetime.now(UTC)
+        run = stack.wait_terminal(run_id, 30)
+        assert run["status"] == "succeeded", run
+        assert step_of(run, "hold")["attempts"] == 2
+        (stack.folder / "release").touch()
+    finally:
+        if stopped:
+            if frozen == "worker":
+                kill_group(owner, signal.SIGCONT)
+            else:
+                os.kill(pid, signal.SIGCONT)
+
+    superseded = wait_for(lambda: events(stack, run_id, "hold", "step.superseded"), 15,
+                          "the woken attempt to report its discarded result")
+    assert len(superseded) == 1, superseded
+    assert superseded[0].worker.endswith(f"/{pid}"), superseded[0].worker
+    assert superseded[0].data == {"fence": 1, "current_fence": 2, "outcome": "failed"}
+    assert step_history(stack, run_id, "hold") == [
+        ("step.queued", 0), ("step.running", 1), ("step.queued", 1), ("step.running", 2),
+        ("step.succeeded", 2), ("step.superseded", None)]
+    lease_failure = events(stack, run_id, "hold", "step.queued")[1]
+    assert "no heartbeat within the lease" in lease_failure.data["error"]
+    run = stack.run(run_id)
+    assert run["status"] == "succeeded" and step_of(run, "hold")["attempts"] == 2, run
+    # The frozen attempt stopped at its heartbeat check: its effect code never ran.
+    assert [line.split()[1] for line in executions(stack, f"{run_id}:hold:forward")] == [
+        "attempt=2"]
+    assert [a for a, _ in stack.effects(order_id)] == ["reserve", "charge", "ship"]
+
+    retried = rerun_event(stack, run_id, "hold", 2)
+    recovery = (retried.at - stopped_at).total_seconds()
+    bound = HOLD_LEASE_S + SWEEP_S + SLACK_S
+    assert recovery <= bound, report(f"[{broker(stack)}] {frozen} frozen", recovery, bound)
+    report(f"[{broker(stack)}] {frozen} frozen", recovery, bound)
+    assert all(w.alive() for w in workers)
+    invariants.check(stack, [run_id], registry)
+
+
+# -- 4. hard limit, park ---------------------------------------------------------------------
+
+def test_step_hanging_past_its_hard_limit_is_killed_and_counted_per_policy(
+        stack: Stack, registry: Registry) -> None:
+    """Given two runs whose `stubborn` step (timeout 1 s) swallows its soft time limit and
+    hangs, one with on_timeout="retry" and one with on_timeout="compensate",
+    when the hard limit (timeout + 5 s) kills the worker child,
+    then each attempt is counted as failed once its lease expires: the first run retries
+    the step and succeeds on attempt 2, the second fails the step and is compensated."""
+    stack.api()
+    stack.sweeper()
+    worker = stack.worker(concurrency=2)
+    orders = {stack.post_run(saga, {"order_id": o}): o
+              for saga, o in (("hang_then_retry", new_order()),
+                              ("hang_then_compensate", new_order()))}
+    retried_id, compensated_id = orders
+    pids = {run_id: started_pid(stack, run_id, "stubborn", 1) for run_id in orders}
+
+    retried = stack.wait_terminal(retried_id, 30)
+    compensated = stack.wait_terminal(compensated_id, 30)
+    assert retried["status"] == "succeeded", retried
+    assert step_of(retried, "stubborn")["attempts"] == 2
+    assert compensated["status"] == "compensated", compensated
+    stubborn = step_of(compensated, "stubborn")
+    assert stubborn["status"] == "failed" and stubborn["attempts"] == 1, stubborn
+    assert "no heartbeat within the lease" in stubborn["error"]
+    assert [c["name"] for c in compensated["compensations"]] == ["reserve"]
+
+    for run_id, pid in pids.items():
+        assert (stack.folder / f"soft-limit-{run_id}").exists(), "the soft limit never fired"
+        wait_for(lambda pid=pid: not pid_alive(pid), 10, f"child {pid} to be gone")
+        first = rerun_event(stack, run_id, "stubborn", 1)
+        failed = next(e for e in events(stack, run_id, "stubborn")
+                      if e.type in ("step.queued", "step.failed") and e.attempt == 1)
+        took = (failed.at - first.at).total_seconds()
+        bound = HARD_LIMIT_S + HOLD_LEASE_S + SWEEP_S + SLACK_S
+        report(f"[{broker(stack)}] hung step killed, attempt failed", took, bound)
+        assert HARD_LIMIT_S <= took <= bound, took
+        assert len(executions(stack, f"{run_id}:stubborn:forward")) == (
+            1 if run_id == retried_id else 0)
+    assert worker.output().count(f"Hard time limit ({HARD_LIMIT_S}s) exceeded") == 2
+    assert [a for a, _ in stack.effects(orders[retried_id])] == ["reserve", "charge"]
+    assert [a for a, _ in stack.effects(orders[compensated_id])] == ["reserve", "release"]
+    invariants.check(stack, list(orders), registry)
+
+
+def test_step_parked_on_timeout_fails_the_run_until_it_is_retried(
+        stack: Stack, registry: Registry) -> None:
+    """Given a step with on_timeout="park" whose first attempt overruns its 1 s limit,
+    when it times out, then the run ends failed with an error naming the parked step and
+    nothing compensated; when `POST /v1/runs/<id>/retry` is called, the step runs again
+    with a fresh attempt budget and the run succeeds, each effect applied once."""
+    stack.api()
+    stack.worker(concurrency=1)
+    order_id = new_order()
+    run_id = stack.post_run("park_on_timeout", {"order_id": order_id})
+
+    run = stack.wait_terminal(run_id, 30)
+    assert run["status"] == "failed", run
+    assert "'slow_once' parked after a timeout" in run["error"], run["error"]
+    parked = step_of(run, "slow_once")
+    assert parked["status"] == "parked" and parked["attempts"] == 1, parked
+    assert run["compensations"] == []
+    assert [a for a, _ in stack.effects(order_id)] == ["reserve"]
+    assert events(stack, run_id, "slow_once", "alert.failed")
+
+    response = requests.post(f"{stack.base}/v1/runs/{run_id}/retry", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "running"
+    run = stack.wait_terminal(run_id, 30)
+    assert run["status"] == "succeeded", run
+    assert step_of(run, "slow_once")["attempts"] == 1  # a fresh budget after the retry
+    assert [e.attempt for e in events(stack, run_id, "slow_once", "step.running")] == [1, 1]
+    assert [a for a, _ in stack.effects(order_id)] == ["reserve", "charge"]
+    invariants.check(stack, [run_id], registry)
+
+
+# -- 5. a poison step ----------------------------------------------------------------------
+
+def test_poison_step_killing_its_worker_is_capped_at_its_attempts_then_compensated(
+        stack: Stack, registry: Registry) -> None:
+    """Given a step that SIGKILLs its worker child on every attempt, Retry(attempts=3),
+    when a run reaches it,
+    then it is claimed exactly three times, the run is compensated within a bounded time
+    (three leases plus sweeps), the message is not redelivered forever and the worker
+    itself stays up."""
+    stack.api()
+    stack.sweeper()
+    worker = stack.worker(concurrency=2)
+    order_id = new_order()
+    started = time.monotonic()
+    run_id = stack.post_run("poison_pill", {"order_id": order_id})
+
+    run = stack.wait_terminal(run_id, 30)
+    took = time.monotonic() - started
+    bound = 3 * (1.0 + SWEEP_S + SLACK_S)
+    report(f"[{broker(stack)}] poison step capped, run compensated", took, bound)
+    assert took <= bound
+    assert run["status"] == "compensated", run
+    poison = step_of(run, "poison")
+    assert poison["status"] == "failed" and poison["attempts"] == 3, poison
+    assert [e.attempt for e in events(stack, run_id, "poison", "step.running")] == [1, 2, 3]
+    assert [a for a, _ in stack.effects(order_id)] == ["reserve", "release"]
+    for attempt in (1, 2, 3):
+        assert (stack.folder / f"started-{run_id}-poison-{attempt}").exists()
+
+    # Every delivery left is dropped at the claim: the queue drains and no 4th attempt starts.
+    wait_for(lambda: queue_depth(stack) == 0, 15, "the queue to drain")
+    wait_for(lambda: worker.output().count("exited with 'signal 9 (SIGKILL)'") >= 3, 10,
+             "the worker to log its three lost children")
+    assert worker.output().count("exited with 'signal 9 (SIGKILL)'") == 3
+    assert not (stack.folder / f"started-{run_id}-poison-4").exists()
+    assert worker.alive()
+    invariants.check(stack, [run_id], registry)
+
+
+def queue_depth(stack: Stack) -> int:
+    from kombu import Connection
+
+    with Connection(stack.broker_url, connect_timeout=3) as conn:
+        return conn.default_channel.queue_declare(stack.queue, passive=True).message_count
+
+
+# -- 7. two sweepers racing --------------------------------------------------------------
+
+SWEEP_LINE = re.compile(r"sweep: Sweep\(republished=(\d+), leases_expired=(\d+), "
+                        r"retries_fired=(\d+), queue_timeouts=(\d+), deadlines=(\d+)\)")
+
+
+def sweeper_totals(process: Any) -> Counter:
+    totals: Counter = Counter()
+    for match in SWEEP_LINE.finditer(process.output()):
+        republished, expired, fired, _, _ = (int(n) for n in match.groups())
+        totals.update(republished=republished, leases_expired=expired, retries_fired=fired)
+    return totals
+
+
+@pytest.mark.slow
+def test_two_sweepers_racing_fire_each_retry_and_expire_each_lease_once(
+        stack: Stack, registry: Registry) -> None:
+    """Given two sweepers, and twelve runs whose first step fails at once (their retries
+    fall due together) and whose `hold` step is then held by a worker of concurrency 4,
+    when that worker is SIGKILLed whole (four leases expire together, their retries then
+    fall due together) and another worker takes over,
+    then every run succeeds, no step commits twice, every effect applies once, and each
+    retry was fired exactly once: one `step.queued` per `step.retry_wait`, and the
+    sweepers' own counts add up to exactly the retries and lease expiries recorded."""
+    stack.api()
+    sweepers = [stack.sweeper(), stack.sweeper()]
+    doomed = stack.worker(concurrency=4, env=HOLD)
+    orders = {stack.post_run("retry_storm", {"order_id": o}): o
+              for o in [new_order() for _ in range(12)]}
+    run_ids = list(orders)
+
+    def four_held() -> list[str] | None:
+        rows = stack.query("SELECT run_id FROM steps WHERE run_id = ANY(:ids) AND name = 'hold' "
+                           "AND status = 'running'", ids=run_ids)
+        return [r.run_id for r in rows] if len(rows) == 4 else None
+
+    held = wait_for(four_held, 30, "the worker's four children to hold a step")
+    for run_id in held:
+        started_pid(stack, run_id, "hold", 1)
+    kill_group(doomed, signal.SIGKILL)
+    doomed.popen.wait(10)
+    killed_at = datetime.now(UTC)
+    # Both sweepers find the four expired leases due at once; no worker is there yet.
+    wait_for(lambda: not stack.query("SELECT 1 FROM steps WHERE run_id = ANY(:ids) AND "
+                                     "status = 'running'", ids=run_ids),
+             15, "the sweepers to expire the dead worker's leases")
+    stack.worker(concurrency=4)
+
+    finished = {run_id: stack.wait_terminal(run_id, 45) for run_id in run_ids}
+    assert all(run["status"] == "succeeded" for run in finished.values()), finished
+    for run_id in run_ids:
+        assert step_of(finished[run_id], "tick")["attempts"] == 2
+        assert step_of(finished[run_id], "hold")["attempts"] == (2 if run_id in held else 1)
+        for step in ("tick", "reserve", "hold"):
+            kinds = Counter(t for t, _ in step_history(stack, run_id, step))
+            assert kinds["step.queued"] == 1 + kinds["step.retry_wait"], (run_id, step, kinds)
+            assert kinds["step.succeeded"] == 1, (run_id, step, kinds)
+        assert len(executions(stack, f"{run_id}:hold:forward")) == 1
+        assert set(effects_by_key(stack, orders[run_id]).values()) == {1}
+
+    retry_waits = stack.query("SELECT count(*) FROM events WHERE run_id = ANY(:ids) "
+                              "AND type = 'step.retry_wait'", ids=run_ids)[0][0]
+    lease_failures = stack.query("SELECT count(*) FROM events WHERE run_id = ANY(:ids) "
+                                 "AND type = 'step.retry_wait' "
+                                 "AND data->>'error' LIKE 'no heartbeat within the lease%'",
+                                 ids=run_ids)[0][0]
+    assert retry_waits == len(run_ids) + len(held) and lease_failures == len(held)
+
+    def counted() -> list[Counter] | None:
+        totals = [sweeper_totals(s) for s in sweepers]
+        fired = sum(t["retries_fired"] for t in totals)
+        expired = sum(t["leases_expired"] for t in totals)
+        return totals if fired >= retry_waits and expired >= lease_failures else None
+
+    totals = wait_for(counted, 10, "the sweepers' logs to count every retry and expiry")
+    for number, total in enumerate(totals, 1):
+        print(f"[{broker(stack)}] sweeper {number}: {dict(total)}")
+    assert sum(t["retries_fired"] for t in totals) == retry_waits, totals
+    assert sum(t["leases_expired"] for t in totals) == lease_failures, totals
+    assert all(s.alive() for s in sweepers)
+    for run_id in held:
+        retried = rerun_event(stack, run_id, "hold", 2)
+        report(f"[{broker(stack)}] racing sweepers, killed worker's step re-run",
+               (retried.at - killed_at).total_seconds(), 30)
+    invariants.check(stack, run_ids, registry)
