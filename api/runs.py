@@ -11,6 +11,7 @@ from api.parsing import Blueprint
 from api.problems import Problem, ProblemSchema, flatten
 from api.schemas import (
     EventListSchema,
+    EventQuerySchema,
     IdempotencySchema,
     RunPageSchema,
     RunQuerySchema,
@@ -22,6 +23,8 @@ from saga.errors import InvalidInput, RunNotFound
 blp = Blueprint("runs", __name__, description="Start, inspect and list saga runs")
 
 CURSOR_ERROR = "not a cursor this API returned"
+FILTERS = ("version", "started_after", "started_before", "finished_after", "finished_before",
+           "step", "step_status", "error")
 PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
 
 
@@ -67,14 +70,22 @@ def get_run(run_id: str):
 @blp.get("/runs")
 @blp.arguments(RunQuerySchema, location="query")
 @blp.response(200, RunPageSchema)
+@blp.alt_response(422, description="A filter's value is invalid; `errors` names it", **PROBLEM)
 def list_runs(query: dict[str, Any]):
-    """Runs, newest first, one page at a time
+    """Runs, newest first, one page at a time, filtered
 
-    Pass `next_cursor` back as `cursor` for the next page; it is null on the last page.
+    Every filter narrows the list: `saga`, `version`, `status`; `started_after` /
+    `started_before` (the run's `created_at`) and `finished_after` / `finished_before`,
+    each range half-open (after ≤ t < before); `step` (runs with a step of that name,
+    with `step_status` if given); `error` (text in the run's or any step's error,
+    ignoring case). Pass `next_cursor` back as `cursor`, with the same filters, for the
+    next page; it is null on the last page.
     """
+    filters = {name: query[name] for name in FILTERS if name in query}
     try:
         page, cursor = system().engine.store.list_runs(
-            query.get("saga"), query.get("status"), query["limit"], _cursor(query.get("cursor")))
+            query.get("saga"), query.get("status"), query["limit"], _cursor(query.get("cursor")),
+            **filters)
     except ValueError as exc:  # the store refuses a cursor it did not make
         raise Problem(422, str(exc), errors={"cursor": [CURSOR_ERROR]}) from exc
     return {"runs": page, "next_cursor": cursor}
@@ -103,11 +114,17 @@ def retry_run(run_id: str):
 
 
 @blp.get("/runs/<run_id>/events")
+@blp.arguments(EventQuerySchema, location="query")
 @blp.response(200, EventListSchema)
 @blp.alt_response(404, description="No run has this id", **PROBLEM)
-def run_events(run_id: str):
-    """A run's history, oldest first"""
-    return {"events": system().engine.store.events(_checked(run_id))}
+def run_events(query: dict[str, Any], run_id: str):
+    """A run's history, oldest first
+
+    `step` keeps one step's events (its compensation's too); `type` keeps one event type
+    (`step.failed`) or a family (`compensation.` or `compensation`).
+    """
+    return {"events": system().engine.store.events(_checked(run_id), query.get("step"),
+                                                   query.get("type"))}
 
 
 def _cursor(cursor: str | None) -> str | None:

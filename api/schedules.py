@@ -2,6 +2,149 @@
 
 from __future__ import annotations
 
-from api.parsing import Blueprint
+from typing import Any
+
+import flask
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from api.parsing import Blueprint, storable
+from api.problems import Problem, ProblemSchema
+from saga.scheduler import (
+    DEFAULT_MAX_RUNNING,
+    MAX_ITEMS,
+    MAX_RUNNING,
+    InvalidBackfill,
+    plan_backfill,
+    scheduled,
+    start_backfill,
+)
 
 blp = Blueprint("schedules", __name__, description="Schedules and backfills")
+PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
+
+
+class BackfillRequestSchema(ma.Schema):
+    start = fields.String(data_key="from", validate=validate.Length(max=64), metadata={
+        "description": "first logical time, ISO 8601; without an offset, in the schedule's "
+                      "time zone"})
+    end = fields.String(data_key="to", validate=validate.Length(max=64),
+                        metadata={"description": "last logical time, included"})
+    inputs = fields.List(fields.Raw(allow_none=True),
+                         validate=[validate.Length(min=1, max=MAX_ITEMS), storable], metadata={
+        "description": "for a saga without a schedule: one run each, "
+                      "{\"key\": ..., \"input\": ...} or the input itself"})
+    max_running = fields.Integer(strict=True, load_default=DEFAULT_MAX_RUNNING,
+                                 validate=validate.Range(min=1, max=MAX_RUNNING))
+    dry_run = fields.Boolean(load_default=False,
+                             metadata={"description": "list the runs it would start; write nothing"})
+
+
+class ItemCountsSchema(ma.Schema):
+    total = fields.Integer()
+    pending = fields.Integer(metadata={"description": "not started yet"})
+    started = fields.Integer()
+    running = fields.Integer(metadata={"description": "started, not finished"})
+    finished = fields.Integer(metadata={"description": "their run ended, however it ended"})
+    refused = fields.Integer(metadata={"description": "could not start (input or key refused)"})
+
+
+class BackfillSchema(ma.Schema):
+    id = fields.String()
+    saga = fields.String()
+    from_at = fields.DateTime(data_key="from", allow_none=True)
+    to_at = fields.DateTime(data_key="to", allow_none=True)
+    max_running = fields.Integer()
+    existing = fields.Integer(metadata={"description": "asked for, but their run existed"})
+    created_at = fields.DateTime()
+    items = fields.Nested(ItemCountsSchema)
+    done = fields.Boolean(metadata={"description": "every item started and finished"})
+
+
+class PlannedRunSchema(ma.Schema):
+    idempotency_key = fields.String()
+    input = fields.Raw()
+
+
+class DryRunSchema(ma.Schema):
+    saga = fields.String()
+    dry_run = fields.Boolean()
+    would_start = fields.List(fields.Nested(PlannedRunSchema))
+    existing = fields.Integer()
+
+
+class ScheduleStateSchema(ma.Schema):
+    saga = fields.String()
+    cron = fields.String()
+    timezone = fields.String()
+    catch_up = fields.String()
+    next_fire_at = fields.DateTime(allow_none=True)
+    last_fire_at = fields.DateTime(allow_none=True)
+
+
+class ScheduleListSchema(ma.Schema):
+    schedules = fields.List(fields.Nested(ScheduleStateSchema))
+
+
+def _engine() -> Any:
+    return flask.current_app.extensions["saga"].engine
+
+
+@blp.post("/sagas/<name>/backfills")
+@blp.arguments(BackfillRequestSchema)
+@blp.response(201, BackfillSchema, description="Stored; its first runs started",
+              headers={"Location": {"description": "the backfill's URL",
+                                    "schema": {"type": "string"}}})
+@blp.alt_response(200, schema=DryRunSchema, description="A dry run: what it would start")
+@blp.alt_response(404, description="No saga of this name is loaded", **PROBLEM)
+@blp.alt_response(422, description="A bad range or input; nothing was written", **PROBLEM)
+def create_backfill(body: dict[str, Any], name: str):
+    """Start the missing runs of a past range of a schedule, or of a list of inputs
+
+    Give `from` and `to` for a scheduled saga, or `inputs` for any saga. Runs that
+    exist already (same logical time or key) are skipped, so repeating a backfill
+    starts nothing twice. At most `max_running` of its runs are unfinished at once; the
+    sweeper starts the rest as they finish.
+    """
+    engine = _engine()
+    inputs = body.get("inputs")
+    try:
+        plan = plan_backfill(
+            engine, name, start=body.get("start"), end=body.get("end"),
+            inputs=None if inputs is None else [(f"inputs[{i}]", v) for i, v in enumerate(inputs)],
+            max_running=body["max_running"])
+    except InvalidBackfill as exc:
+        raise Problem(422, str(exc), "invalid-backfill", exc.errors) from exc
+    if body["dry_run"]:
+        return flask.jsonify(DryRunSchema().dump({
+            "saga": plan.saga, "dry_run": True, "existing": plan.existing,
+            "would_start": [{"idempotency_key": k, "input": v} for k, v in plan.items]}))
+    backfill_id = start_backfill(engine, plan)
+    return (engine.store.get_backfill(backfill_id), 201,
+            {"Location": f"/v1/backfills/{backfill_id}"})
+
+
+@blp.get("/backfills/<backfill_id>")
+@blp.response(200, BackfillSchema)
+@blp.alt_response(404, description="No backfill has this id", **PROBLEM)
+def get_backfill(backfill_id: str):
+    """A backfill's progress: items total, started, running, finished"""
+    found = None if "\x00" in backfill_id else _engine().store.get_backfill(backfill_id)
+    if found is None:
+        raise Problem(404, f"no backfill has id {backfill_id!r}", "backfill-not-found")
+    return found
+
+
+@blp.get("/schedules")
+@blp.response(200, ScheduleListSchema)
+def list_schedules():
+    """The loaded schedules with their next and last firing"""
+    engine = _engine()
+    stored = {row["saga"]: row for row in engine.store.schedule_rows()}
+    return {"schedules": [
+        {"saga": saga, "cron": schedule.cron, "timezone": schedule.timezone,
+         "catch_up": schedule.catch_up,
+         "next_fire_at": stored.get(saga, {}).get("next_fire_at"),
+         "last_fire_at": stored.get(saga, {}).get("last_fire_at")}
+        for saga, schedule in sorted(scheduled(engine.registry).items())]}
+

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC
+from typing import Any
+
 import marshmallow as ma
 from marshmallow import fields, validate
 
@@ -25,12 +28,50 @@ class IdempotencySchema(ma.Schema):
                                  "first run (200); the same key with another body is a 422"})
 
 
+def _moment(description: str) -> fields.AwareDateTime:
+    return fields.AwareDateTime(default_timezone=UTC, metadata={
+        "description": f"{description}; ISO 8601, UTC unless it carries an offset"})
+
+
 class RunQuerySchema(ma.Schema):
+    """Filters of the runs listing; they combine, and time ranges are half-open."""
+
     saga = fields.String(validate=[validate.Length(max=200), printable])
+    version = fields.Integer(validate=validate.Range(min=1),
+                             metadata={"description": "the pinned version; needs `saga`"})
     status = fields.String(validate=validate.OneOf([s.value for s in RunStatus]))
+    started_after = _moment("runs created at or after this")
+    started_before = _moment("runs created before this")
+    finished_after = _moment("runs finished at or after this")
+    finished_before = _moment("runs finished before this")
+    step = fields.String(validate=[validate.Length(min=1, max=200), printable],
+                         metadata={"description": "runs with a (forward) step of this name"})
+    step_status = fields.String(validate=validate.OneOf([s.value for s in StepStatus]),
+                                metadata={"description": "with `step`: where it has this status"})
+    error = fields.String(validate=[validate.Length(min=1, max=200), printable], metadata={
+        "description": "runs whose error, or one of whose steps' errors, contains this text "
+                       "(ignoring case)"})
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_PAGE))
     cursor = fields.String(validate=[validate.Length(max=500), printable],
                            metadata={"description": "next_cursor of the previous page"})
+
+    @ma.validates_schema
+    def _consistent(self, data: dict[str, Any], **_: Any) -> None:
+        if "version" in data and "saga" not in data:
+            raise ma.ValidationError("needs saga: versions are numbered per saga", "version")
+        if "step_status" in data and "step" not in data:
+            raise ma.ValidationError("needs step", "step_status")
+        for start, end in (("started_after", "started_before"),
+                           ("finished_after", "finished_before")):
+            if start in data and end in data and data[end] < data[start]:
+                raise ma.ValidationError(f"is before {start}", end)
+
+
+class EventQuerySchema(ma.Schema):
+    step = fields.String(validate=[validate.Length(min=1, max=200), printable],
+                         metadata={"description": "only this step's (and its compensation's) events"})
+    type = fields.String(validate=[validate.Length(min=1, max=60), printable], metadata={
+        "description": "an event type (`step.failed`) or a family of them (`compensation.`)"})
 
 
 class StepSchema(ma.Schema):
@@ -41,6 +82,8 @@ class StepSchema(ma.Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     next_attempt_at = fields.DateTime(allow_none=True)
+    wake_at = fields.DateTime(allow_none=True, metadata={
+        "description": "a waiting timer fires, or a signal wait times out, at this time"})
     worker = fields.String(allow_none=True)
     output = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
@@ -59,6 +102,9 @@ class RunSummarySchema(ma.Schema):
     finished_at = fields.DateTime(allow_none=True)
     deadline_at = fields.DateTime(allow_none=True,
                                   metadata={"description": "past this, the run fails and compensates"})
+    parked = fields.String(allow_none=True, metadata={
+        "description": "why no worker can go on with the run (its version is not loaded)"})
+    cancel_requested = fields.Boolean()
 
 
 class RunSchema(RunSummarySchema):

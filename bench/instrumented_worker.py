@@ -32,7 +32,9 @@ def add(name: str, seconds: float, cpu: float = 0.0) -> None:
 
 
 def wrap(owner: Any, attr: str, name: str) -> None:
-    original = getattr(owner, attr)
+    original = getattr(owner, attr, None)
+    if original is None:  # the code moved on; time what is still there
+        return
 
     @functools.wraps(original)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -47,7 +49,9 @@ def wrap(owner: Any, attr: str, name: str) -> None:
 
 def wrap_context(owner: Any, attr: str, name: str) -> None:
     """A context-manager method: time from entering to leaving (the whole transaction)."""
-    original = getattr(owner, attr)
+    original = getattr(owner, attr, None)
+    if original is None:
+        return
 
     @functools.wraps(original)
     @contextlib.contextmanager
@@ -95,7 +99,7 @@ def experiments(names: set[str]) -> None:
 
         store._make_engine = make_engine
     if "py_clock" in names:
-        store.Store.now = lambda self, conn: datetime.now(UTC)
+        store.Store.now = lambda self, conn=None: datetime.now(UTC)
     if "no_heartbeat" in names:
         context.Heartbeat.__enter__ = lambda self: self
         context.Heartbeat.__exit__ = lambda self, *exc: None
@@ -145,6 +149,11 @@ def install() -> None:
     def _postrun(**_kw: Any) -> None:
         add("celery task (prerun..postrun)", time.perf_counter() - _local.task_began[0],
             time.thread_time() - _local.task_began[1])
+        profiler = getattr(_local, "profiler", None)
+        if profiler is not None and STATS["celery task (prerun..postrun)"][0] % 50 == 0:
+            profiler.disable()  # dump now and then, from the thread that runs the tasks
+            profiler.dump_stats(os.path.join(os.environ["BENCH_STATS_DIR"], f"{os.getpid()}.prof"))
+            profiler.enable()
 
     @signals.worker_process_init.connect(weak=False)
     def _child(**_kw: Any) -> None:
@@ -153,6 +162,11 @@ def install() -> None:
         if not folder:
             return
         born = time.perf_counter()
+        if os.environ.get("BENCH_CPROFILE"):
+            import cProfile
+
+            _local.profiler = cProfile.Profile()
+            _local.profiler.enable()
 
         def dump() -> None:
             path = os.path.join(folder, f"{os.getpid()}.json")

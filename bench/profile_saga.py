@@ -61,6 +61,33 @@ def py_spy(worker: tp.Worker, seconds: float, out: Path) -> subprocess.Popen | N
                             start_new_session=True)
 
 
+def report_cprofile(folder: Path, steps: int, top: int = 35) -> None:
+    """The worker children's cProfile totals: the Python functions that cost the most CPU."""
+    import pstats
+
+    files = [str(p) for p in folder.glob("*.prof")]
+    if not files:
+        print("  (no cProfile output)")
+        return
+    stats = pstats.Stats(*files)
+    runs = [calls for (file, _l, func), (_cc, calls, *_rest) in stats.stats.items()
+            if func == "run_step" and file.endswith("engine.py")]
+    steps = sum(runs) or steps  # the profile is dumped every 50 tasks: count what it saw
+    rows = []
+    for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():
+        short = file.split("site-packages/")[-1].split("/work/main/")[-1]
+        rows.append((tottime, cumtime, calls, f"{func} ({short}:{line})"))
+    print(f"\n  cProfile of the worker children (under the profiler, so slower); per step = /{steps}")
+    print(f"    {'own ms/step':>11} {'cum ms/step':>11} {'calls/step':>10}  function")
+    for tottime, cumtime, calls, name in sorted(rows, reverse=True)[:top]:
+        print(f"    {1000 * tottime / steps:11.3f} {1000 * cumtime / steps:11.3f} "
+              f"{calls / steps:10.1f}  {name[:100]}")
+    print("  by cumulative time:")
+    for tottime, cumtime, calls, name in sorted(rows, key=lambda r: -r[1])[:top]:
+        print(f"    {1000 * tottime / steps:11.3f} {1000 * cumtime / steps:11.3f} "
+              f"{calls / steps:10.1f}  {name[:100]}")
+
+
 def report_py_spy(path: Path, top: int = 40) -> None:
     """Shares of the samples taken inside a step task (below Engine.run_step)."""
     if not path.exists():
@@ -100,6 +127,8 @@ def main() -> int:
     parser.add_argument("--instrument", action="store_true", help="time store calls and statements")
     parser.add_argument("--chain", action="store_true", help="also profile the chain baseline")
     parser.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy")
+    parser.add_argument("--cprofile", action="store_true",
+                        help="with --instrument: cProfile the worker children")
     parser.add_argument("--experiments", default="",
                         help="with --instrument: what-ifs, e.g. no_preping,py_clock,no_heartbeat "
                              "(see bench/instrumented_worker.py)")
@@ -130,12 +159,16 @@ def main() -> int:
                 module = "bench.instrumented_worker" if args.instrument else "saga.cli"
                 result = tp.measure_saga(db, broker, args.sagas, folder, module=module,
                                          extra_env={"BENCH_STATS_DIR": str(stats),
-                                                    "BENCH_EXPERIMENTS": args.experiments}, hook=hook)
+                                                    "BENCH_EXPERIMENTS": args.experiments,
+                                                    "BENCH_CPROFILE": "1" if args.cprofile else ""},
+                                         hook=hook)
                 print(f"\n== {broker}")
                 tp.print_result(f"{broker} saga", result)
                 meter.report(f"{args.sagas} sagas", args.sagas)
                 if args.instrument:
                     report_stats(stats, (tp.WARMUP + args.sagas) * tp.STEPS)
+                if args.instrument and args.cprofile:
+                    report_cprofile(stats, (tp.WARMUP + args.sagas) * tp.STEPS)
                 if args.py_spy and spy.get("path"):
                     report_py_spy(spy["path"])
                 if args.chain:

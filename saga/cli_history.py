@@ -1,36 +1,133 @@
-"""History commands: list runs and show one run's timeline."""
+"""History commands: search runs, and show one run's timeline or its state at a moment."""
 
 from __future__ import annotations
+
+import re
+from datetime import datetime, time
+from typing import Any
 
 import click
 
 from saga.cli_common import settings as _settings
+from saga.status import RunStatus, StepStatus
+
+TIME_HELP = ("HH:MM[:SS] today in local time, or an ISO 8601 date and time "
+             "(2025-05-01T03:00, local unless it carries an offset such as +02:00 or Z)")
+
+
+def parse_when(text: str, now: datetime | None = None) -> datetime:
+    """A moment from the command line: `03:00` is today (local time), or ISO 8601.
+
+    Naive times are local time: `now`'s zone when it has one, else this machine's.
+    Raises ValueError for anything else.
+    """
+    now = now or datetime.now()
+    text = text.strip()
+    clock = re.fullmatch(r"(\d{1,2}):(\d{2})(?::(\d{2}))?", text)
+    if clock:
+        hour, minute, second = (int(part or 0) for part in clock.groups())
+        moment = datetime.combine(now.date(), time(hour, minute, second))
+    else:
+        moment = datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=now.tzinfo) if now.tzinfo else moment.astimezone()
+
+
+class When(click.ParamType):
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_when(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a time: give {TIME_HELP}", param, ctx)
 
 
 @click.command()
 @click.argument("run_id")
-def show(run_id: str) -> None:
-    """Print a run's timeline."""
+@click.option("--at", "at", type=When(), default=None,
+              help=f"show the run's state at this moment instead: {TIME_HELP}")
+@click.option("--events", "with_events", is_flag=True, help="also list every event")
+def show(run_id: str, at: datetime | None, with_events: bool) -> None:
+    """Print a run's timeline: each attempt of each step and compensation.
+
+    With --at, print the status of the run and of each step as of that moment, rebuilt
+    from the run's event log.
+    """
     from saga.errors import RunNotFound
     from saga.store import Store
-    from saga.timeline import render
+    from saga.timeline import render, render_events, render_state, state_at
 
     store = Store(_settings().database_url)
     try:
-        click.echo(render(store.get_run(run_id), store.events(run_id)))
+        run, events = store.get_run(run_id), store.events(run_id)
     except RunNotFound as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(render_state(run, state_at(events, at)) if at else render(run, events))
+    if with_events:
+        click.echo(render_events(run, events))
 
 
 @click.command()
-@click.option("--saga", "saga_name", default=None)
-@click.option("--status", default=None)
+@click.option("--saga", "saga_name", default=None, help="only runs of this saga")
+@click.option("--version", type=click.IntRange(min=1), default=None,
+              help="only runs pinned to this version (with --saga)")
+@click.option("--status", type=click.Choice([s.value for s in RunStatus]), default=None)
+@click.option("--since", type=When(), default=None,
+              help=f"started at or after this: {TIME_HELP}")
+@click.option("--until", type=When(), default=None, help="started before this (same forms)")
+@click.option("--finished-since", type=When(), default=None,
+              help="finished at or after this (same forms)")
+@click.option("--finished-until", type=When(), default=None,
+              help="finished before this (same forms)")
+@click.option("--step", default=None, help="only runs that have a step of this name")
+@click.option("--step-status", type=click.Choice([s.value for s in StepStatus]), default=None,
+              help="with --step: only where that step has this status")
+@click.option("--error", default=None,
+              help="only runs whose error, or a step's error, contains this (any case)")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 200))
-def runs(saga_name: str | None, status: str | None, limit: int) -> None:
-    """List runs, newest first."""
-    from saga.store import Store
+@click.option("--cursor", default=None, help="the next page, as printed after a full page")
+def runs(saga_name: str | None, version: int | None, status: str | None,
+         since: datetime | None, until: datetime | None, finished_since: datetime | None,
+         finished_until: datetime | None, step: str | None, step_status: str | None,
+         error: str | None, limit: int, cursor: str | None) -> None:
+    """List runs, newest first, one line each.
 
-    page, _ = Store(_settings().database_url).list_runs(saga_name, status, limit)
+    \b
+    saga runs --saga charge --status failed --since 03:00 --until 03:15
+    saga runs --step charge_card --step-status failed --error declined
+    """
+    from saga.store import Store
+    from saga.timeline import duration
+
+    if step_status and not step:
+        raise click.BadParameter("needs --step", param_hint="--step-status")
+    store = Store(_settings().database_url)
+    try:
+        page, more = store.list_runs(
+            saga_name, status, limit, cursor, version=version, started_after=since,
+            started_before=until, finished_after=finished_since, finished_before=finished_until,
+            step=step, step_status=step_status, error=error)
+    except ValueError as exc:  # a cursor this store did not make
+        raise click.BadParameter(str(exc), param_hint="--cursor") from None
+    finally:
+        store.close()
     for run in page:
-        click.echo(f"{run['id']}  {run['created_at']:%Y-%m-%d %H:%M:%S}  {run['saga']} "
-                   f"v{run['version']}  {run['status']}")
+        took = duration(run["finished_at"] - run["created_at"]) if run["finished_at"] else "-"
+        line = (f"{run['id']}  {run['created_at'].astimezone():%Y-%m-%d %H:%M:%S}  "
+                f"{run['saga']} v{run['version']}  {run['status']:<12}  {took:>10}")
+        if run["error"]:
+            line += f"  {_one_line(run['error'])}"
+        click.echo(line)
+    if more:
+        click.echo(f"more: --cursor {more}", err=True)
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width - 1] + "…"

@@ -6,7 +6,9 @@ import os
 import time
 from pathlib import Path
 
-from saga import Parallel, RemoteTask, Saga, Step, StepContext
+from datetime import timedelta
+
+from saga import Parallel, RemoteTask, Saga, Step, StepContext, Wait, WaitForSignal
 
 
 def arrive_and_wait(ctx: StepContext) -> dict:
@@ -35,4 +37,51 @@ barrier = Saga("barrier", steps=[
 remote = Saga("remote", steps=[
     Step("double", RemoteTask("remote_service.double", queue="saga-test-remote")),
     Step("check", join),
+])
+
+
+def record(ctx: StepContext) -> dict:
+    return {"step": ctx.step, "outputs": sorted(ctx.outputs)}
+
+
+def hold(ctx: StepContext) -> dict:
+    """Runs until the test creates `release-<run>-<step>-<kind>` (mid-step on purpose)."""
+    folder = Path(os.environ["SAGA_TEST_BARRIER_DIR"])
+    (folder / f"holding-{ctx.run_id}-{ctx.step}-{ctx.kind}").touch()
+    deadline = time.monotonic() + 60
+    while not (folder / f"release-{ctx.run_id}-{ctx.step}-{ctx.kind}").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        ctx.heartbeat()
+        time.sleep(0.01)
+    return {"held": ctx.step}
+
+
+# A durable timer of an hour between two steps (tests move the clock, they do not wait).
+napping = Saga("napping", steps=[
+    Step("before", record, compensate=record),
+    Wait("nap", duration=timedelta(hours=1)),
+    Step("after", record),
+])
+
+# A label that may come before or after the run reaches its wait, within two days.
+labelled = Saga("labelled", steps=[
+    Step("reserve", record, compensate=record),
+    Wait("cool_off", duration=timedelta(minutes=20)),
+    WaitForSignal("label", timeout=timedelta(days=2)),
+    Step("notify", record),
+])
+
+# On timeout, go on down the declared path: the next step sees {"timed_out": true}.
+patient = Saga("patient", steps=[
+    Step("reserve", record, compensate=record),
+    WaitForSignal("label", timeout=timedelta(days=2), on_timeout="continue"),
+    Step("notify", record),
+])
+
+# A step (or compensation) that holds until released, to cancel mid-step.
+holding = Saga("holding", steps=[
+    Step("first", record, compensate=hold),
+    Step("second", hold, compensate=record),
+    Step("third", record),
 ])

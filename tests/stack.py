@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-TERMINAL = ("succeeded", "compensated", "failed")
+TERMINAL = ("succeeded", "compensated", "cancelled", "failed")
 
 
 def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition",

@@ -1,7 +1,18 @@
-"""Read queries of the saga log: one run, pages of runs, a run's history, versions in flight."""
+"""Read queries of the saga log (one run, filtered pages of runs, a run's history), and retention.
+
+Every query here is served by an index or by a scan bounded by what it looks for, so it
+stays fast with millions of events: a run's events by `events_run` (run_id, id); pages of
+runs by the (…, created_at, id) indexes, newest first; the step filter by the steps key or
+`steps_name_status`; the error filter only reads rows that have an error
+(`runs_errored`, `steps_errored`); finished-time ranges and pruning by `runs_finished`.
+
+`prune_finished` is the one write: it lives here because it is the history's retention,
+and reads the same indexes.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,9 +21,9 @@ from saga.errors import RunNotFound
 from saga.state import Run, RunStatus
 from saga.status import Kind
 from saga.store.rows import (
-    aware,
     decode_cursor,
     encode_cursor,
+    event_view,
     run_view,
     step_view,
     to_run,
@@ -48,33 +59,77 @@ class Reads:
             return to_run(row, [to_step(s) for s in step_rows])
 
     def list_runs(self, saga: str | None = None, status: str | None = None, limit: int = 50,
-                  cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
-        """Runs newest first, one page; the second value is the next page's cursor."""
+                  cursor: str | None = None, *, version: int | None = None,
+                  started_after: datetime | None = None, started_before: datetime | None = None,
+                  finished_after: datetime | None = None,
+                  finished_before: datetime | None = None, step: str | None = None,
+                  step_status: str | None = None,
+                  error: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """Runs newest first, one page; the second value is the next page's cursor.
+
+        The filters combine (AND). Time ranges are half-open: `started_after <= created_at
+        < started_before`, and the same for `finished_*` on `finished_at` (a run still
+        going matches no finished range). `step` keeps runs with a forward step of that
+        name (in `step_status`, if given); `error` keeps runs whose error, or any of whose
+        steps' or compensations' errors, contains the text, ignoring case. Raises
+        ValueError for a cursor this store did not make.
+
+            page, cursor = store.list_runs("charge", "failed", error="declined",
+                                           started_after=datetime(2025, 5, 1, 3, tzinfo=UTC))
+        """
         query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1)
         if saga:
             query = query.where(runs.c.saga == saga)
+        if version is not None:
+            query = query.where(runs.c.version == version)
         if status:
             query = query.where(runs.c.status == status)
+        if started_after is not None:
+            query = query.where(runs.c.created_at >= _utc(started_after))
+        if started_before is not None:
+            query = query.where(runs.c.created_at < _utc(started_before))
+        if finished_after is not None:
+            query = query.where(runs.c.finished_at >= _utc(finished_after))
+        if finished_before is not None:
+            query = query.where(runs.c.finished_at < _utc(finished_before))
+        if step:
+            # Probed by the steps key per run, or (for a rare step) found by steps_name_status.
+            has_step = sa.exists().where(steps.c.run_id == runs.c.id, steps.c.name == step,
+                                         steps.c.kind == str(Kind.FORWARD))
+            if step_status:
+                has_step = has_step.where(steps.c.status == step_status)
+            query = query.where(has_step)
+        if error:
+            query = query.where(runs.c.id.in_(_errored(error)))
         if cursor:
             at, run_id = decode_cursor(cursor)
-            query = query.where(sa.or_(runs.c.created_at < at,
-                                       sa.and_(runs.c.created_at == at, runs.c.id < run_id)))
+            # A row comparison is one index condition; the OR of two comparisons is not.
+            query = query.where(sa.tuple_(runs.c.created_at, runs.c.id) < (_utc(at), run_id))
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         page = [run_view(r) for r in rows[:limit]]
         more = len(rows) > limit
         return page, encode_cursor(rows[limit - 1]) if more and page else None
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's history, oldest first."""
+    def events(self, run_id: str, step: str | None = None,
+               type: str | None = None) -> list[dict[str, Any]]:
+        """The run's history, oldest first; `step` and `type` narrow it.
+
+        `type` is an event type (`step.failed`) or a family of them: `compensation` or
+        `compensation.` both give every `compensation.*` event.
+        """
+        query = sa.select(events).where(events.c.run_id == run_id).order_by(events.c.id)
+        if step:
+            query = query.where(events.c.step == step)
+        if type:
+            family = type if type.endswith(".") else f"{type}."
+            query = query.where(sa.or_(events.c.type == type,
+                                       events.c.type.startswith(family, autoescape=True)))
         with self.engine.connect() as conn:
             if conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first() is None:
                 raise RunNotFound(f"no run has id {run_id!r}")
-            rows = conn.execute(sa.select(events).where(events.c.run_id == run_id)
-                                .order_by(events.c.id)).mappings().all()
-        return [{"id": r["id"], "at": aware(r["at"]), "type": r["type"], "step": r["step"],
-                 "kind": r["kind"], "attempt": r["attempt"], "worker": r["worker"],
-                 "data": r["data"]} for r in rows]
+            rows = conn.execute(query).mappings().all()
+        return [event_view(r) for r in rows]
 
     def active_versions(self) -> dict[tuple[str, int], int]:
         """How many unfinished runs each (saga, version) has."""
@@ -84,3 +139,46 @@ class Reads:
                                 .group_by(runs.c.saga, runs.c.version)).all()
         return {(r[0], r[1]): r[2] for r in rows}
 
+    # -- retention ----------------------------------------------------------------------
+
+    def prune_finished(self, older_than: datetime, batch: int = 500,
+                       include_failed: bool = False) -> int:
+        """Delete up to `batch` finished runs that ended before `older_than`; return how many.
+
+        Their steps and events go with them (ON DELETE CASCADE). A `failed` run waits for a
+        person to retry it, so it stays unless `include_failed`. Call it again while it
+        returns `batch`; runs locked by a transaction right now are skipped, not waited for.
+        Pruning a run also frees its idempotency key.
+
+            while store.prune_finished(now - timedelta(days=30), batch=500) == 500:
+                pass
+        """
+        statuses = [str(s) for s in RunStatus
+                    if s.terminal and (include_failed or s is not RunStatus.FAILED)]
+        old = runs.alias("old")
+        doomed = (sa.select(old.c.id)
+                  .where(old.c.status.in_(statuses), old.c.finished_at < _utc(older_than))
+                  .order_by(old.c.finished_at).limit(batch))
+        with self.engine.begin() as conn:
+            if conn.dialect.name != "sqlite":  # SQLite's one writer needs no row locks
+                doomed = doomed.with_for_update(skip_locked=True)
+            return conn.execute(runs.delete().where(runs.c.id.in_(doomed))).rowcount
+
+
+def _errored(text: str) -> sa.CompoundSelect:
+    """Ids of runs whose own error, or one of whose steps' errors, holds `text` (any case).
+
+    Both halves read only rows that have an error (partial indexes), so the cost follows
+    how many things failed, never how many runs there are.
+    """
+    errored = runs.alias("errored")
+    return sa.union(
+        sa.select(errored.c.id).where(errored.c.error.is_not(None),
+                                      errored.c.error.icontains(text, autoescape=True)),
+        sa.select(steps.c.run_id).where(steps.c.error.is_not(None),
+                                        steps.c.error.icontains(text, autoescape=True)))
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite stores the wall-clock fields; every time in the log is UTC.
+    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -53,6 +53,12 @@ def step_view(row: Any) -> dict[str, Any]:
             "worker": row["lease_owner"], "output": row["output"], "error": row["error"]}
 
 
+def event_view(row: Any) -> dict[str, Any]:
+    return {"id": row["id"], "at": aware(row["at"]), "type": row["type"], "step": row["step"],
+            "kind": row["kind"], "attempt": row["attempt"], "worker": row["worker"],
+            "data": row["data"]}
+
+
 def encode_cursor(row: Any) -> str:
     raw = f"{aware(row['created_at']).isoformat()}|{row['id']}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")

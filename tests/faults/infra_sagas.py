@@ -1,7 +1,9 @@
 """Sagas for the fault tests, loaded by the real processes through SAGA_SAGAS.
 
 They reuse the demo services of `examples.fulfillment` (so every effect lands in the demo
-effect log that `invariants.check` reads) and add what a fault test needs to control:
+effect log that `invariants.check` reads), but not its saga, which evolves with the demo:
+the processes load only this module (`init_app` mounts the demo services on the API).
+They add what a fault test needs to control:
 
 - a gate: a step that holds its slot (heartbeating) until the test creates a file, so a
   fault can be injected while runs are provably mid-flight;
@@ -24,6 +26,7 @@ from examples.fulfillment import (
     charge_card,
     create_shipment,
     email_warehouse,
+    init_app,  # noqa: F401  (re-exported: the API mounts the demo services through it)
     refund_card,
     release_inventory,
     reserve_inventory,
@@ -75,6 +78,17 @@ def count_execution(ctx: StepContext) -> int:
 
 
 # -- infrastructure faults -------------------------------------------------------------
+
+# The demo's order saga as these tests pin it: validate → reserve → charge → (ship ‖ email).
+fault_order = Saga("fault_order", version=1, input=OrderSchema, steps=[
+    Step("validate_order", validate_order),
+    Step("reserve_inventory", reserve_inventory, compensate=release_inventory, retry=QUICK_RETRY),
+    Step("charge_card", charge_card, compensate=refund_card, retry=QUICK_RETRY),
+    Parallel(
+        Step("create_shipment", create_shipment, compensate=cancel_shipment, retry=QUICK_RETRY),
+        Step("email_warehouse", email_warehouse),
+    ),
+])
 
 def charge_at_gate(ctx: StepContext) -> dict:
     """Charge the card once the test opens the "charge" gate."""

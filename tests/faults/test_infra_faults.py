@@ -26,7 +26,7 @@ from tests.faults.infra_sagas import SLOW_BACKOFF_S
 from tests.faults.proxy import Proxy
 from tests.stack import TERMINAL, Stack, wait_for
 
-SAGAS = "examples.fulfillment,tests.sagas,tests.faults.infra_sagas"
+SAGAS = "tests.faults.infra_sagas"
 REGISTRY = Registry.from_modules(SAGAS.split(","))
 LEASE_S = 3.0  # Stack's SAGA_LEASE_S
 PROGRESS = ("step.running", "step.succeeded", "compensation.running", "compensation.succeeded")
@@ -83,7 +83,14 @@ def wait_terminal(stack: Stack, run_ids: list[str], timeout: float = 30) -> dict
         return found if len(found) == len(run_ids) and all(
             s in TERMINAL for s in found.values()) else None
 
-    return wait_for(done, timeout, f"runs {run_ids} to finish", interval=0.1)
+    try:
+        return wait_for(done, timeout, f"runs {run_ids} to finish", interval=0.1)
+    except AssertionError as exc:
+        rows = stack.query("SELECT run_id, name, kind, status, attempt, fence, lease_expires_at, "
+                           "next_attempt_at, redispatch_at, dispatches FROM steps "
+                           "WHERE run_id = ANY(:ids) ORDER BY run_id, queued_at", ids=run_ids)
+        now = stack.query("SELECT clock_timestamp()")[0][0]
+        raise AssertionError(f"{exc}\nat {now}, steps:\n" + "\n".join(map(str, rows))) from None
 
 
 def step(stack: Stack, run_id: str, name: str, kind: str = "forward") -> Any:
@@ -212,12 +219,14 @@ def test_api_killed_between_run_insert_and_first_publish_is_dispatched_by_the_sw
     Then the run found in the database is published by the sweeper and succeeds, each effect
     applied once, and the client's retried POST gets that same run back (200, not a new run).
     """
-    stack.api(env={"SAGA_FAULTS": "after_start_commit:order_fulfillment:once"})
+    stack.api(env={"SAGA_FAULTS": "after_start_commit:fault_order:once"})
     stack.worker()
     order = new_order()
+    start = {"url": f"{stack.base}/v1/sagas/fault_order/runs", "json": {"input": order},
+             "headers": {"Idempotency-Key": order["order_id"]}, "timeout": 10}
     with pytest.raises(requests.ConnectionError):
-        requests.post(f"{stack.base}/orders", json=order, timeout=10)
-    assert (stack.folder / "fault-after_start_commit-order_fulfillment").exists()
+        requests.post(**start)
+    assert (stack.folder / "fault-after_start_commit-fault_order").exists()
     run_id = run_of_order(stack, order["order_id"])
     assert run_id is not None, "the run was committed before the crash, so it must exist"
     assert stack.query("SELECT name, status, attempt FROM steps WHERE run_id = :r",
@@ -228,9 +237,9 @@ def test_api_killed_between_run_insert_and_first_publish_is_dispatched_by_the_sw
     lifted = last_event_id(stack)
     recovery = time_until(lambda: progressed(stack, [run_id], lifted), 30,
                           "the sweeper to publish the first step")
-    again = requests.post(f"{stack.base}/orders", json=order, timeout=10)
+    again = requests.post(**start)
     assert again.status_code == 200, again.text
-    assert again.json()["run_id"] == run_id
+    assert again.json()["id"] == run_id
 
     assert wait_terminal(stack, [run_id]) == {run_id: "succeeded"}
     assert actions(stack, order["order_id"]) == ["reserve", "charge", "ship"]
@@ -249,7 +258,7 @@ def test_worker_killed_between_step_commit_and_next_publish_is_finished_by_the_s
     worker = stack.worker(env={"SAGA_FAULTS": "after_commit:charge_card:once"})
     stack.sweeper()
     order = new_order()
-    run_id = stack.post_run("order_fulfillment", order)
+    run_id = stack.post_run("fault_order", order)
     wait_for(lambda: (stack.folder / "fault-after_commit-charge_card").exists(), 30,
              "the worker child to crash after committing charge_card")
     crashed = last_event_id(stack)
@@ -280,7 +289,7 @@ def test_worker_killed_mid_compensation_resumes_it_in_order_with_one_refund(
     stack.worker(env={"SAGA_FAULTS": "before_effect:charge_card.compensate:once"})
     stack.sweeper()
     order = new_order(address="nowhere")
-    run_id = stack.post_run("order_fulfillment", order)
+    run_id = stack.post_run("fault_order", order)
     wait_for(lambda: (stack.folder / "fault-before_effect-charge_card.compensate").exists(), 30,
              "the worker child to crash before the refund")
     crashed = last_event_id(stack)
@@ -313,7 +322,7 @@ def test_postgres_restart_mid_saga_loses_no_run_and_repeats_no_effect(stack: Sta
     stack.sweeper(env=via)
     gated, gated_orders = start_gated(stack, 2)
     orders = [new_order() for _ in range(2)]
-    placed = [stack.post_run("order_fulfillment", o) for o in orders]
+    placed = [stack.post_run("fault_order", o) for o in orders]
     run_ids = gated + placed
     assert pg.connections > 0
 
@@ -357,7 +366,7 @@ def test_postgres_unreachable_longer_than_a_lease_then_every_run_finishes_once(
     wait_for(lambda: all("charge" in actions(stack, o) for o in gated_orders), 30,
              "the charges to land while the saga log is unreachable")
     late_order = new_order()
-    late = stack.post_run("order_fulfillment", late_order)
+    late = stack.post_run("fault_order", late_order)
     # Hold the outage until two seconds past every lease, on the database's own clock.
     wait_for(lambda: stack.query(
         "SELECT bool_and(lease_expires_at + interval '2 seconds' < clock_timestamp()) "
@@ -397,7 +406,7 @@ def test_broker_restart_mid_saga_lets_every_run_finish(stack: Stack, mq: Proxy) 
     stack.sweeper(env=via)
     gated, gated_orders = start_gated(stack, 2)
     orders = [new_order() for _ in range(2)]
-    placed = [stack.post_run("order_fulfillment", o) for o in orders]
+    placed = [stack.post_run("fault_order", o) for o in orders]
     run_ids = gated + placed
 
     before = last_event_id(stack)
@@ -423,7 +432,7 @@ def test_broker_restart_losing_queued_messages_is_repaired_by_the_sweeper(stack:
     via = proxied(mq, "SAGA_BROKER_URL", stack.broker_url)
     stack.api(env=via)
     orders = [new_order() for _ in range(3)]
-    run_ids = [stack.post_run("order_fulfillment", o) for o in orders]
+    run_ids = [stack.post_run("fault_order", o) for o in orders]
     wait_for(lambda: queued_messages(stack) == 3, 10, "the three messages to be queued")
 
     mq.reset()
@@ -459,13 +468,14 @@ def test_broker_down_during_post_accepts_the_run_and_dispatches_it_once_back(
     mq.cut()
     order = new_order()
     started = time.monotonic()
-    response = requests.post(f"{stack.base}/orders", json=order, timeout=30)
+    response = requests.post(f"{stack.base}/v1/sagas/fault_order/runs", json={"input": order},
+                             timeout=30)
     post_s = time.monotonic() - started
     assert response.status_code == 201, (
         f"expected the run accepted and dispatched later; got {response.status_code} "
         f"{response.headers.get('Content-Type')}: {response.text}")
     assert post_s < 10, f"the POST took {post_s:.1f}s with the broker down"
-    run_id = response.json()["run_id"]
+    run_id = response.json()["id"]
     assert step(stack, run_id, "validate_order").status == "queued"
 
     before = last_event_id(stack)

@@ -49,17 +49,18 @@ def registry() -> Registry:
 
 @pytest.fixture
 def stack(database_url: str, broker_url: str, tmp_path: Path) -> Any:
-    """The processes of one test, loading the test sagas too; nothing left frozen or held."""
+    """The processes of one test, loading the test sagas too; all killed at the end."""
     with Stack(database_url, broker_url, tmp_path, sagas=SAGAS) as running:
         try:
             yield running
         finally:
-            (tmp_path / "release").touch()  # let held steps finish, so workers stop at once
+            # The test is over: nothing is left to shut down gracefully, or to wait for.
             for process in running.processes:
-                try:
-                    os.killpg(process.pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
+                for sig in (signal.SIGKILL, signal.SIGCONT):
+                    try:
+                        os.killpg(process.pid, sig)
+                    except ProcessLookupError:
+                        pass
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -416,10 +417,17 @@ def test_poison_step_killing_its_worker_is_capped_at_its_attempts_then_compensat
 
 
 def queue_depth(stack: Stack) -> int:
+    """Messages ready in the stack's queue (Redis drops an empty list: no queue is none)."""
     from kombu import Connection
+    from kombu.exceptions import ChannelError
 
     with Connection(stack.broker_url, connect_timeout=3) as conn:
-        return conn.default_channel.queue_declare(stack.queue, passive=True).message_count
+        try:
+            return conn.default_channel.queue_declare(stack.queue, passive=True).message_count
+        except ChannelError:
+            if broker(stack) == "redis":
+                return 0
+            raise
 
 
 # -- 7. two sweepers racing --------------------------------------------------------------

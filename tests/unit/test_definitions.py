@@ -226,11 +226,11 @@ def test_describe_lists_steps_in_order_with_their_actions():
     assert described["name"] == "shop"
     assert described["version"] == 3
     assert described["steps"] == [
-        {"name": "reserve", "after": [], "action": f"{act.__module__}:act",
+        {"name": "reserve", "after": [], "kind": "action", "action": f"{act.__module__}:act",
          "compensate": f"{undo.__module__}:undo", "retry_attempts": 5, "timeout_s": None},
-        {"name": "ship", "after": ["reserve"], "action": "task:shipping.create",
+        {"name": "ship", "after": ["reserve"], "kind": "action", "action": "task:shipping.create",
          "compensate": "json:dumps", "retry_attempts": 3, "timeout_s": 30.0},
-        {"name": "email", "after": ["reserve"], "action": f"{other.__module__}:other",
+        {"name": "email", "after": ["reserve"], "kind": "action", "action": f"{other.__module__}:other",
          "compensate": None, "retry_attempts": 3, "timeout_s": None},
     ]
 
@@ -281,9 +281,11 @@ def test_retry_jitter_applies_after_the_cap():
 def test_retry_delay_stays_within_the_jitter_band(first, multiplier, cap, jitter, attempt, spread):
     retry = Retry(first_delay=timedelta(seconds=first), multiplier=multiplier,
                   max_delay=timedelta(seconds=cap), jitter=jitter)
+    # timedelta keeps whole microseconds: the policy's own durations are the reference.
+    first, cap = retry.first_delay.total_seconds(), retry.max_delay.total_seconds()
     base = min(first * multiplier ** (attempt - 1), cap)
     wait = retry.delay(attempt, spread).total_seconds()
-    slack = 1e-6 + base * 1e-9  # timedelta keeps microseconds
+    slack = 1e-6 + base * 1e-9
     assert base * (1 - jitter) - slack <= wait <= base * (1 + jitter) + slack
     assert wait >= 0
 

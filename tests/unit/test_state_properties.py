@@ -210,6 +210,29 @@ def check_move(saga: Saga, before: Run, after: Run, commands: list, event) -> No
     assert any(a.reason == "timeout" for a in alerts) == isinstance(event, LeaseExpired), alerts
 
 
+def check_outcome(saga: Saga, before: Run, after: Run, event, now: datetime) -> None:
+    """The step an event is about ends where the protocol says."""
+    key = (event.step, event.kind)
+    was, now_is = before.steps[key], after.steps[key]
+    if isinstance(event, StepSucceeded):
+        assert (now_is.status, now_is.output) == (StepStatus.SUCCEEDED, event.output)
+    elif isinstance(event, RetryDue):
+        assert now_is.status is StepStatus.QUEUED
+    else:
+        retryable = getattr(event, "retryable", True)
+        spread = getattr(event, "spread", 0.5)
+        rules = policy(saga, *key)
+        phase = RunStatus.RUNNING if event.kind is FWD else RunStatus.COMPENSATING
+        if not retryable or was.attempt >= rules.attempts or before.status is not phase:
+            assert now_is.status is StepStatus.FAILED, (event, now_is)
+        elif rules.delay(was.attempt, spread) > timedelta(0):
+            assert now_is.status is StepStatus.RETRY_WAIT, (event, now_is)
+            assert now_is.next_attempt_at == now + rules.delay(was.attempt, spread)
+        else:
+            assert now_is.status is StepStatus.QUEUED, (event, now_is)
+        assert now_is.attempt == was.attempt and now_is.fence == was.fence
+
+
 # -- the simulated world ------------------------------------------------------------------------
 
 class World:
@@ -276,6 +299,7 @@ class World:
             return
         assert after != before, event
         check_move(self.saga, before, after, commands, event)
+        check_outcome(self.saga, before, after, event, self.now)
         check_run(self.saga, after)
         # At-least-once delivery: the same event again changes nothing.
         assert state.advance(self.saga, after, event, self.now) == (after, []), event
