@@ -56,7 +56,7 @@ def py_spy(worker: tp.Worker, seconds: float, out: Path) -> subprocess.Popen | N
         return None
     return subprocess.Popen([exe, "record", "--pid", str(worker.popen.pid), "--subprocesses",
                              "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
-                             "--output", str(out), "--nonblocking"],
+                             "--output", str(out), "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
 
@@ -89,7 +89,11 @@ def report_cprofile(folder: Path, steps: int, top: int = 35) -> None:
 
 
 def report_py_spy(path: Path, top: int = 40) -> None:
-    """Shares of the samples taken inside a step task (below Engine.run_step)."""
+    """Shares of the samples taken inside a step task (below Engine.run_step).
+
+    Sampled with --gil: only a thread holding the GIL counts, so waiting on a socket
+    (psycopg, the broker) does not: this is roughly where the worker's CPU goes.
+    """
     if not path.exists():
         print("  (py-spy wrote nothing: is ptrace allowed?)")
         return
@@ -111,8 +115,8 @@ def report_py_spy(path: Path, top: int = 40) -> None:
         own[below[-1]] += n
         for frame in set(below):
             inclusive[frame] += n
-    print(f"\n  py-spy: {total} samples of the worker processes, {in_task} inside a step task; "
-          "shares of the latter, inclusive:")
+    print(f"\n  py-spy --gil (CPU, not waiting): {total} samples of the worker processes, "
+          f"{in_task} inside a step task; shares of the latter, inclusive:")
     for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:top]:
         print(f"    {100 * n / max(in_task, 1):5.1f}%  {frame[:110]}")
     print("  self time:")

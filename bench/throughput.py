@@ -55,6 +55,7 @@ SAGA = "bench_five"
 TERMINAL = ("succeeded", "compensated", "failed")
 START_THREADS = 4
 WARMUP = 20
+SOLO = 20  # runs started one at a time after the batch: latency without a queue
 READY_TIMEOUT_S = 60.0
 T = TypeVar("T")
 
@@ -342,6 +343,7 @@ class Result:
     failed: int = 0
     ours: float = 0.0  # cores busy with the bench during the batch
     others: float = 0.0  # cores busy with other people's work meanwhile
+    solo_p50: float = 0.0  # end-to-end p50 of runs started one at a time (no queue)
 
 
 @dataclass
@@ -429,6 +431,12 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
                 wait_for(done, drain_deadline(len(ids)), f"{len(ids)} sagas to finish on {broker}",
                          interval=0.1)
 
+            def done_one(run_id: str) -> bool:
+                nonlocal polls
+                polls += 1
+                return poll.execute("SELECT finished_at IS NOT NULL FROM runs WHERE id = %s",
+                                    (run_id,)).fetchone()[0]
+
             before = db.counters()
             warm, _ = in_threads(WARMUP, lambda _i: engine.start(SAGA, {})[0])
             wait_done(warm)
@@ -449,6 +457,14 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
             polls += 1
             writes = poll.execute("SELECT count(DISTINCT xmin::text) FROM events"
                                   " WHERE run_id = ANY(%s)", (ids,)).fetchone()[0]
+            solo = []
+            for _ in range(SOLO):
+                solo.append(engine.start(SAGA, {})[0])
+                wait_for(lambda: done_one(solo[-1]), 30, "one saga to finish", interval=0.002)
+            polls += 1
+            solo_rows = poll.execute(
+                "SELECT extract(epoch FROM finished_at - created_at)::float8 FROM runs"
+                " WHERE id = ANY(%s)", (solo,)).fetchall()
         finally:
             poll.close()
     finally:
@@ -459,12 +475,13 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     db.wait_idle()
     after = db.counters()
     result = summarize([(r[0], r[1]) for r in rows], submit_s)
-    step_count = (WARMUP + n) * STEPS
+    step_count = (WARMUP + n + SOLO) * STEPS
     result.commits_per_step = (after[0] - before[0] - polls) / step_count
     result.rollbacks_per_step = (after[1] - before[1]) / step_count
     result.writes_per_step = writes / (n * STEPS)
     result.failed = sum(1 for r in rows if r[2] != "succeeded")
     result.ours, result.others = meter.ours, meter.others
+    result.solo_p50 = percentile([r[0] for r in solo_rows], 0.5)
     return result
 
 
@@ -504,6 +521,11 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
         if hook:
             hook("end", worker)
         spans = [tuple(json.loads(raw)) for raw in reports.lrange(key, 0, -1)]
+        reports.delete(key)
+        for i in range(SOLO):
+            start_chain(app)
+            wait_for(lambda i=i: reports.llen(key) > i, 30, "one chain to finish", interval=0.002)
+        solo = [json.loads(raw) for raw in reports.lrange(key, 0, -1)]
     finally:
         worker.stop()
         reports.delete(key)
@@ -511,6 +533,7 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
         delete_queue(broker_url, queue)
     result = summarize(spans, submit_s)
     result.ours, result.others = meter.ours, meter.others
+    result.solo_p50 = percentile([end - start for start, end in solo], 0.5)
     return result
 
 
@@ -533,6 +556,7 @@ def print_result(label: str, result: Result) -> None:
         if result.failed:
             extra += f"  NOT SUCCEEDED: {result.failed}"
     print(f"  {label:<16} {result.rate:7.1f}/s  p50 {ms(result.p50):>8}  p99 {ms(result.p99):>8}"
+          f"  one at a time p50 {ms(result.solo_p50)}"
           f"  (submitted in {result.submit_s:.2f}s){extra}", flush=True)
 
 
@@ -567,6 +591,13 @@ def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[flo
     print("-|-".join("-" * w for w in widths))
     for line in lines:
         print(" | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
+    print(f"\nOne at a time ({SOLO} runs each started after the previous finished, no queue):")
+    for broker, row in rows.items():
+        pairs = list(zip(row.saga, row.chain, strict=False))
+        if pairs:
+            print(f"  {broker}: saga p50 {ms(median(r.solo_p50 for r in row.saga))}, chain p50 "
+                  f"{ms(median(r.solo_p50 for r in row.chain))}, ratio "
+                  f"{median(s.solo_p50 / c.solo_p50 for s, c in pairs):.2f}x")
     one, two = median(pg_rates), median(pg_rates2)
     print(f"\nPostgreSQL commit rate (single-row INSERT + COMMIT): {one:.0f}/s on 1 connection, "
           f"{two:.0f}/s on 2 connections")

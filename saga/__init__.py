@@ -11,9 +11,10 @@
 from saga.context import LeaseLost, StepContext
 from saga.definitions import Parallel, RemoteTask, Retry, Saga, Step, Wait, WaitForSignal
 from saga.errors import DefinitionError, NonRetryable, SagaError
+from saga.schedules import Schedule
 from saga.settings import Settings
 
 __all__ = [
     "Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "StepContext",
-    "NonRetryable", "LeaseLost", "SagaError", "DefinitionError", "Settings",
+    "Schedule", "NonRetryable", "LeaseLost", "SagaError", "DefinitionError", "Settings",
 ]

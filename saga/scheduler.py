@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import islice
 from typing import Any
@@ -37,7 +37,9 @@ __all__ = ["fire_schedules", "feed_backfills", "plan_backfill", "start_backfill"
 
 log = logging.getLogger("saga.scheduler")
 
-CLAIM_S = 60.0  # a sweeper that dies while starting runs delays them by at most this
+# A sweeper that dies while starting runs delays them by at most this: less than a
+# schedule's default grace, so such a firing still counts as on time.
+CLAIM_S = 30.0
 MAX_ITEMS = 100_000  # runs one backfill may ask for
 MAX_RUNNING = 10_000
 DEFAULT_MAX_RUNNING = 10
@@ -86,7 +88,7 @@ def fire_schedules(engine: Engine, registry: Registry | None = None,
     A schedule seen for the first time starts from `now`: no history is fired.
     """
     store = engine.store
-    now = now if now is not None else store.now()
+    now = (now if now is not None else store.now()).astimezone(UTC)
     found = scheduled(registry if registry is not None else engine.registry)
     specs = {name: schedule.spec for name, schedule in found.items()}
     store.add_schedules(specs, lambda name: found[name].next_after(now))
@@ -115,22 +117,21 @@ def scheduled(registry: Registry) -> dict[str, Schedule]:
         schedule = getattr(saga, "schedule", None)
         if registry.get(saga.name) is not saga or schedule is None:
             continue
-        problem = _problem(saga.name, schedule, saga.input)
-        if problem:
-            log.error("%s; it does not fire", problem)
-            continue
-        found[saga.name] = schedule
+        if _valid(saga.name, schedule, saga.input):
+            found[saga.name] = schedule
     return found
 
 
 @lru_cache(maxsize=1024)
-def _problem(name: str, schedule: Schedule, schema: Any) -> str | None:
-    # Saga definitions check their schedule when built; this guards the sweeper anyway.
+def _valid(name: str, schedule: Schedule, schema: Any) -> bool:
+    # Saga definitions check their schedule when built; this guards the sweeper anyway,
+    # and logs a bad one once per process, not every sweep.
     try:
         schedule.check(_Named(name, schema))
     except DefinitionError as exc:
-        return str(exc)
-    return None
+        log.error("%s; it does not fire", exc)
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,7 @@ def _time(value: str | datetime, zone: ZoneInfo, where: str,
         except ValueError:
             errors[where] = [f"{value!r} is not an ISO 8601 time, e.g. 2025-01-31T03:00:00Z"]
             return datetime.min
-    return value if value.tzinfo is not None else value.replace(tzinfo=zone)
+    return (value if value.tzinfo is not None else value.replace(tzinfo=zone)).astimezone(UTC)
 
 
 def _shown(errors: dict[str, list[str]]) -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from saga.engine import Engine
 from saga.errors import RunParked
+from saga.scheduler import feed_backfills, fire_schedules
 from saga.state import (
     CompensateStep,
     DeadlinePassed,
@@ -36,11 +37,14 @@ class Sweep:
     queue_timeouts: int = 0
     deadlines: int = 0
     wakeups: int = 0
+    schedule_runs: int = 0
+    backfill_runs: int = 0
 
     @property
     def total(self) -> int:
         return (self.republished + self.leases_expired + self.retries_fired
-                + self.queue_timeouts + self.deadlines + self.wakeups)
+                + self.queue_timeouts + self.deadlines + self.wakeups + self.schedule_runs
+                + self.backfill_runs)
 
 
 def sweep_once(engine: Engine) -> Sweep:
@@ -68,8 +72,10 @@ def sweep_once(engine: Engine) -> Sweep:
                  if _advance(engine, d.run_id, QueueTimedOut(d.step, d.kind))]
     overdue = [run_id for run_id in engine.store.deadlines_due(limit)
                if _advance(engine, run_id, DeadlinePassed())]
+    schedule_runs = sum(f.created for f in fire_schedules(engine))
+    backfill_runs = feed_backfills(engine)
     return Sweep(len(republished), len(expired), len(fired), len(unstarted), len(overdue),
-                 len(woken))
+                 len(woken), schedule_runs, backfill_runs)
 
 
 def _advance(engine: Engine, run_id: str, event: Event) -> bool:

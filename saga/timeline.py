@@ -11,24 +11,26 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from saga.status import Kind, StepStatus
+from saga.status import Kind, RunStatus, StepStatus
 
 __all__ = ["Attempt", "StepAt", "RunAt", "attempts", "state_at", "render", "render_state",
            "render_events", "duration"]
 
 STEP_STATUSES = frozenset(s.value for s in StepStatus)
+RUN_STATUSES = frozenset(s.value for s in RunStatus)
 PREFIXES = {"step": Kind.FORWARD.value, "compensation": Kind.COMPENSATE.value}
 # What the event closing an attempt says of it; `running` again means a new claim took
 # the step over after this attempt's lease ran out.
 OUTCOMES = {"succeeded": "succeeded", "failed": "failed", "retry_wait": "failed, will retry",
             "queued": "failed, requeued", "parked": "parked", "cancelled": "cancelled",
-            "superseded": "superseded", "running": "lease expired"}
+            "superseded": "superseded", "running": "lease expired", "waiting": "waiting"}
 Key = tuple[str, str]  # (step name, kind)
 
 
 @dataclass(frozen=True)
 class Attempt:
-    """One claim of a step or compensation: from its `*.running` event to the next outcome."""
+    """One claim of a step or compensation, from its `*.running` event to the next outcome;
+    or one wait (a timer or a signal, `wait` true), from `*.waiting` to how it ended."""
 
     step: str
     kind: str  # "forward" or "compensate"
@@ -41,6 +43,7 @@ class Attempt:
     error: str | None = None
     retry_at: str | None = None  # when the next attempt is due, after a failed one
     note: str | None = None  # e.g. a late result of this attempt, discarded
+    wait: bool = False
 
     @property
     def duration(self) -> timedelta | None:
@@ -67,6 +70,7 @@ class RunAt:
     status: str | None
     error: str | None
     steps: dict[Key, StepAt]  # in the order each first appeared
+    parked: str | None = None  # why no worker could go on with it then
 
     @property
     def forward(self) -> list[StepAt]:
@@ -88,10 +92,11 @@ def _parse(event: dict[str, Any]) -> tuple[str, str, Key | None]:
 def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
     """Every attempt of every step and compensation, in the order they started.
 
-    A `*.running` event opens an attempt; the next outcome of the same step and kind
-    (succeeded, failed, retry_wait, queued, parked, cancelled, superseded, or another
-    claim) closes it. A `*.superseded` event names the fence whose result came too late:
-    it closes only the attempt holding that fence, or notes it on that closed attempt.
+    A `*.running` event opens an attempt (and `*.waiting` a wait); the next outcome of
+    the same step and kind (succeeded, failed, retry_wait, queued, parked, cancelled,
+    superseded, or another claim) closes it. A `*.superseded` event names the fence whose
+    result came too late: it closes only the attempt holding that fence, or notes it on
+    that closed attempt.
     """
     found: list[Attempt] = []
     open_: dict[Key, int] = {}  # index into `found` of each step's running attempt
@@ -105,15 +110,20 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
             continue
         if key in open_:
             index = open_.pop(key)
+            outcome = OUTCOMES[what]
+            if found[index].wait and what in ("running", "waiting"):
+                outcome = "ended"
             found[index] = replace(
-                found[index], ended_at=event["at"], outcome=OUTCOMES[what],
+                found[index], ended_at=event["at"], outcome=outcome,
                 error=data.get("error") if what != "succeeded" else None,
                 retry_at=data.get("next_attempt_at"))
-        if what == "running":
+        if what in ("running", "waiting"):
             open_[key] = len(found)
+            # A wait holds no worker; the one named recorded the step that led to it.
             found.append(Attempt(step=key[0], kind=key[1], attempt=event.get("attempt"),
-                                 worker=event.get("worker"), fence=data.get("fence"),
-                                 started_at=event["at"]))
+                                 worker=event.get("worker") if what == "running" else None,
+                                 fence=data.get("fence"),
+                                 started_at=event["at"], outcome=what, wait=what == "waiting"))
     return found
 
 
@@ -137,21 +147,25 @@ def state_at(events: list[dict[str, Any]], at: datetime) -> RunAt:
     """The run and each of its steps as they stood at `at`: every event up to then, applied.
 
     `run.started` makes the run running and `run.<status>` gives it that status and
-    error; `step.<status>` and `compensation.<status>` do the same for a step (the
-    status's attempt, error, and for `running` its worker). Other events (alerts,
-    superseded results) change no status.
+    error (`run.parked` and `run.unparked` flag it); `step.<status>` and
+    `compensation.<status>` do the same for a step (the status's attempt, error, and for
+    `running` its worker). Other events (alerts, signals, superseded results) change no
+    status.
     """
     status: str | None = None
     error: str | None = None
+    parked: str | None = None
     found: dict[Key, StepAt] = {}
     for event in events:
         if event["at"] > at:
             continue
         family, what, key = _parse(event)
         data = event.get("data") or {}
-        if family == "run":
+        if family == "run" and (what == "started" or what in RUN_STATUSES):
             status = "running" if what == "started" else what
             error = data.get("error")
+        elif family == "run" and what in ("parked", "unparked"):
+            parked = (data.get("reason") or "parked") if what == "parked" else None
         elif key is not None and what in STEP_STATUSES:
             before = found.get(key)
             attempt = event.get("attempt")
@@ -163,7 +177,7 @@ def state_at(events: list[dict[str, Any]], at: datetime) -> RunAt:
                 # change records the step's error as it then was.
                 error=(before.error if before else None) if what == "running" else data.get("error"),
                 worker=event.get("worker") if what == "running" else (before.worker if before else None))
-    return RunAt(at=at, status=status, error=error, steps=found)
+    return RunAt(at=at, status=status, error=error, steps=found, parked=parked)
 
 
 # -- as text --------------------------------------------------------------------------
@@ -200,6 +214,8 @@ def render_state(run: dict[str, Any], state: RunAt, tz: tzinfo | None = None) ->
     lines.append(f"  status   {state.status.upper()}")
     if state.error:
         lines.append(f"  error    {state.error}")
+    if state.parked:
+        lines.append(f"  parked   {state.parked}")
     width = max((len(s.name) for s in state.steps.values()), default=0)
     for label, group in (("step", state.forward), ("compensation", state.compensations)):
         for s in group:
@@ -241,16 +257,19 @@ def _header(run: dict[str, Any], tz: tzinfo | None) -> list[str]:
     lines.append(f"  started  {_stamp(run['created_at'], tz)}{took}")
     if run.get("error"):
         lines.append(f"  error    {run['error']}")
+    if run.get("parked"):
+        lines.append(f"  parked   {run['parked']}")
     return lines
 
 
 def _attempt_line(a: Attempt, day: Any, tz: tzinfo | None) -> str:
     end = _clock(a.ended_at, day, tz) if a.ended_at else "…"
-    took = duration(a.duration) if a.duration is not None else "running"
+    took = duration(a.duration) if a.duration is not None else "-"
     outcome = a.outcome
     if a.retry_at:
         outcome += f" at {_clock(datetime.fromisoformat(a.retry_at), day, tz)}"
-    parts = [f"#{a.attempt if a.attempt is not None else '?':<2}",
+    label = "wait" if a.wait else f"#{a.attempt if a.attempt is not None else '?':<2}"
+    parts = [f"{label:<3}",
              f"{_clock(a.started_at, day, tz)} → {end}", f"{took:>9}",
              f"{a.worker or '-'}", outcome]
     if a.error:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
-
 from datetime import timedelta
+from pathlib import Path
 
 from saga import Parallel, RemoteTask, Saga, Step, StepContext, Wait, WaitForSignal
 

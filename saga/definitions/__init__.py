@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any, Union
 
 from saga.errors import DefinitionError
+from saga.schedules import Schedule
 
 __all__ = ["Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "Timer",
            "Signal", "Node", "resolve_action"]
@@ -186,6 +187,7 @@ class Saga:
     version: int = 1
     input: Any = None  # a marshmallow Schema class or instance validating the input
     timeout: timedelta | None = None
+    schedule: Schedule | None = None  # a cron on a time zone; each firing starts one run
     graph: Mapping[str, frozenset[str]] = field(init=False, repr=False)
     by_name: Mapping[str, Step] = field(init=False, repr=False)
     order: tuple[str, ...] = field(init=False, repr=False)
@@ -196,6 +198,10 @@ class Saga:
             raise DefinitionError(f"saga name {self.name!r} must be letters, digits, _ or -")
         if self.version < 1:
             raise DefinitionError(f"saga {self.name!r}: version must be at least 1")
+        if self.schedule is not None:
+            if not isinstance(self.schedule, Schedule):
+                raise DefinitionError(f"saga {self.name!r}: schedule must be a saga.Schedule")
+            self.schedule.check(self)
         steps: dict[str, Step] = {}
         graph: dict[str, frozenset[str]] = {}
         _compile(list(self.steps), frozenset(), steps, graph)

@@ -27,6 +27,7 @@ from saga.errors import IdempotencyConflict, RunNotFound
 from saga.state import Kind, PendingSignal, Run, RunStatus, StepStatus, transitions
 from saga.store.reads import Reads
 from saga.store.rows import aware, to_run, to_step
+from saga.store.schedules import ScheduleStore
 from saga.store.tables import events, metadata, runs, signals, steps
 
 __all__ = ["Store", "RunTransaction", "Claim", "Due", "Conflict", "ShapeChanged", "metadata",
@@ -73,7 +74,7 @@ class Due:
     fence: int
 
 
-class Store(Reads):
+class Store(Reads, ScheduleStore):
     """Reads and writes the saga log. Safe to share between threads; re-opened after fork."""
 
     def __init__(self, url: str, redispatch_s: float = 10.0, echo: bool = False,

@@ -31,6 +31,9 @@ from saga.store.rows import (
 )
 from saga.store.tables import events, runs, steps
 
+# An error search first tests this many of the newest candidate runs per row it returns.
+ERROR_WINDOW_PER_ROW = 20
+
 
 class Reads:
     """Mixed into Store: everything the API and CLI read. Needs `self.engine`."""
@@ -99,14 +102,15 @@ class Reads:
             if step_status:
                 has_step = has_step.where(steps.c.status == step_status)
             query = query.where(has_step)
-        if error:
-            query = query.where(runs.c.id.in_(_errored(error)))
         if cursor:
             at, run_id = decode_cursor(cursor)
             # A row comparison is one index condition; the OR of two comparisons is not.
             query = query.where(sa.tuple_(runs.c.created_at, runs.c.id) < (_utc(at), run_id))
         with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+            if error:
+                rows = _search_errors(conn, query, error, limit)
+            else:
+                rows = conn.execute(query).mappings().all()
         page = [run_view(r) for r in rows[:limit]]
         more = len(rows) > limit
         return page, encode_cursor(rows[limit - 1]) if more and page else None
@@ -165,12 +169,28 @@ class Reads:
             return conn.execute(runs.delete().where(runs.c.id.in_(doomed))).rowcount
 
 
-def _errored(text: str) -> sa.CompoundSelect:
-    """Ids of runs whose own error, or one of whose steps' errors, holds `text` (any case).
+def _search_errors(conn: sa.Connection, query: sa.Select, text: str, limit: int) -> list[Any]:
+    """The page of `query` (newest first, `limit` + 1 rows) whose runs match `text`.
 
-    Both halves read only rows that have an error (partial indexes), so the cost follows
-    how many things failed, never how many runs there are.
+    A common text matches among the newest runs: test those one by one, a bounded window
+    of them. Only when the window holds too few matches, gather every run with a
+    matching error instead; that reads only rows that have an error (partial indexes), so
+    its cost follows how many things failed, never how many runs there are.
     """
+    newest = query.limit(ERROR_WINDOW_PER_ROW * (limit + 1)).subquery("newest")
+    steps_match = sa.exists().where(steps.c.run_id == newest.c.id, steps.c.error.is_not(None),
+                                    steps.c.error.icontains(text, autoescape=True))
+    first = (sa.select(newest)
+             .where(sa.or_(newest.c.error.icontains(text, autoescape=True), steps_match))
+             .order_by(newest.c.created_at.desc(), newest.c.id.desc()).limit(limit + 1))
+    rows = conn.execute(first).mappings().all()
+    if len(rows) > limit:
+        return rows
+    return conn.execute(query.where(runs.c.id.in_(_errored(text)))).mappings().all()
+
+
+def _errored(text: str) -> sa.CompoundSelect:
+    """Ids of runs whose own error, or one of whose steps' errors, holds `text` (any case)."""
     errored = runs.alias("errored")
     return sa.union(
         sa.select(errored.c.id).where(errored.c.error.is_not(None),

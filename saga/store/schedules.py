@@ -218,9 +218,8 @@ class ScheduleStore:
                 conn.execute(backfill_items.update().where(in_flight, sa.exists().where(
                     runs.c.id == items.run_id, runs.c.status.in_(TERMINAL)))
                     .values(finished_at=now))
-                taken = conn.execute(sa.select(items.seq, items.run_id, items.error)
-                                     .where(in_flight)).all()
-                orphans = [r.seq for r in taken if r.run_id is None and r.error is None]
+                taken = conn.execute(sa.select(items.seq, items.run_id).where(in_flight)).all()
+                orphans = [r.seq for r in taken if r.run_id is None]
                 free = row.max_running - len(taken)
                 fresh = list(conn.execute(
                     sa.select(items.seq).where(items.backfill_id == row.id,

@@ -176,12 +176,19 @@ def ship_at_gate(ctx: StepContext) -> dict:
     return create_shipment(ctx)
 
 
-# A parallel pair where charge_card (card "declined") fails while create_shipment still runs.
+def charge_at_run_gate(ctx: StepContext) -> dict:
+    """Charge the card once the test opens this run's "charge" gate."""
+    wait_at_gate(ctx, f"charge-{ctx.run_id}")
+    return charge_card(ctx)
+
+
+# A parallel pair where charge_card (card "declined") fails while create_shipment still
+# runs: each is held at a gate of its own, so the test decides the order.
 parallel_undo = Saga("parallel_undo", version=1, input=OrderSchema, steps=[
     Step("reserve_inventory", reserve_inventory, compensate=release_inventory, retry=QUICK_RETRY),
     Parallel(
         Step("create_shipment", ship_at_gate, compensate=cancel_shipment, retry=QUICK_RETRY),
-        Step("charge_card", charge_card, compensate=refund_card, retry=QUICK_RETRY),
+        Step("charge_card", charge_at_run_gate, compensate=refund_card, retry=QUICK_RETRY),
     ),
     Step("email_warehouse", email_warehouse),
 ])

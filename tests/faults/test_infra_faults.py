@@ -9,10 +9,15 @@ times (fault lifted → the runs progress again) are printed: run with `-s` to s
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,12 +39,54 @@ PROGRESS = ("step.running", "step.succeeded", "compensation.running", "compensat
 # messages in keys shared by every client of a database, and a 2 s visibility timeout in
 # database 0 would redeliver other people's messages.
 VISIBILITY_TEST_REDIS_DB = 11
+VISIBILITY_TIMEOUT_S = 2
 
 
 @pytest.fixture
 def stack(database_url: str, broker_url: str, tmp_path) -> Iterator[Stack]:
     with Stack(database_url, broker_url, tmp_path, sagas=SAGAS) as running:
-        yield running
+        try:
+            yield running
+        finally:
+            kill_all(running)
+
+
+def kill_all(stack: Stack) -> None:
+    """SIGKILL the test's own processes (by process group) before Stack stops them.
+
+    Every run has finished by then and the database is dropped next, so a warm shutdown
+    (a second or two per worker) buys nothing.
+    """
+    for process in stack.processes:
+        if process.alive():
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.popen.wait(10)
+
+
+NO_ENV: Mapping[str, str] = MappingProxyType({})
+
+
+def start(stack: Stack, *, api: Mapping[str, str] | None = NO_ENV,
+          worker: Mapping[str, str] | None = NO_ENV, sweeper: Mapping[str, str] | None = NO_ENV,
+          concurrency: int = 2) -> dict[str, Any]:
+    """Start the API and a worker side by side (each waited for), and a sweeper.
+
+    Each argument is that process's extra environment, or None not to start it.
+    """
+    started: dict[str, Any] = {}
+    if sweeper is not None:
+        started["sweeper"] = stack.sweeper(env=dict(sweeper))
+    with ThreadPoolExecutor(2) as pool:
+        pending = {}
+        if api is not None:
+            pending["api"] = pool.submit(stack.api, env=dict(api))
+        if worker is not None:
+            pending["worker"] = pool.submit(stack.worker, concurrency, env=dict(worker))
+        started.update((name, future.result()) for name, future in pending.items())
+    return started
 
 
 @pytest.fixture
@@ -175,6 +222,20 @@ def queued_messages(stack: Stack) -> int:
         return conn.default_channel.queue_declare(stack.queue, passive=True).message_count
 
 
+def unacknowledged(stack: Stack) -> int:
+    """This test's messages delivered but not acknowledged (Redis: Kombu's `unacked` hash;
+    RabbitMQ does not tell without its management plugin, so 0 there)."""
+    if not stack.broker_url.startswith("redis"):
+        return 0
+    import redis
+
+    client = redis.Redis.from_url(stack.broker_url)
+    try:
+        return sum(stack.queue.encode() in raw for raw in client.hvals("unacked"))
+    finally:
+        client.close()
+
+
 def lose_queued_messages(stack: Stack) -> None:
     """What a broker restart without persistence does to this test's queue, and only to it."""
     if stack.broker_url.startswith("redis"):
@@ -219,13 +280,12 @@ def test_api_killed_between_run_insert_and_first_publish_is_dispatched_by_the_sw
     Then the run found in the database is published by the sweeper and succeeds, each effect
     applied once, and the client's retried POST gets that same run back (200, not a new run).
     """
-    stack.api(env={"SAGA_FAULTS": "after_start_commit:fault_order:once"})
-    stack.worker()
+    start(stack, api={"SAGA_FAULTS": "after_start_commit:fault_order:once"}, sweeper=None)
     order = new_order()
-    start = {"url": f"{stack.base}/v1/sagas/fault_order/runs", "json": {"input": order},
-             "headers": {"Idempotency-Key": order["order_id"]}, "timeout": 10}
+    post = {"url": f"{stack.base}/v1/sagas/fault_order/runs", "json": {"input": order},
+            "headers": {"Idempotency-Key": order["order_id"]}, "timeout": 10}
     with pytest.raises(requests.ConnectionError):
-        requests.post(**start)
+        requests.post(**post)
     assert (stack.folder / "fault-after_start_commit-fault_order").exists()
     run_id = run_of_order(stack, order["order_id"])
     assert run_id is not None, "the run was committed before the crash, so it must exist"
@@ -237,7 +297,7 @@ def test_api_killed_between_run_insert_and_first_publish_is_dispatched_by_the_sw
     lifted = last_event_id(stack)
     recovery = time_until(lambda: progressed(stack, [run_id], lifted), 30,
                           "the sweeper to publish the first step")
-    again = requests.post(**start)
+    again = requests.post(**post)
     assert again.status_code == 200, again.text
     assert again.json()["id"] == run_id
 
@@ -254,9 +314,7 @@ def test_worker_killed_between_step_commit_and_next_publish_is_finished_by_the_s
     When the sweeper runs,
     Then it publishes both, the run succeeds, and every step committed exactly once.
     """
-    stack.api()
-    worker = stack.worker(env={"SAGA_FAULTS": "after_commit:charge_card:once"})
-    stack.sweeper()
+    worker = start(stack, worker={"SAGA_FAULTS": "after_commit:charge_card:once"})["worker"]
     order = new_order()
     run_id = stack.post_run("fault_order", order)
     wait_for(lambda: (stack.folder / "fault-after_commit-charge_card").exists(), 30,
@@ -285,9 +343,7 @@ def test_worker_killed_mid_compensation_resumes_it_in_order_with_one_refund(
     Then the sweeper retries the refund, it is applied once, and only then is the inventory
     released: the run ends compensated with the undo order kept.
     """
-    stack.api()
-    stack.worker(env={"SAGA_FAULTS": "before_effect:charge_card.compensate:once"})
-    stack.sweeper()
+    start(stack, worker={"SAGA_FAULTS": "before_effect:charge_card.compensate:once"})
     order = new_order(address="nowhere")
     run_id = stack.post_run("fault_order", order)
     wait_for(lambda: (stack.folder / "fault-before_effect-charge_card.compensate").exists(), 30,
@@ -317,9 +373,7 @@ def test_postgres_restart_mid_saga_loses_no_run_and_repeats_no_effect(stack: Sta
     The API goes through the proxy too: a restart is brief and every client sees it.
     """
     via = proxied(pg, "SAGA_DATABASE_URL", stack.database_url)
-    stack.api(env=via)
-    stack.worker(concurrency=3, env=via)
-    stack.sweeper(env=via)
+    start(stack, api=via, worker=via, sweeper=via, concurrency=3)
     gated, gated_orders = start_gated(stack, 2)
     orders = [new_order() for _ in range(2)]
     placed = [stack.post_run("fault_order", o) for o in orders]
@@ -356,9 +410,7 @@ def test_postgres_unreachable_longer_than_a_lease_then_every_run_finishes_once(
     land while its saga log is unreachable, the case that needs idempotency keys.
     """
     via = proxied(pg, "SAGA_DATABASE_URL", stack.database_url)
-    stack.api()
-    stack.worker(concurrency=3, env=via)
-    stack.sweeper(env=via)
+    start(stack, worker=via, sweeper=via, concurrency=3)
     gated, gated_orders = start_gated(stack, 2)
 
     pg.cut()
@@ -401,9 +453,7 @@ def test_broker_restart_mid_saga_lets_every_run_finish(stack: Stack, mq: Proxy) 
     with each effect applied once.
     """
     via = proxied(mq, "SAGA_BROKER_URL", stack.broker_url)
-    stack.api(env=via)
-    stack.worker(concurrency=3, env=via)
-    stack.sweeper(env=via)
+    start(stack, api=via, worker=via, sweeper=via, concurrency=3)
     gated, gated_orders = start_gated(stack, 2)
     orders = [new_order() for _ in range(2)]
     placed = [stack.post_run("fault_order", o) for o in orders]
@@ -440,8 +490,7 @@ def test_broker_restart_losing_queued_messages_is_repaired_by_the_sweeper(stack:
     restarted = time.monotonic()
     assert queued_messages(stack) == 0
     before = last_event_id(stack)
-    stack.sweeper(env=via)
-    stack.worker(env=via)
+    start(stack, api=None, worker=via, sweeper=via)
     recovery = time_until(lambda: all(progressed(stack, [r], before, ("step.running",))
                                       for r in run_ids), 30, "the lost steps to be claimed")
     assert wait_terminal(stack, run_ids) == dict.fromkeys(run_ids, "succeeded")
@@ -462,9 +511,7 @@ def test_broker_down_during_post_accepts_the_run_and_dispatches_it_once_back(
     and succeeds: it is never silently stuck.
     """
     via = proxied(mq, "SAGA_BROKER_URL", stack.broker_url)
-    stack.api(env=via)
-    stack.worker(env=via)
-    stack.sweeper(env=via)
+    start(stack, api=via, worker=via, sweeper=via)
     mq.cut()
     order = new_order()
     started = time.monotonic()
@@ -504,10 +551,9 @@ def test_backoff_longer_than_the_redelivery_timeout_waits_in_postgres_not_the_br
     env: dict[str, str] = {}
     if stack.broker_url.startswith("redis"):
         stack.broker_url = with_redis_db(stack.broker_url, VISIBILITY_TEST_REDIS_DB)
-        env = {"SAGA_BROKER_URL": stack.broker_url, "SAGA_VISIBILITY_TIMEOUT_S": "2"}
-    stack.api(env=env)
-    stack.worker(env=env)
-    sweeper = stack.sweeper(env=env)
+        env = {"SAGA_BROKER_URL": stack.broker_url,
+               "SAGA_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)}
+    sweeper = start(stack, api=env, worker=env, sweeper=env)["sweeper"]
     order = new_order()
     run_id = stack.post_run("slow_retry_order", order)
 
@@ -517,7 +563,13 @@ def test_backoff_longer_than_the_redelivery_timeout_waits_in_postgres_not_the_br
                             "AND type = 'step.retry_wait'", r=run_id)[0][0]
     assert (waiting.next_attempt_at - failed_at).total_seconds() == pytest.approx(
         SLOW_BACKOFF_S, abs=0.05)
+    # Past the 2 s visibility timeout, still waiting, and the broker holds nothing for it:
+    # no ETA message to be redelivered, neither queued nor unacknowledged.
+    wait_for(lambda: stack.query("SELECT clock_timestamp() > :t", t=failed_at + timedelta(
+        seconds=VISIBILITY_TIMEOUT_S + 0.5))[0][0], 10, "the visibility timeout to pass")
+    assert step(stack, run_id, "charge_card").status == "retry_wait"
     assert queued_messages(stack) == 0, "the wait must not sit in the broker"
+    assert unacknowledged(stack) == 0, "no message of the run may wait unacknowledged"
 
     assert wait_terminal(stack, [run_id]) == {run_id: "succeeded"}
     second = stack.query("SELECT at FROM events WHERE run_id = :r AND step = 'charge_card' "
@@ -525,6 +577,7 @@ def test_backoff_longer_than_the_redelivery_timeout_waits_in_postgres_not_the_br
     assert (second - failed_at).total_seconds() >= SLOW_BACKOFF_S
     assert step(stack, run_id, "charge_card").attempt == 2
     assert event_count(stack, run_id, "step.running", "charge_card") == 2
+    assert event_count(stack, run_id, "step.queued", "charge_card") == 2  # first, then the retry
     executions = stack.folder / f"executions-{run_id}-charge_card-forward"
     assert len(executions.read_text().splitlines()) == 2
     fired = sum(int(n) for n in re.findall(r"retries_fired=(\d+)", sweeper.output()))

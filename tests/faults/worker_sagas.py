@@ -31,6 +31,9 @@ from saga import Retry, Saga, Step, StepContext
 
 HOLD_LEASE = timedelta(seconds=1.5)  # the lease (heartbeat_timeout) of the steps a test freezes
 HOLD_MAX_S = 30.0  # a held or hanging attempt gives up waiting after this, whatever happens
+# The start-to-close limit of `stubborn` and `slow_once`. It covers the whole task (claim,
+# action, commit), so a later attempt on a fresh pool child of a loaded machine must fit.
+STEP_TIMEOUT = timedelta(seconds=2)
 EXECUTIONS = "executions.log"
 
 
@@ -121,7 +124,7 @@ def slow_once(ctx: StepContext) -> dict[str, Any]:
     marker = folder() / f"parked-{ctx.run_id}"
     if not marker.exists():
         marker.touch()
-        time.sleep(HOLD_MAX_S)  # the 1 s soft limit interrupts this
+        time.sleep(HOLD_MAX_S)  # the soft time limit interrupts this
     return charge(ctx)
 
 
@@ -157,7 +160,7 @@ held_order = Saga("held_order", steps=[
 def _hanging(name: str, on_timeout: str) -> Saga:
     return Saga(name, steps=[
         Step("reserve", reserve, compensate=release),
-        Step("stubborn", stubborn, timeout=timedelta(seconds=1), heartbeat_timeout=HOLD_LEASE,
+        Step("stubborn", stubborn, timeout=STEP_TIMEOUT, heartbeat_timeout=HOLD_LEASE,
              retry=Retry(attempts=2, first_delay=NOW), on_timeout=on_timeout),
     ])
 
@@ -167,7 +170,7 @@ hang_then_compensate = _hanging("hang_then_compensate", "compensate")
 
 park_on_timeout = Saga("park_on_timeout", steps=[
     Step("reserve", reserve, compensate=release),
-    Step("slow_once", slow_once, timeout=timedelta(seconds=1), on_timeout="park"),
+    Step("slow_once", slow_once, timeout=STEP_TIMEOUT, on_timeout="park"),
 ])
 
 poison_pill = Saga("poison_pill", steps=[

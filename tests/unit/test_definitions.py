@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saga.definitions import Parallel, RemoteTask, Retry, Saga, Step, resolve_action
+from saga.definitions import (
+    Parallel,
+    RemoteTask,
+    Retry,
+    Saga,
+    Step,
+    Timer,
+    Wait,
+    WaitForSignal,
+    resolve_action,
+)
 from saga.errors import DefinitionError, SagaError
 
 
@@ -65,6 +75,31 @@ INVALID_STEPS = [
     pytest.param([Step("wait", act, timeout=timedelta(0))], "wait", "timeout", id="zero-timeout"),
     pytest.param([Step("wait", act, timeout=timedelta(seconds=-1))], "wait", "timeout",
                  id="negative-timeout"),
+    pytest.param([Step("beat", act, heartbeat_timeout=timedelta(0))], "beat",
+                 "heartbeat_timeout", id="zero-heartbeat-timeout"),
+    pytest.param([Step("pick", act, schedule_to_start=timedelta(seconds=-5))], "pick",
+                 "schedule_to_start", id="negative-schedule-to-start"),
+    pytest.param([Step("charge", act, on_timeout="ignore")], "charge", "on_timeout",
+                 id="unknown-on-timeout"),
+    pytest.param([Wait("cool_off")], "cool_off", "duration or until", id="wait-without-time"),
+    pytest.param([Wait("cool_off", duration=timedelta(1), until=lambda i, o: None)], "cool_off",
+                 "duration or until", id="wait-with-both"),
+    pytest.param([Wait("cool_off", duration=timedelta(seconds=-1))], "cool_off", "negative",
+                 id="wait-negative-duration"),
+    pytest.param([WaitForSignal("label", signal="shipping label")], "label", "signal name",
+                 id="signal-name-with-space"),
+    pytest.param([WaitForSignal("label", on_timeout="park")], "label", "on_timeout",
+                 id="signal-unknown-on-timeout"),
+    pytest.param([WaitForSignal("label", timeout=timedelta(0))], "label", "timeout",
+                 id="signal-zero-timeout"),
+    pytest.param([Step("hold", act, wait=Timer(duration=timedelta(1)))], "hold",
+                 "no action", id="wait-with-an-action"),
+    pytest.param([Step("hold", None, compensate=undo, wait=Timer(duration=timedelta(1)))],
+                 "hold", "nothing to compensate", id="wait-with-a-compensation"),
+    pytest.param([Step("hold", None, wait="soon")], "hold", "Timer or a Signal",
+                 id="wait-of-wrong-type"),
+    pytest.param([Wait("1st", duration=timedelta(1))], "1st", "identifier",
+                 id="wait-with-bad-name"),
 ]
 
 
@@ -235,6 +270,25 @@ def test_describe_lists_steps_in_order_with_their_actions():
     ]
 
 
+def test_describe_names_the_kind_of_each_step():
+    saga = Saga("ship", steps=[Step("a", act), Wait("cool_off", duration=timedelta(minutes=5)),
+                               WaitForSignal("label", signal="shipping_label")])
+    assert [(s["name"], s["kind"]) for s in saga.describe()["steps"]] == [
+        ("a", "action"), ("cool_off", "timer"), ("label", "signal:shipping_label")]
+
+
+def test_signal_steps_finds_the_waits_for_a_signal_name():
+    saga = Saga("ship", steps=[Parallel(WaitForSignal("label"),
+                                        WaitForSignal("label_copy", signal="label")),
+                               WaitForSignal("paid")])
+    assert [s.name for s in saga.signal_steps("label")] == ["label", "label_copy"]
+    assert saga.signal_steps("refund") == []
+
+
+def test_a_signal_wait_defaults_to_its_step_name():
+    assert WaitForSignal("shipping_label").wait.name == "shipping_label"
+
+
 # -- Retry ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("retry", "attempt", "seconds"), [
@@ -389,6 +443,10 @@ def test_shape_hash_ignores_what_does_not_change_the_graph(steps):
                   s("d")], id="after-added"),
     pytest.param([Step("a", act, compensate=undo), s("d"), Parallel(s("b"), s("c"))],
                  id="steps-reordered"),
+    pytest.param([Step("a", act, compensate=undo), Parallel(s("b"), s("c")),
+                  Wait("d", duration=timedelta(1))], id="step-became-a-timer"),
+    pytest.param([Step("a", act, compensate=undo), Parallel(s("b"), s("c")),
+                  WaitForSignal("d")], id="step-became-a-signal-wait"),
 ])
 def test_shape_hash_changes_with_the_graph(steps):
     assert Saga("s", steps=steps).shape_hash != Saga("s", steps=BASE).shape_hash

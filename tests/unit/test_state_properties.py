@@ -22,6 +22,7 @@ from saga import compensation, state
 from saga.definitions import Parallel, Retry, Saga, Step
 from saga.state import (
     Alert,
+    CancelRequested,
     CompensateStep,
     LeaseExpired,
     RetryDue,
@@ -39,8 +40,10 @@ LEASE = timedelta(seconds=30)
 SETTLED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED)
 MOVES = {
     RunStatus.RUNNING: {RunStatus.RUNNING, RunStatus.COMPENSATING, RunStatus.SUCCEEDED,
-                        RunStatus.COMPENSATED},
-    RunStatus.COMPENSATING: {RunStatus.COMPENSATING, RunStatus.COMPENSATED, RunStatus.FAILED},
+                        RunStatus.COMPENSATED, RunStatus.CANCELLED},
+    RunStatus.COMPENSATING: {RunStatus.COMPENSATING, RunStatus.COMPENSATED, RunStatus.FAILED,
+                             RunStatus.CANCELLED},
+    RunStatus.CANCELLED: {RunStatus.CANCELLED},
     RunStatus.SUCCEEDED: {RunStatus.SUCCEEDED},
     RunStatus.COMPENSATED: {RunStatus.COMPENSATED},
     RunStatus.FAILED: {RunStatus.FAILED},
@@ -156,13 +159,17 @@ def check_run(saga: Saga, run: Run) -> None:
     if run.status is RunStatus.RUNNING:
         assert not any(s.status in (StepStatus.FAILED, StepStatus.CANCELLED)
                        for s in steps.values()), run
-    if run.status is not RunStatus.RUNNING and run.status is not RunStatus.SUCCEEDED:
+    if run.status not in (RunStatus.RUNNING, RunStatus.SUCCEEDED) and not run.cancel_requested:
         failed = [n for (n, k), s in steps.items() if k is FWD and s.status is StepStatus.FAILED]
         assert failed and any(f"step {n!r} failed" in run.error for n in failed), run
+    if run.cancel_requested:
+        assert run.error.startswith("cancelled on request") and run.status in (
+            RunStatus.COMPENSATING, RunStatus.CANCELLED, RunStatus.FAILED), run
+    assert (run.status is RunStatus.CANCELLED) <= run.cancel_requested
     if run.status is RunStatus.SUCCEEDED:
         assert all(steps[(n, FWD)].status is StepStatus.SUCCEEDED for n in saga.order)
         assert not any(k is COMP for _, k in steps)
-    if run.status is RunStatus.COMPENSATED:
+    if run.status in (RunStatus.COMPENSATED, RunStatus.CANCELLED):
         assert compensation.finished(saga, steps)
         for name in saga.order:
             if compensation.needs_compensation(saga, steps, name):
@@ -212,6 +219,12 @@ def check_move(saga: Saga, before: Run, after: Run, commands: list, event) -> No
 
 def check_outcome(saga: Saga, before: Run, after: Run, event, now: datetime) -> None:
     """The step an event is about ends where the protocol says."""
+    if isinstance(event, CancelRequested):
+        assert after.cancel_requested and after.status in (RunStatus.COMPENSATING,
+                                                           RunStatus.CANCELLED)
+        assert not any(s.kind is FWD and s.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT)
+                       for s in after.steps.values())
+        return
     key = (event.step, event.kind)
     was, now_is = before.steps[key], after.steps[key]
     if isinstance(event, StepSucceeded):
@@ -343,6 +356,9 @@ class World:
                      "lease": LeaseExpired(key[0], key[1], fence)}[kind]
             self.now += LEASE * 2  # long after: only the fence can tell it is stale
             self.deliver(event, "noop")
+        elif verb == "cancel":  # someone asks to cancel: only a running run changes
+            running = self.run.status is RunStatus.RUNNING
+            self.deliver(CancelRequested(), "effect" if running else "noop")
         elif verb == "tick":
             self.now += timedelta(seconds=pick(data, [1, 10, 120]))
         elif verb == "replay":
@@ -375,6 +391,8 @@ class World:
 def expected_end(run: Run) -> RunStatus:
     if any(k is COMP and s.status is StepStatus.FAILED for (_, k), s in run.steps.items()):
         return RunStatus.FAILED
+    if run.cancel_requested:
+        return RunStatus.CANCELLED
     if any(k is FWD and s.status is StepStatus.FAILED for (_, k), s in run.steps.items()):
         return RunStatus.COMPENSATED
     return RunStatus.SUCCEEDED
@@ -398,9 +416,13 @@ def test_any_history_keeps_the_invariants_and_ends_in_the_status_it_calls_for(sa
     """Given a random saga and a random history of claims, results, stale and duplicate
     events, expired leases and due retries, every event keeps the invariants; and when
     every later attempt succeeds, the run ends SUCCEEDED if nothing failed for good,
-    COMPENSATED if a step did, FAILED if a compensation did."""
+    COMPENSATED if a step did, CANCELLED if someone cancelled it while it ran, FAILED if a
+    compensation gave up."""
     world = World(saga)
-    for _ in range(40):
+    cancel_at = data.draw(st.none() | st.integers(0, 39), label="cancel at")
+    for i in range(40):
+        if i == cancel_at:
+            world.do(("cancel",))
         action = pick(data, world.actions())
         hypothesis.note(f"action: {action}")
         world.do(action, data)

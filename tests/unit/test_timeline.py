@@ -133,6 +133,19 @@ def test_steps_and_compensations_of_one_name_are_apart_and_alerts_are_not_outcom
     assert [(a.kind, a.outcome, a.ended_at) for a in found] == [("compensate", "succeeded", at(3))]
 
 
+def test_a_wait_is_a_span_from_waiting_to_how_it_ended():
+    """Given a signal wait that a signal ended, Then one wait span, no worker, succeeded."""
+    [wait] = attempts([ev(0, "step.queued", "label", 0),
+                       ev(5, "step.waiting", "label", 0, wake_at=at(9_000).isoformat()),
+                       {**ev(700, "signal.received", signal="label"), "step": None},
+                       ev(700, "step.succeeded", "label", 0)])
+    assert (wait.wait, wait.worker, wait.outcome, wait.duration) == (
+        True, None, "succeeded", timedelta(milliseconds=695))
+    text = render({**RUN, "status": "running", "error": None, "finished_at": None},
+                  [ev(0, "run.started"), ev(5, "step.waiting", "label", 0)], tz=UTC)
+    assert "step         label  wait  03:00:00.005 → …          -  -  waiting" in text
+
+
 # -- the state at a moment ------------------------------------------------------------
 
 @pytest.mark.parametrize("ms, run, steps", [
@@ -176,6 +189,19 @@ def test_the_run_error_comes_with_its_status_and_a_resumed_run_drops_it():
     assert (state_at(history, at(9)).status, state_at(history, at(9)).error) == ("running", None)
 
 
+def test_parking_flags_the_run_without_changing_its_status():
+    """Given a run parked (its version not loaded) and later unparked, Then the flag comes
+    and goes while the status stays; a cancelled run ends `cancelled`."""
+    history = [ev(0, "run.started"), ev(5, "run.parked", reason="pay v3 is not loaded"),
+               ev(9, "run.unparked"), ev(12, "run.compensating", error="cancelled on request"),
+               ev(20, "run.cancelled", error="cancelled on request")]
+    parked = state_at(history, at(5))
+    assert (parked.status, parked.parked) == ("running", "pay v3 is not loaded")
+    assert "parked   pay v3 is not loaded" in render_state(RUN, parked, tz=UTC)
+    assert (state_at(history, at(9)).status, state_at(history, at(9)).parked) == ("running", None)
+    assert state_at(history, at(20)).status == "cancelled"
+
+
 def test_superseded_results_and_alerts_change_no_status():
     history = [ev(0, "step.running", "s", 1, "w", fence=1),
                ev(1, "step.superseded", "s", None, "w0", fence=0),
@@ -197,8 +223,8 @@ def test_render_shows_the_header_and_each_attempt_with_times_worker_outcome_and_
     text = render(RUN, HISTORY, tz=UTC)
     lines = text.splitlines()
     assert lines[0] == "run r-1  charge v2  COMPENSATED"
-    assert lines[1] == "  started  2025-05-01 03:00:00.000 UTC  finished 03:00:00.900 UTC  (900 ms)" \
-        or "finished 2025-05-01 03:00:00.900 UTC  (900 ms)" in lines[1]
+    assert lines[1] == ("  started  2025-05-01 03:00:00.000 UTC  "
+                        "finished 2025-05-01 03:00:00.900 UTC  (900 ms)")
     assert lines[2] == "  error    step 'charge' failed: declined"
     assert "step         reserve  #1   03:00:00.010 → 03:00:00.080      70 ms  w1  succeeded" in text
     assert ("#1   03:00:00.100 → 03:00:00.150      50 ms  w2  failed, will retry at "
@@ -213,7 +239,7 @@ def test_render_lists_a_step_that_never_ran_and_dates_another_day():
                ev(86_400_000, "step.running", "a", 1, "w", fence=1),
                ev(86_400_000, "step.cancelled", "b", 0)]
     text = render(run, history, tz=UTC)
-    assert "2025-05-02 03:00:00.000 → …    running  w  running" in text
+    assert "#1   2025-05-02 03:00:00.000 → …          -  w  running" in text
     assert "b    -  no attempt (cancelled)" in text
 
 

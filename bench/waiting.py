@@ -1,0 +1,675 @@
+"""What a waiting run costs: start rate, database bytes, worker and sweeper memory, sweep time.
+
+    python bench/waiting.py [--runs 100000] [--due 10] [--small 1000] [--sweeps 9]
+
+Two fresh PostgreSQL databases (`bench_wait_<random>`, created and dropped): a small one
+with `--small` runs and a large one with `--runs`. For each, a real `saga worker -c 2`
+and a real `saga sweeper` run on RabbitMQ; the bench starts the runs from a few threads
+calling `Engine.start` as fast as they return, half of them a saga whose second step is a
+30-day `Wait`, half one whose second step is a `WaitForSignal` with a 30-day timeout
+(`bench/waiting_sagas.py`), and polls until every run's second step is `waiting`. Then it
+reads the worker's resident memory (the prefork parent and its children), the sweeper's,
+and what the idle sweeper and its PostgreSQL backends burn in CPU for a while.
+
+With both databases populated and the processes stopped (so no real sweeper takes the
+due rows), it measures `sweep_once` in this process, alternating between the databases:
+before each sweep one UPDATE makes `--due` waiting steps due (half timers, half signal
+timeouts, picked at random, wake_at in the past), the sweep must wake exactly those, and
+the median duration is reported beside the median of an empty sweep. The wakeup query is
+captured as the store sends it and run under EXPLAIN ANALYZE to show its plan; the other
+sweep queries are EXPLAINed for the index they read. Both databases are VACUUM ANALYZEd
+before the sweeps, as autovacuum would have done on a live system.
+
+Servers (override with environment variables, as in bench/throughput.py):
+BENCH_DATABASE_URL (an admin database on the PostgreSQL server) and BENCH_RABBITMQ_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import logging
+import os
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from bench.throughput import ADMIN_URL, BROKERS, Worker, _on_sigterm, delete_queue, wait_for  # noqa: E402
+from bench.waiting_sagas import SIGNAL_SAGA, SIGNAL_STEP, TIMER_SAGA, TIMER_STEP  # noqa: E402
+
+BROKER_URL = BROKERS["rabbitmq"]
+SAGAS_MODULE = "bench.waiting_sagas"
+TABLES = ("runs", "steps", "events", "signals")
+TICK = os.sysconf("SC_CLK_TCK")
+IDLE_WINDOW_S = 10.0  # how long the idle sweeper's CPU is watched
+
+
+# -- the database -----------------------------------------------------------------------
+
+class Database:
+    """A fresh `bench_wait_<random>` database, migrated; dropped by `drop`."""
+
+    live: list[Database] = []
+
+    def __init__(self, label: str) -> None:
+        from saga import migrations
+
+        self.label = label
+        self.name = f"bench_wait_{uuid.uuid4().hex[:10]}"
+        self.admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{self.name}"')
+        Database.live.append(self)
+        self.url = sa.make_url(ADMIN_URL).set(database=self.name).render_as_string(
+            hide_password=False)
+        engine = sa.create_engine(self.url)
+        migrations.upgrade(engine)
+        engine.dispose()
+
+    @property
+    def libpq(self) -> str:
+        return self.url.replace("+psycopg", "", 1)
+
+    def tagged(self, application: str) -> str:
+        """The URL with an application_name, so its sessions can be found in pg_stat_activity."""
+        return f"{self.url}?application_name={application}"
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.libpq, autocommit=True)
+
+    def drop(self) -> None:
+        if self in Database.live:
+            Database.live.remove(self)
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.admin.dispose()
+
+    @classmethod
+    def drop_all(cls) -> None:
+        for db in list(cls.live):
+            try:
+                db.drop()
+            except Exception as exc:  # keep cleaning the others
+                print(f"  (could not drop {db.name}: {exc})", file=sys.stderr)
+
+
+# -- processes and their memory ---------------------------------------------------------
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (the prefork worker's children)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(")") + 2:].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(parents.get(current, []))
+    return out
+
+
+def _status_kb(pid: int, key: str, file: str = "status") -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Memory:
+    processes: int
+    rss_kb: int  # sum of VmRSS: shared pages (the forked code) counted once per process
+    pss_kb: int  # sum of Pss: shared pages split between the processes sharing them
+
+    def __str__(self) -> str:
+        return f"{self.rss_kb / 1024:.0f} MB"
+
+
+def memory(pid: int) -> Memory:
+    pids = descendants(pid)
+    return Memory(len(pids), sum(_status_kb(p, "VmRSS") for p in pids),
+                  sum(_status_kb(p, "Pss", "smaps_rollup") for p in pids))
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def backends(db: Database, application: str) -> list[int]:
+    with db.admin.connect() as conn:
+        return list(conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            (db.name, application)).scalars())
+
+
+# -- one population: N runs waiting ---------------------------------------------------------
+
+@dataclass
+class Population:
+    label: str
+    runs: int
+    start_s: float = 0.0  # all Engine.start calls returned
+    waiting_s: float = 0.0  # from the first start until every run was waiting
+    republished: int = 0  # extra dispatches of the no-op step by the real sweeper (a backlog)
+    copied: int = 0  # waiting runs copied in SQL after the real ones (--fill-to)
+    worker_idle: Memory | None = None
+    worker_after: Memory | None = None
+    sweeper_idle: Memory | None = None
+    sweeper_after: Memory | None = None
+    sweeper_cpu: float = 0.0  # CPU seconds per second: the idle sweeper process
+    sweeper_pg_cpu: float = 0.0  # ... and its PostgreSQL backends
+    db_bytes: int = 0
+    tables: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (total, indexes)
+    wake_index_bytes: int = 0
+    sweep_due: list[float] = field(default_factory=list)
+    sweep_empty: list[float] = field(default_factory=list)
+    plans: list[str] = field(default_factory=list)
+    wakeup_plan: str = ""
+    due_statements: int = 0  # SQL statements of one sweep with `due` due
+    due_checkouts: int = 0  # pool checkouts of that sweep (each with a pre-ping)
+
+    @property
+    def start_rate(self) -> float:
+        return self.runs / self.start_s
+
+    @property
+    def waiting_rate(self) -> float:
+        return self.runs / self.waiting_s
+
+
+def start_in_threads(engine: Any, n: int, threads: int, deadline: float) -> float:
+    """Start n runs (even: timer, odd: signal) from `threads` threads; seconds taken."""
+    errors: list[BaseException] = []
+    counter = iter(range(n))
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                engine.start(TIMER_SAGA if i % 2 == 0 else SIGNAL_SAGA, {"i": i})
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, daemon=True) for _ in range(threads)]
+    began = time.perf_counter()
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(max(1.0, deadline - time.monotonic() + 5))
+    taken = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    if any(t.is_alive() for t in workers) or next(counter, None) is not None:
+        raise TimeoutError(f"starting {n} runs did not finish within the deadline")
+    return taken
+
+
+def count_waiting(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM steps WHERE status = 'waiting'").fetchone()[0]
+
+
+def populate(db: Database, n: int, options: argparse.Namespace, folder: Path,
+             deadline_s: float, fill_to: int = 0) -> Population:
+    """N runs waiting in `db`, started through a real worker and sweeper; their costs.
+
+    With `fill_to`, copies of the waiting runs are then added in SQL up to that many
+    while both processes keep running, before their memory and the sweeper's CPU are read.
+    """
+    from saga.app import build
+    from saga.settings import Settings
+
+    result = Population(db.label, n)
+    queue = f"bench-wait-{uuid.uuid4().hex[:8]}"
+    sweeper_app = f"wait-sweeper-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_BROKER_URL": BROKER_URL,
+           "SAGA_SAGAS": SAGAS_MODULE, "SAGA_DEFAULT_QUEUE": queue,
+           "SAGA_REDISPATCH_S": str(options.redispatch_s)}
+    cli = [sys.executable, "-m", "saga.cli", "--log-level", "INFO"]
+    worker = Worker(f"worker-{db.label}", [*cli, "worker", "-c", str(options.concurrency)],
+                    {**env, "SAGA_DATABASE_URL": db.tagged(f"wait-worker-{db.label}")}, folder)
+    sweeper = Worker(f"sweeper-{db.label}", [*cli, "sweeper"],
+                     {**env, "SAGA_DATABASE_URL": db.tagged(sweeper_app)}, folder)
+    settings = Settings(database_url=db.url, broker_url=BROKER_URL, sagas=(SAGAS_MODULE,),
+                        default_queue=queue, redispatch_s=options.redispatch_s)
+    system = None
+    try:
+        worker.wait_ready()
+
+        def sweeper_up() -> bool:
+            if sweeper.popen.poll() is not None:
+                raise RuntimeError(f"sweeper exited:\n{sweeper.output()[-3000:]}")
+            return bool(backends(db, sweeper_app))
+
+        wait_for(sweeper_up, 60, "the sweeper to connect", interval=0.2)
+        time.sleep(2.0)  # let both settle before the baseline
+        result.worker_idle = memory(worker.popen.pid)
+        result.sweeper_idle = memory(sweeper.popen.pid)
+
+        system = build(settings)
+        engine = system.engine
+        engine.start(TIMER_SAGA, {"i": -1})  # warm the pool and the broker connection
+        engine.start(SIGNAL_SAGA, {"i": -2})
+        n_total = n + 2
+        deadline = time.monotonic() + deadline_s
+        began = time.perf_counter()
+        result.start_s = start_in_threads(engine, n, options.threads, deadline)
+        print(f"  {db.label}: started {n} runs in {result.start_s:.1f}s "
+              f"({result.start_rate:.0f}/s)", flush=True)
+        with db.connect() as poll:
+            last_print = time.monotonic()
+
+            def all_waiting() -> bool:
+                nonlocal last_print
+                if worker.popen.poll() is not None:
+                    raise RuntimeError(f"worker exited:\n{worker.output()[-3000:]}")
+                waiting = count_waiting(poll)
+                if time.monotonic() - last_print > 15:
+                    last_print = time.monotonic()
+                    print(f"    {waiting}/{n_total} waiting after "
+                          f"{time.perf_counter() - began:.0f}s", flush=True)
+                return waiting >= n_total
+
+            wait_for(all_waiting, max(5.0, deadline - time.monotonic()),
+                     f"{n_total} runs to be waiting in {db.label}", interval=0.5)
+            result.waiting_s = time.perf_counter() - began
+            result.republished = poll.execute(
+                "SELECT coalesce(sum(dispatches - 1), 0) FROM steps WHERE name = 'prepare'"
+            ).fetchone()[0]
+        print(f"  {db.label}: all waiting after {result.waiting_s:.1f}s "
+              f"({result.waiting_rate:.0f} runs/s end to end)", flush=True)
+        if fill_to > n_total:
+            began = time.perf_counter()
+            result.copied = fill(db, fill_to - n_total)
+            print(f"  {db.label}: copied {result.copied} waiting runs in SQL in "
+                  f"{time.perf_counter() - began:.0f}s", flush=True)
+        time.sleep(2.0)
+        result.worker_after = memory(worker.popen.pid)
+        result.sweeper_after = memory(sweeper.popen.pid)
+
+        # The idle sweeper: N waiting, nothing due. Its CPU, and its PostgreSQL backends'.
+        pg = backends(db, sweeper_app)
+        own = descendants(sweeper.popen.pid)
+        before = cpu_seconds(own), cpu_seconds(pg)
+        time.sleep(IDLE_WINDOW_S)
+        pg_after = backends(db, sweeper_app)
+        result.sweeper_cpu = (cpu_seconds(own) - before[0]) / IDLE_WINDOW_S
+        result.sweeper_pg_cpu = (cpu_seconds(pg) - before[1]) / IDLE_WINDOW_S
+        if sorted(pg_after) != sorted(pg):
+            print(f"  (the sweeper's backends changed during the idle window: {pg} -> {pg_after})",
+                  file=sys.stderr)
+    finally:
+        sweeper.stop()
+        worker.stop()
+        if system is not None:
+            system.engine.store.close()
+        delete_queue(BROKER_URL, queue)
+    return result
+
+
+def fill(db: Database, extra: int) -> int:
+    """Copy the waiting runs (runs, steps, events rows) under new ids until `extra` more exist.
+
+    The copies have the bytes and index entries of real ones; they only share their
+    wake_at values with the run they copy.
+    """
+    with db.connect() as conn, conn.transaction():
+        conn.execute("SET LOCAL statement_timeout = '900s'")
+
+        def columns(table: str) -> list[str]:
+            return [r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
+                " AND table_schema = current_schema() ORDER BY ordinal_position", (table,))]
+
+        conn.execute(
+            "CREATE TEMP TABLE fill_map ON COMMIT DROP AS"
+            " SELECT s.id AS old_id, gen_random_uuid()::text AS new_id FROM"
+            " (SELECT id, count(*) OVER () AS n FROM runs WHERE status = 'running') s,"
+            " generate_series(1, ceil(%s::float8 / s.n)::int) g"
+            " ORDER BY g, s.id LIMIT %s", (extra, extra))
+        copied = conn.execute("SELECT count(*) FROM fill_map").fetchone()[0]
+        for table, key in (("runs", "id"), ("steps", "run_id"), ("events", "run_id"),
+                           ("signals", "run_id")):
+            names = [c for c in columns(table) if not (table in ("events", "signals") and c == "id")]
+            target = ", ".join(f'"{c}"' for c in names)
+            source = ", ".join("m.new_id" if c == key else f't."{c}"' for c in names)
+            conn.execute(f"INSERT INTO {table} ({target}) SELECT {source} FROM {table} t"
+                         f" JOIN fill_map m ON m.old_id = t.{key}")
+    return copied
+
+
+# -- sizes, plans and sweeps ------------------------------------------------------------------
+
+def sizes(db: Database, result: Population) -> None:
+    with db.connect() as conn:
+        conn.execute("VACUUM ANALYZE")
+        result.db_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        for table in TABLES:
+            result.tables[table] = tuple(conn.execute(
+                "SELECT pg_total_relation_size(%s), pg_indexes_size(%s)",
+                (table, table)).fetchone())
+        result.wake_index_bytes = conn.execute(
+            "SELECT pg_relation_size('steps_wake_due')").fetchone()[0]
+
+
+def commit_latency(db: Database, count: int = 200) -> float:
+    """Median milliseconds of a one-row INSERT + COMMIT (autocommit) on one connection."""
+    with db.connect() as conn:
+        conn.execute("CREATE TABLE bench_commit (id bigserial PRIMARY KEY, v int)")
+        took = []
+        for i in range(count):
+            began = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit (v) VALUES (%s)", (i,))
+            took.append(time.perf_counter() - began)
+        conn.execute("DROP TABLE bench_commit")
+    return statistics.median(took) * 1000
+
+
+def make_due(conn: psycopg.Connection, due: int) -> int:
+    """One UPDATE: `due` random waiting steps (half timers, half signal waits) due a second ago."""
+    timers = due - due // 2
+    return conn.execute(
+        "UPDATE steps SET wake_at = clock_timestamp() - interval '1 second'"
+        " WHERE (run_id, name, kind) IN ("
+        "  (SELECT run_id, name, kind FROM steps WHERE status = 'waiting' AND name = %s"
+        "   AND wake_at > clock_timestamp() ORDER BY random() LIMIT %s)"
+        "  UNION ALL"
+        "  (SELECT run_id, name, kind FROM steps WHERE status = 'waiting' AND name = %s"
+        "   AND wake_at > clock_timestamp() ORDER BY random() LIMIT %s))",
+        (TIMER_STEP, timers, SIGNAL_STEP, due // 2)).rowcount
+
+
+class Capture:
+    """The statements (and parameters) an engine sends while inside the `with`."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.statements: list[tuple[str, Any]] = []
+
+    def _hook(self, _conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        self.statements.append((statement, parameters))
+
+    def __enter__(self) -> Capture:
+        sa.event.listen(self.engine, "before_cursor_execute", self._hook)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._hook)
+
+
+def explain(store: Any, statement: str, parameters: Any, analyze: bool) -> list[str]:
+    options = "ANALYZE, BUFFERS" if analyze else "COSTS OFF"
+    with store.engine.connect() as conn:
+        lines = list(conn.exec_driver_sql(f"EXPLAIN ({options}) {statement}", parameters).scalars())
+        conn.rollback()  # EXPLAIN ANALYZE of a FOR UPDATE query takes locks; let them go
+    return lines
+
+
+def index_of(plan: list[str]) -> str:
+    used = sorted({m for line in plan for m in re.findall(r"(?:Index|Index Only) Scan (?:Backward )?using (\w+)", line)})
+    scans = sorted({m for line in plan for m in re.findall(r"Seq Scan on (\w+)", line)})
+    parts = used + [f"SEQ SCAN {t}" for t in scans]
+    return ", ".join(parts) or "(no scan)"
+
+
+def sweep_queries(store: Any, captured: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """(what, plan summary) for each sweep query in one captured empty sweep."""
+    out = []
+    for statement, parameters in captured:
+        if "ORDER BY" not in statement:
+            continue
+        match = re.search(r"ORDER BY (\w+\.\w+)", statement)
+        what = match.group(1) if match else statement[:40]
+        out.append((what, index_of(explain(store, statement, parameters, analyze=False))))
+    return out
+
+
+def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int) -> None:
+    """Median in-process `sweep_once` with `due` due and with none, alternating the databases."""
+    from saga.app import build
+    from saga.settings import Settings
+    from saga.sweeper import sweep_once
+
+    systems = []
+    try:
+        for db, _ in dbs:
+            settings = Settings(database_url=db.url, broker_url=BROKER_URL,
+                                sagas=(SAGAS_MODULE,), default_queue=f"bench-wait-{uuid.uuid4().hex[:8]}")
+            systems.append(build(settings))
+        conns = [db.connect() for db, _ in dbs]
+        try:
+            for system in systems:  # warm: pools connected, plans cached, pages read
+                for _ in range(3):
+                    sweep_once(system.engine)
+            for r in range(rounds):
+                order = range(len(dbs)) if r % 2 == 0 else reversed(range(len(dbs)))
+                for i in order:
+                    (db, result), system, conn = dbs[i], systems[i], conns[i]
+                    began = time.perf_counter()
+                    empty = sweep_once(system.engine)
+                    result.sweep_empty.append(time.perf_counter() - began)
+                    if empty.total:
+                        raise RuntimeError(f"{db.label}: an empty sweep found work: {empty}")
+                    made = make_due(conn, due)
+                    if made != due:
+                        raise RuntimeError(f"{db.label}: made {made} steps due, not {due}")
+                    began = time.perf_counter()
+                    swept = sweep_once(system.engine)
+                    result.sweep_due.append(time.perf_counter() - began)
+                    if swept.wakeups != due or swept.total != due:
+                        raise RuntimeError(f"{db.label}: the sweep did {swept}, not {due} wakeups")
+            for (_db, result), system, conn in zip(dbs, systems, conns, strict=True):
+                store = system.engine.store
+                with Capture(store.engine) as capture:
+                    sweep_once(system.engine)
+                result.plans = [f"{what}: {index}" for what, index
+                                in sweep_queries(store, capture.statements)]
+                make_due(conn, due)
+                with Capture(store.engine) as capture:
+                    store.wakeups_due(system.settings.sweep_batch)
+                statement, parameters = next(
+                    (s, p) for s, p in capture.statements if "ORDER BY steps.wake_at" in s)
+                result.wakeup_plan = "\n".join(explain(store, statement, parameters, analyze=True))
+                checkouts: list[Any] = []
+
+                def checkout(*args: Any, _seen: list[Any] = checkouts) -> None:
+                    _seen.append(args[0])
+
+                sa.event.listen(store.engine, "checkout", checkout)
+                try:
+                    with Capture(store.engine) as capture:
+                        sweep_once(system.engine)  # wake them, counting what that takes
+                finally:
+                    sa.event.remove(store.engine, "checkout", checkout)
+                result.due_statements, result.due_checkouts = len(capture.statements), len(checkouts)
+        finally:
+            for conn in conns:
+                conn.close()
+    finally:
+        for system in systems:
+            system.engine.store.close()
+
+
+# -- the report --------------------------------------------------------------------------------
+
+def mb(n: float) -> str:
+    return f"{n / 1024 / 1024:.1f} MB"
+
+
+def ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
+
+
+def table_size(table: str) -> Callable[[Population], str]:
+    return lambda p: f"{mb(p.tables[table][0])} ({mb(p.tables[table][1])})"
+
+
+def print_report(small: Population, large: Population, args: argparse.Namespace) -> None:
+    due, rounds = args.due, args.sweeps
+
+    def waiting(p: Population) -> str:
+        real = p.runs + 2  # two warm-up starts
+        return f"{real + p.copied} ({p.copied} copied in SQL)" if p.copied else f"{real}"
+
+    def memory_after(p: Population) -> str:
+        return f"{p.worker_after} (PSS {p.worker_after.pss_kb / 1024:.0f} MB)"
+
+    rows: list[tuple[str, Callable[[Population], str]]] = [
+        ("runs waiting (half timer, half signal)", waiting),
+        (f"start rate, {args.threads} threads of Engine.start", lambda p: f"{p.start_rate:.0f} runs/s"),
+        ("first start -> all waiting", lambda p: f"{p.waiting_s:.1f} s ({p.waiting_rate:.0f} runs/s)"),
+        ("no-op steps republished by the sweeper", lambda p: f"{p.republished}"),
+        ("database size (pg_database_size)", lambda p: mb(p.db_bytes)),
+        *[(f"  {t} total (of which indexes)", table_size(t)) for t in TABLES],
+        ("  steps_wake_due partial index", lambda p: mb(p.wake_index_bytes)),
+        (f"worker RSS, -c {args.concurrency}: at ready", lambda p: f"{p.worker_idle} "
+                                                              f"({p.worker_idle.processes} procs)"),
+        (f"worker RSS, -c {args.concurrency}: at the end", memory_after),
+        ("sweeper RSS: at start -> at the end", lambda p: f"{p.sweeper_idle} -> {p.sweeper_after}"),
+        (f"idle sweeper CPU over {IDLE_WINDOW_S:.0f}s: process / PG", lambda p:
+            f"{100 * p.sweeper_cpu:.1f}% / {100 * p.sweeper_pg_cpu:.1f}% of a core"),
+        (f"sweep_once, {due} due (median of {rounds})", lambda p: ms(p.sweep_due)),
+        (f"sweep_once, 0 due (median of {rounds})", lambda p: ms(p.sweep_empty)),
+        (f"one sweep with {due} due: statements / checkouts", lambda p:
+            f"{p.due_statements} / {p.due_checkouts}"),
+    ]
+    labels = [label for label, _ in rows]
+    cols = [[fmt(p) for _, fmt in rows] for p in (small, large)]
+    width = max(len(x) for x in labels)
+    widths = [max(len(x) for x in col + [p.label]) for col, p in zip(cols, (small, large), strict=True)]
+    print(f"\n{'':<{width}} | {small.label:<{widths[0]}} | {large.label:<{widths[1]}}")
+    print("-" * width + "-|-" + "-" * widths[0] + "-|-" + "-" * widths[1])
+    for i, label in enumerate(labels):
+        print(f"{label:<{width}} | {cols[0][i]:<{widths[0]}} | {cols[1][i]:<{widths[1]}}")
+    n_small, n_large = small.runs + 2 + small.copied, large.runs + 2 + large.copied
+    due_ratio = statistics.median(large.sweep_due) / statistics.median(small.sweep_due)
+    empty_ratio = statistics.median(large.sweep_empty) / statistics.median(small.sweep_empty)
+    print(f"\nsweep ratio, {n_large} waiting / {n_small} waiting: {due_ratio:.2f}x with {due} due, "
+          f"{empty_ratio:.2f}x with none due (each sweep: "
+          f"{', '.join(f'{1000 * v:.0f}' for v in large.sweep_due)} ms vs "
+          f"{', '.join(f'{1000 * v:.0f}' for v in small.sweep_due)} ms)")
+    per_run = (large.db_bytes - small.db_bytes) / max(1, n_large - n_small)
+    print(f"database bytes per waiting run (difference of the two): {per_run / 1024:.2f} KB, "
+          f"so 100,000 waiting runs take about {mb(small.db_bytes + per_run * (100_000 - n_small))}")
+    if large.waiting_rate:
+        print(f"at {large.waiting_rate:.0f} runs/s end to end, 100,000 runs take about "
+              f"{100_000 / large.waiting_rate / 60:.0f} min to start and reach their wait here; "
+              f"starting alone at {large.start_rate:.0f} runs/s, about "
+              f"{100_000 / large.start_rate / 60:.0f} min")
+    for p in (small, large):
+        print(f"\nsweep queries with {p.label} (EXPLAIN, index read):")
+        for line in p.plans:
+            print(f"  {line}")
+        print(f"wakeup query with {p.label} and {due} due (EXPLAIN ANALYZE, BUFFERS):")
+        for line in p.wakeup_plan.splitlines():
+            print(f"  {line}")
+
+
+def _on_alarm(signum: int, _frame: Any) -> None:
+    raise TimeoutError("the bench ran past --timeout; cleaning up")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=100_000,
+                        help="runs started through the worker into the large database")
+    parser.add_argument("--small", type=int, default=1000, help="waiting runs in the small database")
+    parser.add_argument("--due", type=int, default=10, help="steps made due before each measured sweep")
+    parser.add_argument("--sweeps", type=int, default=15, help="measured sweeps per database")
+    parser.add_argument("--threads", type=int, default=4, help="threads calling Engine.start")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (-c)")
+    parser.add_argument("--redispatch-s", type=float, default=600.0,
+                        help="SAGA_REDISPATCH_S for the bench (the default 10 makes the sweeper "
+                             "republish a start burst's backlog again and again)")
+    parser.add_argument("--fill-to", type=int, default=0,
+                        help="after the real runs, copy waiting runs in SQL up to this many in "
+                             "the large database (its sizes, sweeps and sweeper figures then "
+                             "count the copies; start rate and worker figures do not)")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="seconds allowed to start the large database's runs and see them "
+                             "all waiting (default 120 + runs / 10)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds for the whole bench (default deadline + 1200)")
+    args = parser.parse_args(argv)
+    if min(args.runs, args.small, args.due, args.sweeps, args.threads, args.concurrency) < 1 \
+            or args.small >= max(args.runs, args.fill_to):
+        parser.error("need 1 <= --small < --runs (or --fill-to), positive --due, --sweeps, "
+                     "--threads, --concurrency")
+    if args.due * (args.sweeps + 2) > args.small:
+        parser.error("--small too small for --due x (--sweeps + 2) wakeups")
+    deadline = args.deadline or 120 + args.runs / 10
+    timeout = args.timeout or deadline + 1200
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("saga.alerts").setLevel(logging.ERROR)  # each signal timeout alerts
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(int(timeout))
+    atexit.register(Database.drop_all)
+    atexit.register(Worker.stop_all)  # runs first: the processes let go of the databases
+    began = time.monotonic()
+    try:
+        small_db, large_db = Database(f"{args.small} waiting"), Database(
+            f"{max(args.runs, args.fill_to)} waiting")
+        print(f"databases {small_db.name} ({args.small} runs), {large_db.name} ({args.runs} runs"
+              f"{f', filled to {args.fill_to}' if args.fill_to else ''}); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+        with tempfile.TemporaryDirectory(prefix="saga-bench-wait-") as tmp:
+            folder = Path(tmp)
+            small = populate(small_db, args.small, args, folder, 120 + args.small / 10)
+            large = populate(large_db, args.runs, args, folder, deadline, args.fill_to)
+        for db, result in ((small_db, small), (large_db, large)):
+            sizes(db, result)
+        commit_ms = commit_latency(small_db)
+        measure_sweeps([(small_db, small), (large_db, large)], args.due, args.sweeps)
+    finally:
+        signal.alarm(0)
+        Worker.stop_all()
+        Database.drop_all()
+    print_report(small, large, args)
+    print(f"\nPostgreSQL INSERT + COMMIT latency on one connection: median {commit_ms:.1f} ms")
+    print(f"(total {time.monotonic() - began:.0f}s; load average now "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
