@@ -107,6 +107,9 @@ def runs(saga_name: str | None, version: int | None, status: str | None,
 
     if step_status and not step:
         raise click.BadParameter("needs --step", param_hint="--step-status")
+    if version and not saga_name:
+        raise click.BadParameter("needs --saga: versions are numbered per saga",
+                                 param_hint="--version")
     store = Store(_settings().database_url)
     try:
         page, more = store.list_runs(

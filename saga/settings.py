@@ -33,6 +33,7 @@ class Settings:
     alert_hook: str = ""  # "module:function" called with the same alert
     visibility_timeout_s: int = 3600  # Redis: redelivery of unacknowledged messages
     consumer_timeout_s: int = 1800  # RabbitMQ's consumer_timeout, as the server is configured
+    retention_days: float = 0  # finished runs older than this are pruned (0: kept forever)
     clock_offset_file: str = ""  # tests only: a file of seconds added to the database clock
 
     @classmethod

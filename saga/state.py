@@ -444,7 +444,8 @@ def transitions(old: Run | None, new: Run) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for key, step in new.steps.items():
         before = old.steps.get(key) if old else None
-        if before is not None and before.status is step.status:
+        if before is not None and (before.status, before.attempt, before.error) == (
+                step.status, step.attempt, step.error):
             continue
         prefix = "step" if step.kind is Kind.FORWARD else "compensation"
         data: dict[str, Any] = {}

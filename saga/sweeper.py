@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 from saga.engine import Engine
 from saga.errors import RunParked
@@ -72,10 +73,21 @@ def sweep_once(engine: Engine) -> Sweep:
                  if _advance(engine, d.run_id, QueueTimedOut(d.step, d.kind))]
     overdue = [run_id for run_id in engine.store.deadlines_due(limit)
                if _advance(engine, run_id, DeadlinePassed())]
+    if engine.settings.retention_days:
+        _prune(engine)
     schedule_runs = sum(f.created for f in fire_schedules(engine))
     backfill_runs = feed_backfills(engine)
     return Sweep(len(republished), len(expired), len(fired), len(unstarted), len(overdue),
                  len(woken), schedule_runs, backfill_runs)
+
+
+def _prune(engine: Engine) -> int:
+    """Delete finished runs past the retention period, one batch per sweep (failed ones stay)."""
+    cutoff = engine.store.now() - timedelta(days=engine.settings.retention_days)
+    pruned = engine.store.prune_finished(cutoff, engine.settings.sweep_batch)
+    if pruned:
+        log.info("pruned %d runs finished before %s", pruned, cutoff.isoformat())
+    return pruned
 
 
 def _advance(engine: Engine, run_id: str, event: Event) -> bool:

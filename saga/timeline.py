@@ -197,7 +197,7 @@ def render(run: dict[str, Any], events: list[dict[str, Any]], tz: tzinfo | None 
             mine = [a for a in tried if (a.step, a.kind) == (step.name, step.kind)]
             prefix = f"  {label:<12} {step.name:<{width}}"
             if not mine:
-                lines.append(f"{prefix}  {'-':>3}  no attempt ({step.status})")
+                lines.append(f"{prefix}  {'-':<4}  no attempt ({step.status})")
             for a in mine:
                 lines.append(f"{prefix}  {_attempt_line(a, day, tz)}")
                 prefix = " " * len(prefix)
@@ -269,7 +269,7 @@ def _attempt_line(a: Attempt, day: Any, tz: tzinfo | None) -> str:
     if a.retry_at:
         outcome += f" at {_clock(datetime.fromisoformat(a.retry_at), day, tz)}"
     label = "wait" if a.wait else f"#{a.attempt if a.attempt is not None else '?':<2}"
-    parts = [f"{label:<3}",
+    parts = [f"{label:<4}",
              f"{_clock(a.started_at, day, tz)} → {end}", f"{took:>9}",
              f"{a.worker or '-'}", outcome]
     if a.error:

@@ -31,6 +31,11 @@ runs = sa.Table(
     sa.Index("runs_created", "created_at", "id"),
     sa.Index("runs_saga_created", "saga", "created_at", "id"),
     sa.Index("runs_status_created", "status", "created_at", "id"),
+    sa.Index("runs_saga_version_created", "saga", "version", "created_at", "id"),
+    sa.Index("runs_finished", "finished_at", postgresql_where=sa.text("finished_at IS NOT NULL"),
+             sqlite_where=sa.text("finished_at IS NOT NULL")),
+    sa.Index("runs_errored", "created_at", "id", postgresql_where=sa.text("error IS NOT NULL"),
+             sqlite_where=sa.text("error IS NOT NULL")),
     sa.Index("runs_deadline_due", "deadline_at",
              postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'")),
 )
@@ -71,6 +76,9 @@ steps = sa.Table(
     sa.Index("steps_start_due", "start_by",
              postgresql_where=sa.text("status = 'queued' AND start_by IS NOT NULL"),
              sqlite_where=sa.text("status = 'queued' AND start_by IS NOT NULL")),
+    sa.Index("steps_name_status", "name", "kind", "status"),
+    sa.Index("steps_errored", "run_id", postgresql_where=sa.text("error IS NOT NULL"),
+             sqlite_where=sa.text("error IS NOT NULL")),
 )
 
 events = sa.Table(

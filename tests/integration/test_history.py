@@ -440,6 +440,7 @@ def test_cli_runs_filters_by_step_and_pages_with_a_cursor(db_url, seeded):
     (["--since", "25:99"], "'25:99' is not a time"),
     (["--until", "tomorrow"], "is not a time: give HH:MM"),
     (["--step-status", "failed"], "needs --step"),
+    (["--version", "2"], "needs --saga"),
     (["--status", "lost"], "'lost' is not one of"),
 ])
 def test_cli_runs_refuses_bad_options_clearly(db_url, args, message):

@@ -462,7 +462,9 @@ def test_a_retry_does_not_accept_the_previous_attempts_result():
 # -- the compensation plan, directly ----------------------------------------------------------
 
 def forward(name: str, status: StepStatus, attempt: int) -> tuple[tuple[str, Kind], StepState]:
-    return (name, FWD), StepState(name, FWD, status, attempt=attempt, fence=attempt)
+    """A recorded forward step; `attempt` claims so far (each claim records started_at)."""
+    return (name, FWD), StepState(name, FWD, status, attempt=attempt, fence=attempt,
+                                  started_at=T0 if attempt else None)
 
 
 @pytest.mark.parametrize(("recorded", "has_compensation", "needed"), [

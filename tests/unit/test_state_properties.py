@@ -1,12 +1,4 @@
-"""Property tests: random saga shapes driven through a simulated world of workers and sweeps.
-
-Each example builds a saga (sequences and parallel groups, 1-6 steps, random compensations
-and retry policies) and plays a random history against `saga.state`: workers claim queued
-steps (as the store does in SQL), report successes and failures under their fence, leases
-expire, retries fall due, and stale or duplicate events arrive. Every event is checked
-against the protocol's invariants; at the end the world is driven to quiescence and the
-run must have reached the terminal status its history calls for.
-"""
+"""Property tests: random sagas driven through a simulated world of workers and sweeps."""
 
 from __future__ import annotations
 

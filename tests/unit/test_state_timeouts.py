@@ -1,10 +1,9 @@
-"""Tables for the state machine's clocks and people: time limits, parking, schedule-to-start,
-the saga deadline, retry after failure, cancellation, durable timers and signals."""
+"""State tables for time limits, parking, schedule-to-start, deadlines, repair and cancel."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from state_script import COMP, FWD, ONCE, T0, cmds, dispatch, play, step, view
@@ -20,7 +19,6 @@ from saga.state import (
     RetryRequested,
     RunStatus,
     SignalReceived,
-    WakeUpDue,
 )
 from saga.status import StepStatus
 
@@ -193,32 +191,6 @@ def test_retry_requested_changes_nothing_unless_the_run_failed(script):
     assert state.advance(saga, run, RetryRequested(), T0) == (run, [])
 
 
-def test_retrying_a_failed_compensation_gives_it_a_fresh_budget():
-    saga = Saga("s", steps=[step("a", comp_retry=ONCE), step("b", comp=False)])
-    run, _ = play(saga, "a ok; b fail!; ~a fail")
-    assert run.status is RunStatus.FAILED
-    error = run.error
-    run, commands = state.advance(saga, run, RetryRequested(), T0 + timedelta(hours=1))
-    undo = run.step("a", COMP)
-    assert (run.status, run.finished_at, run.error) == (RunStatus.COMPENSATING, None, error)
-    assert (undo.status, undo.attempt, undo.fence) == (StepStatus.QUEUED, 0, 1)
-    assert commands == cmds("~a")
-    assert state.advance(saga, run, RetryRequested(), T0) == (run, [])
-    run, _ = play(saga, "~a ok", run)
-    assert run.status is RunStatus.COMPENSATED
-
-
-def test_retrying_a_parked_run_runs_the_parked_step_again():
-    saga = Saga("s", steps=[step("a"), step("b", on_timeout="park"), step("c")])
-    run, _ = play(saga, "a ok; b expire")
-    run, commands = state.advance(saga, run, RetryRequested(), T0 + timedelta(hours=1))
-    assert (run.status, run.error, run.finished_at) == (RunStatus.RUNNING, None, None)
-    assert (run.step("b").status, run.step("b").attempt) == (StepStatus.QUEUED, 0)
-    assert commands == cmds("b")
-    run, _ = play(saga, "b ok; c ok", run)
-    assert run.status is RunStatus.SUCCEEDED
-
-
 def test_retrying_a_failed_run_compensates_a_step_that_settled_after_it_failed():
     saga = Saga("s", steps=[Parallel(step("x"), [step("c1", comp_retry=ONCE),
                                                  step("c2", comp=False)])])
@@ -250,32 +222,11 @@ def test_retrying_a_parked_run_resumes_it_whatever_its_siblings_did_meanwhile(wh
 
 # -- cancellation --------------------------------------------------------------------------------------
 
-def test_cancel_settles_what_runs_compensates_what_was_done_and_ends_cancelled():
-    saga = Saga("s", steps=[step("a"), Parallel(step("b"), step("c"))])
-    run, _ = play(saga, "a ok; b claim")
-    run, commands = state.advance(saga, run, CancelRequested(), T0)
-    assert (run.status, run.error, run.cancel_requested) == (
-        RunStatus.COMPENSATING, "cancelled on request", True)
-    assert view(run) == {"a": "succeeded", "b": "running", "c": "cancelled"}
-    assert commands == []
-    run, commands = play(saga, "b ok", run)
-    assert commands == cmds("~b")
-    run, _ = play(saga, "~b ok; ~a ok", run)
-    assert run.status is RunStatus.CANCELLED and run.status.terminal
-
-
 def test_cancel_with_nothing_done_ends_cancelled_at_once():
     saga = Saga("s", steps=[step("a"), step("b")])
     run, _ = play(saga, "")
     run, commands = state.advance(saga, run, CancelRequested(), T0)
     assert (run.status, view(run), commands) == (RunStatus.CANCELLED, {"a": "cancelled"}, [])
-
-
-@pytest.mark.parametrize("script", ["a ok; b fail!", "a ok; b ok"], ids=["compensating", "done"])
-def test_cancel_changes_nothing_once_the_run_left_running(script):
-    saga = Saga("s", steps=[step("a"), step("b")])
-    run, _ = play(saga, script)
-    assert state.advance(saga, run, CancelRequested(), T0) == (run, [])
 
 
 def test_a_cancelled_run_whose_compensation_gives_up_is_failed():
@@ -288,53 +239,19 @@ def test_a_cancelled_run_whose_compensation_gives_up_is_failed():
 
 # -- durable timers --------------------------------------------------------------------------------------
 
-def test_a_timer_waits_without_a_worker_and_wakes_at_its_time():
-    saga = Saga("s", steps=[step("a"), Wait("cool_off", duration=timedelta(minutes=20)),
-                            step("b")])
-    run, commands = play(saga, "a ok")
-    waiting = run.step("cool_off")
-    assert (waiting.status, waiting.wake_at, waiting.started_at) == (
-        StepStatus.WAITING, T0 + timedelta(minutes=20), T0)
-    assert commands == []
-    early = T0 + timedelta(minutes=19)
-    assert state.advance(saga, run, WakeUpDue("cool_off"), early) == (run, [])
-    run, commands = play(saga, "cool_off wake", run)
-    assert run.step("cool_off").status is StepStatus.SUCCEEDED
-    assert run.step("cool_off").output == {"woke_at": (T0 + timedelta(minutes=20)).isoformat()}
-    assert commands == cmds("b")
-    assert state.advance(saga, run, WakeUpDue("cool_off"), T0 + timedelta(days=1)) == (run, [])
-
-
-def test_a_zero_timer_ends_at_once_and_frees_its_successor():
-    saga = Saga("s", steps=[Wait("now", duration=timedelta(0)), step("b")])
-    run, commands = play(saga, "")
-    assert view(run) == {"now": "succeeded", "b": "queued"}
-    assert commands == cmds("b")
-
-
-@pytest.mark.parametrize(("until", "status", "wake_at"), [
-    pytest.param(lambda input, outputs: datetime.fromisoformat(input["at"]), "waiting",
-                 datetime(2024, 5, 2, tzinfo=UTC), id="future"),
-    pytest.param(lambda input, outputs: datetime(2020, 1, 1, tzinfo=UTC), "succeeded", None,
-                 id="past"),
-    pytest.param(lambda input, outputs: datetime(2030, 1, 1), "failed", None, id="naive"),
-    pytest.param(lambda input, outputs: input["missing"], "failed", None, id="raises"),
-])
-def test_a_timer_until_a_computed_time(until, status, wake_at):
-    saga = Saga("s", steps=[step("a"), Wait("trial", until=until), step("b")])
-    run, _ = state.start(saga, "r", {"at": "2024-05-02T00:00:00+00:00"}, T0)
-    run, _ = play(saga, "a ok", run)
-    assert view(run)["trial"] == status
-    assert run.step("trial").wake_at == wake_at
-    if status == "failed":
-        assert run.status is RunStatus.COMPENSATING
-        assert "until() failed" in run.step("trial").error
-
-
 def test_a_waiting_timer_is_cancelled_when_the_run_turns_to_compensation():
     saga = Saga("s", steps=[Parallel(Wait("hold", duration=timedelta(days=1)), step("b"))])
     run, _ = play(saga, "b fail!")
     assert view(run)["hold"] == "cancelled" and run.step("hold").wake_at is None
+
+
+def test_a_timer_until_a_naive_time_fails_the_step():
+    saga = Saga("s", steps=[step("a"), Wait("trial", until=lambda i, o: datetime(2030, 1, 1)),
+                            step("b")])
+    run, commands = play(saga, "a ok")
+    assert (view(run)["trial"], run.status) == ("failed", RunStatus.COMPENSATING)
+    assert "aware datetime" in run.step("trial").error
+    assert dispatch(commands) == cmds("~a")
 
 
 # -- signals -------------------------------------------------------------------------------------------------
@@ -348,49 +265,12 @@ def signalled(run: state.Run, name: str, payload, id: int = 1) -> state.Run:
     return replace(run, signals=(*run.signals, PendingSignal(id, name, payload)))
 
 
-def test_a_signal_wait_ends_with_the_signals_payload():
-    run, _ = play(SHIPPING, "a ok")
-    assert run.step("label").status is StepStatus.WAITING
-    assert run.step("label").wake_at == T0 + timedelta(days=2)
-    run, commands = state.advance(SHIPPING, signalled(run, "label", {"tracking": "Z1"}),
-                                  SignalReceived("label"), T0)
-    assert run.step("label").output == {"tracking": "Z1"}
-    assert run.signals[0].consumed_by == "label"
-    assert commands == cmds("b")
-    assert state.advance(SHIPPING, run, SignalReceived("label"), T0) == (run, [])
-
-
-def test_a_signal_that_arrives_before_the_wait_is_kept_for_it():
-    run, _ = play(SHIPPING, "a claim")
-    run, commands = state.advance(SHIPPING, signalled(run, "label", "early"),
-                                  SignalReceived("label"), T0)
-    assert "label" not in view(run) and commands == []
-    run, commands = play(SHIPPING, "a ok", run)
-    assert run.step("label").output == "early"
-    assert commands == cmds("b")
-
-
 def test_a_signal_of_another_name_is_not_consumed():
     run, _ = play(SHIPPING, "a ok")
     run = signalled(run, "refund", {})
     new, commands = state.advance(SHIPPING, run, SignalReceived("refund"), T0)
     assert new.step("label").status is StepStatus.WAITING and commands == []
     assert new.signals[0].consumed_by is None
-
-
-@pytest.mark.parametrize(("on_timeout", "label", "run_status", "commands"), [
-    ("compensate", "failed", RunStatus.COMPENSATING, cmds("~a")),
-    ("continue", "succeeded", RunStatus.RUNNING, cmds("b")),
-])
-def test_a_signal_wait_that_times_out(on_timeout, label, run_status, commands):
-    saga = Saga("s", steps=[step("a"), WaitForSignal("label", timeout=timedelta(hours=1),
-                                                     on_timeout=on_timeout), step("b")])
-    run, out = play(saga, "a ok; label wake")
-    assert (view(run)["label"], run.status, dispatch(out)) == (label, run_status, commands)
-    if on_timeout == "continue":
-        assert run.step("label").output == {"timed_out": True}
-    else:
-        assert alerts(out) == [("timeout", "label")]
 
 
 def test_transitions_mark_a_waiting_step_with_its_wake_time():

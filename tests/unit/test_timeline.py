@@ -226,11 +226,11 @@ def test_render_shows_the_header_and_each_attempt_with_times_worker_outcome_and_
     assert lines[1] == ("  started  2025-05-01 03:00:00.000 UTC  "
                         "finished 2025-05-01 03:00:00.900 UTC  (900 ms)")
     assert lines[2] == "  error    step 'charge' failed: declined"
-    assert "step         reserve  #1   03:00:00.010 → 03:00:00.080      70 ms  w1  succeeded" in text
-    assert ("#1   03:00:00.100 → 03:00:00.150      50 ms  w2  failed, will retry at "
+    assert "step         reserve  #1    03:00:00.010 → 03:00:00.080      70 ms  w1  succeeded" in text
+    assert ("#1    03:00:00.100 → 03:00:00.150      50 ms  w2  failed, will retry at "
             "03:00:00.350  error: Timeout: bank") in text
-    assert "#2   03:00:00.400 → 03:00:00.450      50 ms  w1  failed  error: declined" in text
-    assert "compensation reserve  #1   03:00:00.600 → 03:00:00.900     300 ms  w2  succeeded" in text
+    assert "#2    03:00:00.400 → 03:00:00.450      50 ms  w1  failed  error: declined" in text
+    assert "compensation reserve  #1    03:00:00.600 → 03:00:00.900     300 ms  w2  succeeded" in text
 
 
 def test_render_lists_a_step_that_never_ran_and_dates_another_day():
@@ -239,8 +239,8 @@ def test_render_lists_a_step_that_never_ran_and_dates_another_day():
                ev(86_400_000, "step.running", "a", 1, "w", fence=1),
                ev(86_400_000, "step.cancelled", "b", 0)]
     text = render(run, history, tz=UTC)
-    assert "#1   2025-05-02 03:00:00.000 → …          -  w  running" in text
-    assert "b    -  no attempt (cancelled)" in text
+    assert "#1    2025-05-02 03:00:00.000 → …          -  w  running" in text
+    assert "step         b  -     no attempt (cancelled)" in text
 
 
 def test_render_state_lists_the_run_and_each_step_then():
