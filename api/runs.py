@@ -98,15 +98,15 @@ def list_runs(query: dict[str, Any]):
 def retry_run(run_id: str):
     """Resume a failed run from where it stopped
 
-    A run that ended `failed` (a compensation gave up, or a step was parked after a
-    timeout) gets a fresh attempt budget for that compensation or step, once its cause
-    is fixed.
+    A run that ended `failed` (a compensation gave up) or is parked (a step timed out
+    under `on_timeout="park"`) gets a fresh attempt budget for that compensation or step,
+    once its cause is fixed.
     """
     engine = system().engine
     run = engine.store.get_run(_checked(run_id))
-    if run["status"] != "failed":
-        raise Problem(409, f"run {run_id} is {run['status']}; only a failed run can be retried",
-                      "run-not-failed")
+    if run["status"] != "failed" and not run["parked"]:
+        raise Problem(409, f"run {run_id} is {run['status']}; only a failed or parked run can "
+                      "be retried", "run-not-failed")
     if not engine.retry(run_id):
         raise Problem(409, f"run {run_id} has no failed compensation or parked step to resume",
                       "nothing-to-retry")

@@ -56,9 +56,10 @@ def retry(run_id: str) -> None:
 
     engine = _system(_settings()).engine
     try:
-        status = engine.store.get_run(run_id)["status"]
-        if status != "failed":
-            raise click.ClickException(f"run {run_id} is {status}; only a failed run can be retried")
+        run = engine.store.get_run(run_id)
+        if run["status"] != "failed" and not run["parked"]:
+            raise click.ClickException(f"run {run_id} is {run['status']}; only a failed or "
+                                       "parked run can be retried")
         if not engine.retry(run_id):
             raise click.ClickException(f"run {run_id} has nothing to resume")
     except RunNotFound as exc:

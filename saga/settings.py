@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 PREFIX = "SAGA_"
+POSITIVE = ("lease_s", "sweep_interval_s", "redispatch_s", "sweep_batch", "max_body_bytes",
+            "worker_concurrency", "visibility_timeout_s", "consumer_timeout_s")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,15 @@ class Settings:
             values[f.name] = _parse(f.name, f.type, raw)
         values.update(overrides)
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        for name in POSITIVE:
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{PREFIX}{name.upper()} must be a positive number, not {value}")
+        if not math.isfinite(self.retention_days) or self.retention_days < 0:
+            raise ValueError(f"{PREFIX}RETENTION_DAYS must be 0 (keep) or more days, "
+                             f"not {self.retention_days}")
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -68,6 +68,7 @@ class Run:
     deadline_at: datetime | None = None
     signals: tuple[PendingSignal, ...] = ()
     cancel_requested: bool = False
+    parked: str | None = None  # why the run waits for a person (or for its version to load)
     shape: str = ""  # the definition's shape hash when the run started
 
     def step(self, name: str, kind: Kind = Kind.FORWARD) -> StepState | None:
@@ -256,9 +257,8 @@ def _fail_attempt(saga: Saga, run: Run, step: StepState, error: str, retryable: 
                 parked = replace(step, status=StepStatus.PARKED, error=error, finished_at=now,
                                  lease_expires_at=None)
                 reason = f"step {step.name!r} parked after a timeout: {error}"
-                run = replace(_put(run, parked), status=RunStatus.FAILED, error=reason,
-                              finished_at=now)
-                return run, [*alerts, Alert("failed", reason, step.name)]
+                run, commands = plan(saga, replace(_put(run, parked), parked=reason), now)
+                return run, [*alerts, Alert("parked", reason, step.name), *commands]
             retryable = retryable and definition.on_timeout == "retry"
     policy = definition.retry if step.kind is Kind.FORWARD else definition.compensate_retry
     may_retry = (retryable and step.attempt < policy.attempts and not run.status.terminal
@@ -297,21 +297,20 @@ def _wake(saga: Saga, run: Run, step: StepState, now: datetime) -> tuple[Run, li
 
 
 def _resume(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
-    """Put a failed run back to work: its given-up compensations, or its parked step."""
-    if run.status is not RunStatus.FAILED:
+    """Put a run back to work: a failed run's given-up compensations, or parked steps."""
+    if run.status is RunStatus.FAILED:
+        resumed = [s for s in run.steps.values()
+                   if s.kind is Kind.COMPENSATE and s.status is StepStatus.FAILED]
+        status = RunStatus.COMPENSATING
+    else:
+        resumed = [s for s in run.steps.values() if s.status is StepStatus.PARKED]
+        status = run.status
+    if not resumed or run.status.terminal and status is not RunStatus.COMPENSATING:
         return run, []
     steps = dict(run.steps)
-    resumed = [s for s in run.steps.values()
-               if (s.kind is Kind.COMPENSATE and s.status is StepStatus.FAILED)
-               or (s.kind is Kind.FORWARD and s.status is StepStatus.PARKED)]
-    if not resumed:
-        return run, []
     for s in resumed:  # a fresh attempt budget; the fence keeps growing
         steps[(s.name, s.kind)] = _queued(saga, s, now, attempt=0)
-    compensating = any(s.kind is Kind.COMPENSATE for s in resumed)
-    status = RunStatus.COMPENSATING if compensating else RunStatus.RUNNING
-    run = replace(run, steps=steps, status=status, finished_at=None,
-                  error=run.error if compensating else None)
+    run = replace(run, steps=steps, status=status, finished_at=None, parked=None)
     run, commands = plan(saga, run, now)
     return run, [*(_command(s.name, s.kind) for s in resumed), *commands]
 
@@ -420,6 +419,8 @@ def _begin_compensation(run: Run, reason: str, now: datetime) -> Run:
 def _plan_compensation(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
     given_up = [s for s in run.steps.values()
                 if s.kind is Kind.COMPENSATE and s.status is StepStatus.FAILED]
+    if given_up and any(s.status.active for s in run.steps.values()):
+        return run, []  # start nothing new, but let what is in flight settle first
     if given_up:
         reason = f"compensation of {given_up[0].name!r} failed: {given_up[0].error}"
         if run.error and reason not in run.error:
@@ -457,6 +458,10 @@ def transitions(old: Run | None, new: Run) -> list[dict[str, Any]]:
             data["wake_at"] = step.wake_at.isoformat()
         entries.append({"type": f"{prefix}.{step.status}", "step": step.name,
                         "kind": str(step.kind), "attempt": step.attempt, "data": data})
+    if old is not None and old.parked != new.parked:
+        entries.append({"type": "run.parked" if new.parked else "run.unparked", "step": None,
+                        "kind": None, "attempt": None,
+                        "data": {"reason": new.parked} if new.parked else {}})
     if old is None or old.status is not new.status:
         kind = "started" if old is None else str(new.status)
         entries.insert(0 if old is None else len(entries), {"type": f"run.{kind}", "step": None, "kind": None,

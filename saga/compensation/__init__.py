@@ -23,7 +23,9 @@ def needs_compensation(saga: Saga, steps: Mapping[StepKey, StepState], name: str
     forward = steps.get((name, Kind.FORWARD))
     if forward is None or saga.by_name[name].compensate is None:
         return False
-    return forward.attempt > 0 and not forward.status.active
+    # started_at is set when a worker claims the step: one that only timed out in the
+    # queue never ran, so there is nothing to undo.
+    return forward.started_at is not None and not forward.status.active
 
 
 def ready(saga: Saga, steps: Mapping[StepKey, StepState]) -> list[str]:

@@ -57,8 +57,11 @@ class Retry:
 
     def delay(self, attempt: int, spread: float = 0.5) -> timedelta:
         """Wait after failed `attempt` (1-based); `spread` in [0, 1) picks the jitter."""
-        base = self.first_delay.total_seconds() * self.multiplier ** (attempt - 1)
-        base = min(base, self.max_delay.total_seconds())
+        first, cap = self.first_delay.total_seconds(), self.max_delay.total_seconds()
+        try:
+            base = min(first * self.multiplier ** (attempt - 1), cap)
+        except OverflowError:  # a long policy's wait is simply the cap
+            base = cap
         return timedelta(seconds=max(0.0, base * (1 + self.jitter * (2 * spread - 1))))
 
     def retries(self, error: BaseException) -> bool:
@@ -281,6 +284,9 @@ def _compile(node: Node, deps: frozenset[str], steps: dict[str, Step],
 def _check_step(step: Step) -> None:
     if not isinstance(step.name, str) or not step.name.isidentifier():
         raise DefinitionError(f"step name {step.name!r} must be an identifier")
+    if isinstance(step.after, str):
+        raise DefinitionError(f"step {step.name!r}: after= takes a tuple of step names, "
+                              f"e.g. after=({step.after!r},)")
     if step.wait is not None:
         _check_wait(step)
     elif step.action is None:

@@ -198,7 +198,10 @@ class Store(Reads, ScheduleStore):
             conn.execute(events.insert().values(
                 run_id=run_id, at=now, type=f"{prefix}.running", step=step, kind=str(kind),
                 attempt=row.attempt, worker=owner, data={"fence": row.fence}))
-            if run.parked:  # its version is loaded again: say so once
+            if run.parked and not conn.execute(sa.select(steps.c.name).where(
+                    steps.c.run_id == run_id, steps.c.status == StepStatus.PARKED)).first():
+                # Parked for its version, which is loaded again (a parked step waits for
+                # a person instead, and keeps the flag).
                 conn.execute(runs.update().where(runs.c.id == run_id).values(parked=None))
                 self.record_event(conn, run_id, now, "run.unparked", worker=owner)
             outputs = dict(conn.execute(
@@ -304,11 +307,12 @@ class Store(Reads, ScheduleStore):
                 steps.c.fence == before.fence).values(**values))
             if done.rowcount != 1:
                 raise Conflict(f"step {step.name} of run {new.id} changed under the lock")
-        if old is not None and (old.status, old.error, old.finished_at, old.cancel_requested) != (
-                new.status, new.error, new.finished_at, new.cancel_requested):
+        if old is not None and (old.status, old.error, old.finished_at, old.cancel_requested,
+                                old.parked) != (new.status, new.error, new.finished_at,
+                                                new.cancel_requested, new.parked):
             conn.execute(runs.update().where(runs.c.id == new.id).values(
                 status=str(new.status), error=new.error, finished_at=new.finished_at,
-                cancel_requested=new.cancel_requested, updated_at=now))
+                cancel_requested=new.cancel_requested, parked=new.parked, updated_at=now))
         before = {s.id: s for s in old.signals} if old else {}
         for signal in new.signals:
             if signal.consumed_by and before.get(signal.id) != signal:

@@ -22,7 +22,8 @@ def to_run(row: Any, step_states: list[StepState],
                steps={(s.name, s.kind): s for s in step_states}, error=row["error"],
                created_at=aware(row["created_at"]), finished_at=aware(row["finished_at"]),
                deadline_at=aware(row["deadline_at"]), signals=signals,
-               cancel_requested=bool(row["cancel_requested"]), shape=row["shape"])
+               cancel_requested=bool(row["cancel_requested"]), shape=row["shape"],
+               parked=row["parked"])
 
 
 def to_step(row: Any) -> StepState:

@@ -566,10 +566,10 @@ def test_backoff_longer_than_the_redelivery_timeout_waits_in_postgres_not_the_br
     # Past the 2 s visibility timeout, still waiting, and the broker holds nothing for it:
     # no ETA message to be redelivered, neither queued nor unacknowledged.
     wait_for(lambda: stack.query("SELECT clock_timestamp() > :t", t=failed_at + timedelta(
-        seconds=VISIBILITY_TIMEOUT_S + 0.5))[0][0], 10, "the visibility timeout to pass")
-    assert step(stack, run_id, "charge_card").status == "retry_wait"
+        seconds=VISIBILITY_TIMEOUT_S + 0.3))[0][0], 10, "the visibility timeout to pass")
     assert queued_messages(stack) == 0, "the wait must not sit in the broker"
     assert unacknowledged(stack) == 0, "no message of the run may wait unacknowledged"
+    assert step(stack, run_id, "charge_card").status == "retry_wait", "checked while waiting"
 
     assert wait_terminal(stack, [run_id]) == {run_id: "succeeded"}
     second = stack.query("SELECT at FROM events WHERE run_id = :r AND step = 'charge_card' "
@@ -582,7 +582,8 @@ def test_backoff_longer_than_the_redelivery_timeout_waits_in_postgres_not_the_br
     assert len(executions.read_text().splitlines()) == 2
     fired = sum(int(n) for n in re.findall(r"retries_fired=(\d+)", sweeper.output()))
     assert fired == 1, f"the sweeper fired {fired} retries"
-    assert deliveries(stack) <= publishes(stack, [run_id]), "a message was delivered twice"
+    delivered, published = deliveries(stack), publishes(stack, [run_id])
+    assert 0 < delivered <= published, f"{delivered} deliveries of {published} messages"
     assert actions(stack, order["order_id"]) == ["reserve", "charge", "ship"]
     invariants.check(stack, [run_id], REGISTRY)
     report(stack, "4 s backoff past a 2 s visibility timeout",

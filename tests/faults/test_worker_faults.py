@@ -155,44 +155,56 @@ def effects_by_key(stack: Stack, order_id: str) -> Counter:
 
 # -- 1. a worker child killed mid-step ---------------------------------------------------
 
-@pytest.mark.parametrize("point", ["before_effect", "after_effect", "before_commit"])
-def test_child_killed_mid_step_is_retried_after_its_lease_and_applies_effects_once(
-        stack: Stack, point: str, registry: Registry) -> None:
-    """Given a worker whose child SIGKILLs itself at `point` of charge_card (once),
-    when an order is placed,
-    then the killed attempt fails only when its lease expires, the sweeper retries it
-    within lease + sweep interval + slack, the run succeeds with charge_card on attempt 2,
-    and the card is charged once."""
-    [worker] = start(stack, dict(concurrency=2, env={"SAGA_FAULTS": f"{point}:charge_card:once"}))
-    run_id = stack.post_order()
-    marker = stack.folder / f"fault-{point}-charge_card"
-    wait_for(marker.exists, 30, f"the worker child to crash at {point}")
-    crashed_at = mtime(marker)
+# Where a worker child SIGKILLs itself, once each: before the effect, after the effect but
+# before the commit, and inside the commit (the run row locked, the transaction open).
+CRASHES = {"before_effect": "reserve_inventory", "after_effect": "charge_card",
+           "before_commit": "create_shipment"}
 
-    run = stack.wait_terminal(run_id, 30)
-    assert run["status"] == "succeeded", run
-    assert step_of(run, "charge_card")["attempts"] == 2
+
+def test_children_killed_before_after_and_during_a_commit_are_retried_after_their_leases(
+        stack: Stack, registry: Registry) -> None:
+    """Given a worker whose child SIGKILLs itself once at each point of CRASHES (before
+    reserve_inventory's effect, after charge_card's effect, inside create_shipment's commit),
+    when three orders are placed at once,
+    then each killed attempt fails only when its lease has expired, the sweeper retries it
+    within lease + sweep interval + slack, every order succeeds with each killed step on its
+    second attempt (every other step on its first), and every effect is applied once."""
+    faults = ",".join(f"{point}:{step}:once" for point, step in CRASHES.items())
+    [worker] = start(stack, dict(concurrency=2, env={"SAGA_FAULTS": faults}))
+    run_ids = [stack.post_order() for _ in range(3)]
+    runs = {run_id: stack.wait_terminal(run_id, 45) for run_id in run_ids}
+    assert all(run["status"] == "succeeded" for run in runs.values()), runs
     assert worker.alive(), "the pool replaces a killed child; the worker itself stays up"
-    assert step_history(stack, run_id, "charge_card") == [
-        ("step.queued", 0), ("step.running", 1), ("step.retry_wait", 1), ("step.queued", 1),
-        ("step.running", 2), ("step.succeeded", 2)]
-    first = rerun_event(stack, run_id, "charge_card", 1)
-    failed = events(stack, run_id, "charge_card", "step.retry_wait")[0]
-    assert "no heartbeat within the lease" in failed.data["error"]
-    held = (failed.at - first.at).total_seconds()
-    assert held >= LEASE_S, f"the attempt was failed {held:.2f}s after its claim, before its lease"
-    detected = (failed.at - crashed_at).total_seconds()
-    assert detected <= LEASE_S + SWEEP_S + SLACK_S, f"lease expiry noticed after {detected:.2f}s"
-    retried = rerun_event(stack, run_id, "charge_card", 2)
-    recovery = (retried.at - crashed_at).total_seconds()
-    bound = LEASE_S + SWEEP_S + SLACK_S
-    what = f"[{broker(stack)}] child killed {point} (attempt failed after {detected:.2f}s)"
-    assert recovery <= bound, report(what, recovery, bound)
-    report(what, recovery, bound)
 
-    order_id = run["input"]["order_id"]
-    assert [action for action, _ in stack.effects(order_id)] == ["reserve", "charge", "ship"]
-    invariants.check(stack, [run_id], registry)
+    for point, step in CRASHES.items():
+        marker = stack.folder / f"fault-{point}-{step}"
+        assert marker.exists(), f"no child crashed at {point} of {step}"
+        crashed_at = mtime(marker)
+        attempts = {run_id: step_of(run, step)["attempts"] for run_id, run in runs.items()}
+        [run_id] = [r for r, n in attempts.items() if n == 2]
+        assert sorted(attempts.values()) == [1, 1, 2], (step, attempts)
+        assert step_history(stack, run_id, step) == [
+            ("step.queued", 0), ("step.running", 1), ("step.retry_wait", 1),
+            ("step.queued", 1), ("step.running", 2), ("step.succeeded", 2)]
+        first = rerun_event(stack, run_id, step, 1)
+        failed = events(stack, run_id, step, "step.retry_wait")[0]
+        assert "no heartbeat within the lease" in failed.data["error"]
+        held = (failed.at - first.at).total_seconds()
+        assert held >= LEASE_S, f"{step} failed {held:.2f}s after its claim, before its lease"
+        detected = (failed.at - crashed_at).total_seconds()
+        assert detected <= LEASE_S + SWEEP_S + SLACK_S, f"{step}: noticed after {detected:.2f}s"
+        retried = rerun_event(stack, run_id, step, 2)
+        recovery = (retried.at - crashed_at).total_seconds()
+        bound = LEASE_S + SWEEP_S + SLACK_S
+        what = (f"[{broker(stack)}] child killed {point} of {step} "
+                f"(attempt failed after {detected:.2f}s)")
+        assert recovery <= bound, report(what, recovery, bound)
+        report(what, recovery, bound)
+
+    for run in runs.values():
+        effects = stack.effects(run["input"]["order_id"])
+        assert [action for action, _ in effects] == ["reserve", "charge", "ship"], effects
+    invariants.check(stack, run_ids, registry)
 
 
 # -- 2. the whole worker killed while it holds messages -------------------------------------
@@ -453,35 +465,35 @@ def sweeper_totals(process: Any) -> Counter:
 @pytest.mark.slow
 def test_two_sweepers_racing_fire_each_retry_and_expire_each_lease_once(
         stack: Stack, registry: Registry) -> None:
-    """Given two sweepers, and twelve runs whose first step fails at once (their retries
-    fall due together) and whose `hold` step is then held by a worker of concurrency 4,
-    when that worker is SIGKILLed whole (four leases expire together, their retries then
+    """Given two sweepers, and eight runs whose first step fails at once (their retries
+    fall due together) and whose `hold` step is then held by a worker of concurrency 2,
+    when that worker is SIGKILLed whole (both leases expire together, their retries then
     fall due together) and another worker takes over,
     then every run succeeds, no step commits twice, every effect applies once, and each
     retry was fired exactly once: one `step.queued` per `step.retry_wait`, and the
     sweepers' own counts add up to exactly the retries and lease expiries recorded."""
-    [doomed] = start(stack, dict(concurrency=4, env=HOLD), sweepers=2)
+    [doomed] = start(stack, dict(concurrency=2, env=HOLD), sweepers=2)
     sweepers = [p for p in stack.processes if p.name == "sweeper"]
     orders = {stack.post_run("retry_storm", {"order_id": o}): o
-              for o in [new_order() for _ in range(12)]}
+              for o in [new_order() for _ in range(8)]}
     run_ids = list(orders)
 
-    def four_held() -> list[str] | None:
+    def both_held() -> list[str] | None:
         rows = stack.query("SELECT run_id FROM steps WHERE run_id = ANY(:ids) AND name = 'hold' "
                            "AND status = 'running'", ids=run_ids)
-        return [r.run_id for r in rows] if len(rows) == 4 else None
+        return [r.run_id for r in rows] if len(rows) == 2 else None
 
-    held = wait_for(four_held, 30, "the worker's four children to hold a step")
+    held = wait_for(both_held, 30, "both worker children to hold a step")
     for run_id in held:
         started_pid(stack, run_id, "hold", 1)
     kill_group(doomed, signal.SIGKILL)
     doomed.popen.wait(10)
     killed_at = datetime.now(UTC)
-    # Both sweepers find the four expired leases due at once; no worker is there yet.
+    # Both sweepers find the two expired leases due at once; no worker is there yet.
     wait_for(lambda: not stack.query("SELECT 1 FROM steps WHERE run_id = ANY(:ids) AND "
                                      "status = 'running'", ids=run_ids),
              15, "the sweepers to expire the dead worker's leases")
-    stack.worker(concurrency=4)
+    stack.worker(concurrency=2)
 
     finished = {run_id: stack.wait_terminal(run_id, 45) for run_id in run_ids}
     assert all(run["status"] == "succeeded" for run in finished.values()), finished

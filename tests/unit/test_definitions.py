@@ -344,8 +344,6 @@ def test_retry_delay_stays_within_the_jitter_band(first, multiplier, cap, jitter
     assert wait >= 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Retry.delay overflows (OverflowError from "
-                   "multiplier ** (attempt - 1)) for a long retry policy instead of capping")
 def test_retry_delay_is_capped_even_after_very_many_attempts():
     """Given a compensation policy meant to 'eventually succeed' (many attempts), when
     attempt 1100 fails, then the wait is the cap, not an OverflowError that would make

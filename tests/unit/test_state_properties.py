@@ -45,7 +45,7 @@ MOVES = {
 # when one compensation gives up, the run turns FAILED even though sibling compensations
 # are still QUEUED / RETRY_WAIT / RUNNING. Set to False once state.py is fixed, so the
 # terminal-run invariant below is checked in full.
-STRANDED_COMPENSATIONS_BUG = True
+STRANDED_COMPENSATIONS_BUG = False
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
 

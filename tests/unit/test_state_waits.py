@@ -34,7 +34,8 @@ def _claim(run: state.Run, name: str, kind: Kind = Kind.FORWARD) -> tuple[state.
     step = run.steps[(name, kind)]
     assert step.status is StepStatus.QUEUED, step
     claimed = replace(step, status=StepStatus.RUNNING, attempt=step.attempt + 1,
-                      fence=step.fence + 1, lease_expires_at=T0 + timedelta(days=999))
+                      fence=step.fence + 1, lease_expires_at=T0 + timedelta(days=999),
+                      started_at=T0)
     return replace(run, steps={**run.steps, (name, kind): claimed}), claimed.fence
 
 
@@ -196,16 +197,18 @@ def test_retry_requested_changes_nothing_unless_failed() -> None:
 
 
 def test_a_parked_step_resumes_on_retry() -> None:
-    """Given on_timeout="park", a timed-out step stops the run for a person; retry resumes."""
+    """Given on_timeout="park", a timed-out step waits for a person, the run flagged; retry
+    resumes it."""
     careful = Saga("c", steps=[Step("a", noop, on_timeout="park")])
     run, _ = state.start(careful, "r", {}, T0)
     run, fence = _claim(run, "a")
     run, commands = state.advance(careful, run, StepFailed("a", Kind.FORWARD, fence, "slow",
                                                            timed_out=True), T0)
-    assert (run.status, _status(run, "a")) == (RunStatus.FAILED, StepStatus.PARKED)
-    assert [c.reason for c in commands] == ["timeout", "failed"]
+    assert (run.status, _status(run, "a")) == (RunStatus.RUNNING, StepStatus.PARKED)
+    assert "parked" in run.parked
+    assert [c.reason for c in commands] == ["timeout", "parked"]
     run, commands = state.advance(careful, run, RetryRequested(), T0)
-    assert (run.status, commands) == (RunStatus.RUNNING, [state.RunStep("a")])
+    assert (run.status, run.parked, commands) == (RunStatus.RUNNING, None, [state.RunStep("a")])
 
 
 @pytest.mark.parametrize(("on_timeout", "status"), [
