@@ -7,8 +7,11 @@ For each repeat and broker it starts a real worker (`saga.cli worker -c 2`, then
 this process as fast as a few threads can, waits until all are done, and computes
 throughput = N / (last end - first start) and the p50/p99 of each one's end - start.
 Sagas are timed from the runs table (created_at, finished_at); chains by their first
-and last tasks. Commits per saga step come from pg_stat_database. It also measures the
-PostgreSQL commit rate of one connection (INSERT + COMMIT). Medians over the repeats.
+and last tasks. Then 20 more, one at a time, for the latency without a queue. Commits per
+saga step come from pg_stat_database, write transactions per step from the events' xmin,
+and the CPU each kind of process used from /proc (the machine is shared: "others" is
+everyone else's load). It also measures PostgreSQL's commit rate (INSERT + COMMIT on 1
+and 2 connections). Medians over the repeats; ratios pair runs taken at the same time.
 
 Servers (override with environment variables): BENCH_DATABASE_URL (an admin database on
 the PostgreSQL server; a fresh `bench_<random>` database is created and dropped),
@@ -133,12 +136,23 @@ def drain_deadline(n: int) -> float:
 
 
 def delete_queue(broker_url: str, queue: str) -> None:
-    from kombu import Connection
-
+    """Remove the run's queue. On Redis, kombu's queue_delete from a fresh connection
+    removes nothing (it only knows the bindings its own channel declared), so the keys
+    are deleted by name: the list, its priority lists, and the binding sets."""
     try:
+        if broker_url.startswith(("redis://", "rediss://")):
+            client = redis.Redis.from_url(broker_url)
+            try:
+                client.delete(queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)),
+                              f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+            finally:
+                client.close()
+            return
+        from kombu import Connection
+
         with Connection(broker_url, connect_timeout=3) as conn:
             conn.default_channel.queue_delete(queue)
-    except Exception as exc:  # best effort: the queue is unique and empty
+    except Exception as exc:  # best effort: the queue is unique and should be empty
         print(f"  (could not delete queue {queue}: {exc})", file=sys.stderr)
 
 

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ class Population:
     db_bytes: int = 0
     tables: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (total, indexes)
     wake_index_bytes: int = 0
+    deadline_index_bytes: int = 0  # runs_deadline_due: every running run, deadline or not
     sweep_due: list[float] = field(default_factory=list)
     sweep_empty: list[float] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
@@ -385,8 +387,9 @@ def sizes(db: Database, result: Population) -> None:
             result.tables[table] = tuple(conn.execute(
                 "SELECT pg_total_relation_size(%s), pg_indexes_size(%s)",
                 (table, table)).fetchone())
-        result.wake_index_bytes = conn.execute(
-            "SELECT pg_relation_size('steps_wake_due')").fetchone()[0]
+        result.wake_index_bytes, result.deadline_index_bytes = conn.execute(
+            "SELECT pg_relation_size('steps_wake_due'), pg_relation_size('runs_deadline_due')"
+        ).fetchone()
 
 
 def commit_latency(db: Database, count: int = 200) -> float:
@@ -559,6 +562,7 @@ def print_report(small: Population, large: Population, args: argparse.Namespace)
         ("database size (pg_database_size)", lambda p: mb(p.db_bytes)),
         *[(f"  {t} total (of which indexes)", table_size(t)) for t in TABLES],
         ("  steps_wake_due partial index", lambda p: mb(p.wake_index_bytes)),
+        ("  runs_deadline_due partial index", lambda p: mb(p.deadline_index_bytes)),
         (f"worker RSS, -c {args.concurrency}: at ready", lambda p: f"{p.worker_idle} "
                                                               f"({p.worker_idle.processes} procs)"),
         (f"worker RSS, -c {args.concurrency}: at the end", memory_after),
@@ -579,14 +583,17 @@ def print_report(small: Population, large: Population, args: argparse.Namespace)
     for i, label in enumerate(labels):
         print(f"{label:<{width}} | {cols[0][i]:<{widths[0]}} | {cols[1][i]:<{widths[1]}}")
     n_small, n_large = small.runs + 2 + small.copied, large.runs + 2 + large.copied
-    due_ratio = statistics.median(large.sweep_due) / statistics.median(small.sweep_due)
-    empty_ratio = statistics.median(large.sweep_empty) / statistics.median(small.sweep_empty)
-    print(f"\nsweep ratio, {n_large} waiting / {n_small} waiting: {due_ratio:.2f}x with {due} due, "
-          f"{empty_ratio:.2f}x with none due (each sweep: "
-          f"{', '.join(f'{1000 * v:.0f}' for v in large.sweep_due)} ms vs "
-          f"{', '.join(f'{1000 * v:.0f}' for v in small.sweep_due)} ms)")
+    print()
+    if large.sweep_due and small.sweep_due and large.sweep_empty and small.sweep_empty:
+        due_ratio = statistics.median(large.sweep_due) / statistics.median(small.sweep_due)
+        empty_ratio = statistics.median(large.sweep_empty) / statistics.median(small.sweep_empty)
+        print(f"sweep ratio, {n_large} waiting / {n_small} waiting: {due_ratio:.2f}x with {due} "
+              f"due, {empty_ratio:.2f}x with none due")
+        for p in (large, small):
+            print(f"  each sweep with {due} due, {p.label}: "
+                  f"{' '.join(f'{1000 * v:.0f}' for v in p.sweep_due)} ms")
     per_run = (large.db_bytes - small.db_bytes) / max(1, n_large - n_small)
-    print(f"database bytes per waiting run (difference of the two): {per_run / 1024:.2f} KB, "
+    print(f"database bytes per waiting run (the difference of the two): {per_run / 1024:.2f} KB, "
           f"so 100,000 waiting runs take about {mb(small.db_bytes + per_run * (100_000 - n_small))}")
     if large.waiting_rate:
         print(f"at {large.waiting_rate:.0f} runs/s end to end, 100,000 runs take about "
@@ -646,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(Database.drop_all)
     atexit.register(Worker.stop_all)  # runs first: the processes let go of the databases
     began = time.monotonic()
+    failure: BaseException | None = None
     try:
         small_db, large_db = Database(f"{args.small} waiting"), Database(
             f"{max(args.runs, args.fill_to)} waiting")
@@ -659,7 +667,11 @@ def main(argv: list[str] | None = None) -> int:
         for db, result in ((small_db, small), (large_db, large)):
             sizes(db, result)
         commit_ms = commit_latency(small_db)
-        measure_sweeps([(small_db, small), (large_db, large)], args.due, args.sweeps)
+        try:
+            measure_sweeps([(small_db, small), (large_db, large)], args.due, args.sweeps)
+        except Exception as exc:  # keep what the populations measured; say what failed
+            failure = exc
+            traceback.print_exc()
     finally:
         signal.alarm(0)
         Worker.stop_all()
@@ -668,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPostgreSQL INSERT + COMMIT latency on one connection: median {commit_ms:.1f} ms")
     print(f"(total {time.monotonic() - began:.0f}s; load average now "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    if failure is not None:
+        print(f"\nTHE SWEEP MEASUREMENT FAILED: {failure!r}")
+        return 1
     return 0
 
 

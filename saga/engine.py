@@ -16,7 +16,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from saga import state
@@ -45,7 +45,7 @@ from saga.state import (
     StepFailed,
     StepSucceeded,
 )
-from saga.store import Conflict, RunTransaction, ShapeChanged, Store
+from saga.store import Claim, Conflict, RunTransaction, ShapeChanged, Store
 
 log = logging.getLogger("saga.engine")
 # Celery's soft limit and a RemoteTask's wait, matched by name to keep Celery at the edge.
@@ -96,8 +96,9 @@ class Engine:
         validate_input(saga, input)
         request_hash = hashlib.sha256(json.dumps(
             {"input": input, "version": version}, sort_keys=True).encode()).hexdigest()
-        run, commands = state.start(saga, str(uuid.uuid4()), input, self.store.now())
-        run_id, created = self.store.create_run(run, saga.shape_hash, idempotency_key, request_hash)
+        run_id, created, commands = self.store.create_run(
+            lambda now: state.start(saga, str(uuid.uuid4()), input, now), saga.shape_hash,
+            idempotency_key, request_hash)
         crash_point("after_start_commit", saga.name)
         if created:
             self.publish(saga, run_id, commands)
@@ -114,21 +115,39 @@ class Engine:
         event needs, such as a received signal); its writes commit even if the event then
         changes nothing. A run no loaded definition fits is parked: `RunParked`.
         """
+        changed, _ = self._advance(run_id, event, worker, skip_locked, prepare)
+        return changed
+
+    def _advance(self, run_id: str, event: Event, worker: str | None = None,
+                 skip_locked: bool = False,
+                 prepare: Callable[[RunTransaction, Saga], None] | None = None,
+                 take_next: bool = False, known: Saga | None = None) -> tuple[bool, Claim | None]:
+        """`handle`, and with `take_next` also claim one step it queued, to run it here.
+
+        Taking the next step in the commit that queued it saves its message, its claim
+        and a broker round trip; if this worker dies, the step's lease expires like any.
+        `known`: the run's definition when the caller has it (then a saga without signal
+        waits skips reading signals).
+        """
         parked = None
+        taken: Claim | None = None
         try:
-            with self.store.locked_run(run_id, skip_locked=skip_locked) as tx:
+            signals = known is None or known.has_signals
+            with self.store.locked_run(run_id, skip_locked=skip_locked, signals=signals) as tx:
                 if tx is None:
-                    return False
+                    return False, None
                 saga, parked = self._definition(tx.run)
                 if saga is None:
-                    return False  # parked below, once this lock is let go
+                    return False, None  # parked below, once this lock is let go
                 if prepare is not None:
                     prepare(tx, saga)
                 new, commands = state.advance(saga, tx.run, event, tx.now)
                 if new == tx.run:
                     if prepare is None:
                         _record_stale(tx, event, worker)
-                    return False
+                    return False, None
+                if take_next and worker:
+                    new, commands, taken = self._take_one(saga, new, commands, worker, tx.now)
                 alerts = [c for c in commands if isinstance(c, Alert)]
                 tx.save(new, worker=worker, extra=[
                     {"type": f"alert.{a.reason}", "step": a.step, "data": {"message": a.message}}
@@ -136,7 +155,7 @@ class Engine:
                 crash_point("before_commit", _label(event))
         except Conflict as exc:
             log.warning("advance of run %s abandoned: %s", run_id, exc)
-            return False
+            return False, None
         finally:
             if parked is not None:
                 self._park(run_id, parked)
@@ -144,7 +163,26 @@ class Engine:
         self.publish(saga, run_id, [c for c in commands if not isinstance(c, Alert)])
         for alert in alerts:
             self.alerts.send(run_id, saga.name, alert)
-        return True
+        return True, taken
+
+    def _take_one(self, saga: Saga, run: state.Run, commands: list[Command], worker: str,
+                  now: datetime) -> tuple[state.Run, list[Command], Claim | None]:
+        """Claim the first dispatched step that may run inline (no Celery time limit)."""
+        for command in commands:
+            if isinstance(command, Alert) or saga.by_name[command.step].timeout is not None:
+                continue
+            lease = now + timedelta(seconds=self._lease_s(saga.by_name[command.step]))
+            run = state.take(run, command.step, command.kind, worker, now, lease)
+            step = run.steps[(command.step, command.kind)]
+            claim = Claim(run.id, step.name, step.kind, step.attempt, step.fence, saga.name,
+                          saga.version, run.input, run.outputs, lease)
+            return run, [c for c in commands if c is not command], claim
+        return run, commands, None
+
+    def _lease_s(self, definition: Any) -> float:
+        if definition.heartbeat_timeout is not None:
+            return definition.heartbeat_timeout.total_seconds()
+        return self.settings.lease_s
 
     def _definition(self, run: state.Run) -> tuple[Saga | None, str | None]:
         """The definition the run started on, or None and why the run must be parked."""
@@ -224,7 +262,12 @@ class Engine:
 
     def run_step(self, run_id: str, step: str, kind: Kind, saga_name: str, version: int,
                  worker: str | None = None) -> StepResult:
-        """Claim the step, run it under a heartbeat, then record the outcome with the fence."""
+        """Claim the step, run it under a heartbeat, record the outcome with the fence.
+
+        Then, up to `settings.inline_steps` times, run on with a step that outcome queued
+        (claimed in the same commit) instead of publishing it: a sequence of steps costs
+        one commit each, not a message, a claim and a commit.
+        """
         worker = worker or worker_name()
         try:
             saga = self.registry.get(saga_name, version)
@@ -233,32 +276,48 @@ class Engine:
             log.error("run %s parked: %s is not loaded here", run_id, f"{saga_name} v{version}")
             return StepResult("dropped")
         definition = saga.by_name.get(step)
-        if definition is None:
+        if definition is None or definition.wait is not None:
             return StepResult("dropped")
         policy = definition.retry if kind is Kind.FORWARD else definition.compensate_retry
-        action = definition.action if kind is Kind.FORWARD else definition.compensate
-        lease_s = (definition.heartbeat_timeout.total_seconds() if definition.heartbeat_timeout
-                   else self.settings.lease_s)
         try:
-            claim = self.store.claim(run_id, step, kind, worker, lease_s, policy.attempts,
-                                     shape=saga.shape_hash)
+            claim = self.store.claim(run_id, step, kind, worker, self._lease_s(definition),
+                                     policy.attempts, shape=saga.shape_hash)
         except ShapeChanged as exc:
             self.store.park(run_id, str(exc))
             return StepResult("dropped")
         if claim is None:
             return StepResult("dropped")
-        beat = Heartbeat(lambda: self.store.heartbeat(run_id, step, kind, claim.fence, lease_s),
-                         lease_s)
-        ctx = StepContext(run_id=run_id, step=step, kind=str(kind), attempt=claim.attempt,
-                          fence=claim.fence, input=claim.input, outputs=claim.outputs,
-                          saga=saga.name, version=saga.version, _beat=beat.beat)
+        # Steps taken inline run without Celery's time limits, so only after one without.
+        budget = self.settings.inline_steps if definition.timeout is None else 0
+        first_attempt, result = claim.attempt, None
+        while claim is not None:
+            event = self._execute(saga, claim, worker)
+            advanced, claim = self._advance(run_id, event, worker, take_next=budget > 0,
+                                            known=saga)
+            if result is None:  # the first step's outcome is this message's
+                outcome = "succeeded" if isinstance(event, StepSucceeded) else "failed"
+                result = StepResult(outcome if advanced else "superseded", first_attempt)
+            budget -= 1
+        return result
+
+    def _execute(self, saga: Saga, claim: Claim, worker: str) -> Event:
+        """Run one claimed step (or compensation) under a heartbeat; its outcome as an event."""
+        definition = saga.by_name[claim.step]
+        forward = claim.kind is Kind.FORWARD
+        policy = definition.retry if forward else definition.compensate_retry
+        action = definition.action if forward else definition.compensate
+        lease_s = self._lease_s(definition)
+        beat = Heartbeat(lambda: self.store.heartbeat(claim.run_id, claim.step, claim.kind,
+                                                      claim.fence, lease_s), lease_s)
+        ctx = StepContext(run_id=claim.run_id, step=claim.step, kind=str(claim.kind),
+                          attempt=claim.attempt, fence=claim.fence, input=claim.input,
+                          outputs=claim.outputs, saga=saga.name, version=saga.version,
+                          _beat=beat.beat)
         with beat:
             event = self._call(action, ctx, policy, _seconds(definition.timeout))
         if beat.lost.is_set():
-            event = StepFailed(step, kind, claim.fence, "lease lost during the attempt")
-        advanced = self.handle(run_id, event, worker=worker)
-        outcome = "succeeded" if isinstance(event, StepSucceeded) else "failed"
-        return StepResult(outcome if advanced else "superseded", claim.attempt)
+            return StepFailed(claim.step, claim.kind, claim.fence, "lease lost during the attempt")
+        return event
 
     def _call(self, action: Any, ctx: StepContext, policy: Any, timeout: float | None) -> Event:
         kind = Kind(ctx.kind)

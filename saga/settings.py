@@ -30,6 +30,7 @@ class Settings:
     sweep_batch: int = 500  # rows one sweep query takes at most
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     worker_concurrency: int = 2
+    inline_steps: int = 50  # steps a worker runs on from one message, without publishing each
     default_queue: str = "saga"
     result_backend: str = ""  # only for RemoteTask steps, which wait for another worker's result
     alert_webhook: str = ""  # POSTed a JSON alert on every timeout and every run needing a person

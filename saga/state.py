@@ -17,7 +17,7 @@ from saga.definitions import Saga, Signal, Timer
 from saga.status import Kind, RunStatus, StepStatus
 
 __all__ = ["Kind", "RunStatus", "StepStatus", "StepState", "PendingSignal", "Run", "start",
-           "advance", "plan", "transitions"]
+           "advance", "plan", "take", "transitions"]
 
 
 @dataclass(frozen=True)
@@ -440,6 +440,20 @@ def _plan_compensation(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[C
     return run, commands
 
 
+def take(run: Run, step: str, kind: Kind, owner: str, now: datetime,
+         lease_expires_at: datetime) -> Run:
+    """Claim a just-queued step for the worker that queued it, to run it without a message.
+
+    The same change the store's claim makes (a new attempt under a new fence), made in the
+    transaction that queued the step.
+    """
+    queued = run.steps[(step, kind)]
+    assert queued.status is StepStatus.QUEUED, queued
+    return _put(run, replace(queued, status=StepStatus.RUNNING, attempt=queued.attempt + 1,
+                             fence=queued.fence + 1, lease_owner=owner, started_at=now,
+                             lease_expires_at=lease_expires_at, start_by=None))
+
+
 def transitions(old: Run | None, new: Run) -> list[dict[str, Any]]:
     """History entries for what changed from `old` to `new`, for the event log."""
     entries: list[dict[str, Any]] = []
@@ -456,6 +470,8 @@ def transitions(old: Run | None, new: Run) -> list[dict[str, Any]]:
             data["next_attempt_at"] = step.next_attempt_at.isoformat()
         if step.wake_at is not None and step.status is StepStatus.WAITING:
             data["wake_at"] = step.wake_at.isoformat()
+        if step.status is StepStatus.RUNNING:
+            data["fence"] = step.fence
         entries.append({"type": f"{prefix}.{step.status}", "step": step.name,
                         "kind": str(step.kind), "attempt": step.attempt, "data": data})
     if old is not None and old.parked != new.parked:

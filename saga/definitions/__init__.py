@@ -17,6 +17,7 @@ fails when the module defining it is imported.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -222,12 +223,16 @@ class Saga:
         object.__setattr__(self, "followers",
                            {n: tuple(m for m in order if n in graph[m]) for n in order})
 
-    @property
+    @functools.cached_property
     def shape_hash(self) -> str:
         """A digest of the step graph, to notice a definition changed under one version."""
         shape = {n: [sorted(self.graph[n]), self.by_name[n].compensate is not None,
                      _kind(self.by_name[n])] for n in self.order}
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+    @functools.cached_property
+    def has_signals(self) -> bool:
+        return any(isinstance(s.wait, Signal) for s in self.by_name.values())
 
     def signal_steps(self, signal: str) -> list[Step]:
         """The steps waiting for this signal name (empty: the saga does not declare it)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -115,12 +115,20 @@ class Store(Reads, ScheduleStore):
     def now(self, conn: sa.Connection | None = None) -> datetime:
         """The database's clock (SQLite: this machine's), which times every lease and wait."""
         if self.is_sqlite:
-            now = datetime.now(UTC)
-        elif conn is None:
+            return self._shifted(datetime.now(UTC))
+        if conn is None:
             with self.engine.connect() as own:
-                now = aware(own.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
-        else:
-            now = aware(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+                return self.now(own)
+        return self._shifted(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+
+    def _clock_column(self) -> sa.ColumnElement:
+        """The clock as a column, to read it in a query the caller makes anyway."""
+        if self.is_sqlite:
+            return sa.literal(None).label("db_now")
+        return sa.func.clock_timestamp().label("db_now")
+
+    def _shifted(self, db_now: datetime | None) -> datetime:
+        now = aware(db_now) if db_now is not None else datetime.now(UTC)
         return now + self._offset() if self.clock_offset_file else now
 
     def _offset(self) -> timedelta:
@@ -131,15 +139,18 @@ class Store(Reads, ScheduleStore):
         except FileNotFoundError:
             return timedelta(0)
 
-    def create_run(self, run: Run, shape: str, idempotency_key: str | None,
-                   request_hash: str | None) -> tuple[str, bool]:
-        """Insert a started run with its first steps; return (run id, created).
+    def create_run(self, build: Callable[[datetime], tuple[Run, Any]], shape: str,
+                   idempotency_key: str | None,
+                   request_hash: str | None) -> tuple[str, bool, Any]:
+        """Insert the run `build(now)` makes, with its first steps: (run id, created, extra).
 
-        With an idempotency key already used for this saga, the existing run's id comes
-        back (created False), or `IdempotencyConflict` if its request differed.
+        `build` returns the run and anything to hand back (the commands to publish). With
+        an idempotency key already used for this saga, the existing run's id comes back
+        (created False), or `IdempotencyConflict` if its request differed.
         """
         with self.engine.begin() as conn:
-            now = run.created_at or self.now(conn)
+            now = self.now(conn)
+            run, extra = build(now)
             row = dict(id=run.id, saga=run.saga, version=run.version, shape=shape,
                        status=str(run.status), input=run.input, error=None,
                        idempotency_key=idempotency_key, request_hash=request_hash,
@@ -157,9 +168,9 @@ class Store(Reads, ScheduleStore):
                         raise IdempotencyConflict(
                             f"Idempotency-Key {idempotency_key!r} was used for run "
                             f"{existing.id} with a different request body")
-                    return existing.id, False
+                    return existing.id, False, extra
             self._write_changes(conn, None, run, now, worker=None, extra=())
-            return run.id, True
+            return run.id, True, extra
 
     def claim(self, run_id: str, step: str, kind: Kind, owner: str, lease_s: float,
               max_attempts: int, shape: str | None = None) -> Claim | None:
@@ -173,13 +184,13 @@ class Store(Reads, ScheduleStore):
         with self._begin() as conn:
             run = conn.execute(
                 sa.select(runs.c.status, runs.c.saga, runs.c.version, runs.c.input,
-                          runs.c.shape, runs.c.parked)
-                .where(runs.c.id == run_id).with_for_update(read=True)).first()
+                          runs.c.shape, runs.c.parked, self._clock_column())
+                .where(runs.c.id == run_id).with_for_update(read=True, of=runs)).first()
             if run is None or run.status != wanted:
                 return None
             if shape is not None and run.shape != shape:
                 raise ShapeChanged(run.shape, shape)
-            now = self.now(conn)
+            now = self._shifted(run.db_now)
             expires = now + timedelta(seconds=lease_s)
             row = conn.execute(
                 steps.update()
@@ -233,20 +244,25 @@ class Store(Reads, ScheduleStore):
             return result.rowcount == 1
 
     @contextmanager
-    def locked_run(self, run_id: str, skip_locked: bool = False) -> Iterator[RunTransaction | None]:
-        """Lock one run for an advance; yields None when `skip_locked` and it is busy."""
+    def locked_run(self, run_id: str, skip_locked: bool = False,
+                   signals: bool = True) -> Iterator[RunTransaction | None]:
+        """Lock one run for an advance; yields None when `skip_locked` and it is busy.
+
+        `signals=False` skips reading pending signals (for a saga that declares none).
+        """
         with self._begin() as conn:
-            query = sa.select(runs).where(runs.c.id == run_id).with_for_update(
-                skip_locked=skip_locked)
-            row = conn.execute(query).mappings().first()
+            query = sa.select(runs, self._clock_column()).where(runs.c.id == run_id)
+            row = conn.execute(query.with_for_update(skip_locked=skip_locked, of=runs)
+                               ).mappings().first()
             if row is None:
                 if skip_locked:
                     yield None
                     return
                 raise RunNotFound(f"no run has id {run_id!r}")
             step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id)).mappings()
-            run = to_run(row, [to_step(s) for s in step_rows], self._pending_signals(conn, run_id))
-            yield RunTransaction(self, conn, run, self.now(conn))
+            pending = self._pending_signals(conn, run_id) if signals else ()
+            run = to_run(row, [to_step(s) for s in step_rows], pending)
+            yield RunTransaction(self, conn, run, self._shifted(row["db_now"]))
 
     def _pending_signals(self, conn: sa.Connection, run_id: str) -> tuple[PendingSignal, ...]:
         rows = conn.execute(sa.select(signals.c.id, signals.c.name, signals.c.payload).where(
@@ -288,7 +304,8 @@ class Store(Reads, ScheduleStore):
             if before == step:
                 continue
             values = dict(status=str(step.status), output=step.output, error=step.error,
-                          attempt=step.attempt, queued_at=step.queued_at,
+                          attempt=step.attempt, fence=step.fence, lease_owner=step.lease_owner,
+                          queued_at=step.queued_at,
                           finished_at=step.finished_at, next_attempt_at=step.next_attempt_at,
                           lease_expires_at=step.lease_expires_at, start_by=step.start_by,
                           wake_at=step.wake_at, started_at=step.started_at)
@@ -298,8 +315,7 @@ class Store(Reads, ScheduleStore):
                 values["redispatch_at"] = None
             if before is None:
                 conn.execute(steps.insert().values(run_id=new.id, name=step.name,
-                                                   kind=str(step.kind), fence=step.fence,
-                                                   dispatches=1, **values))
+                                                   kind=str(step.kind), dispatches=1, **values))
                 continue
             done = conn.execute(steps.update().where(
                 steps.c.run_id == new.id, steps.c.name == step.name,
@@ -428,6 +444,8 @@ def _make_engine(url: str, echo: bool) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # No pre-ping (a round trip per checkout): a connection lost to a database restart
+    # fails one call, the pool is invalidated, and the fenced protocol retries the work.
+    return sa.create_engine(url, echo=echo, pool_recycle=1800, pool_size=5, max_overflow=10)
 
 

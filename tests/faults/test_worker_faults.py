@@ -143,6 +143,20 @@ def kill_group(process: Any, sig: int) -> None:
     os.killpg(process.pid, sig)
 
 
+def queue_depth(stack: Stack) -> int:
+    """Messages ready in the stack's queue (Redis drops an empty list: no queue is none)."""
+    from kombu import Connection
+    from kombu.exceptions import ChannelError
+
+    with Connection(stack.broker_url, connect_timeout=3) as conn:
+        try:
+            return conn.default_channel.queue_declare(stack.queue, passive=True).message_count
+        except ChannelError:
+            if broker(stack) == "redis":
+                return 0
+            raise
+
+
 def report(what: str, seconds: float, bound: float) -> str:
     line = f"RECOVERY {what}: {seconds:.2f}s (bound {bound:.2f}s)"
     print(line)
@@ -229,9 +243,11 @@ def test_whole_worker_killed_holding_messages_is_replaced_and_every_run_finishes
     held = wait_for(both_children_held, 30, "both worker children to hold a step")
     for run_id in held:
         started_pid(stack, run_id, "hold", 1)
+    waiting = queue_depth(stack)
     kill_group(doomed, signal.SIGKILL)
     doomed.popen.wait(10)
     killed_at = datetime.now(UTC)
+    print(f"[{broker(stack)}] worker killed holding 2 messages, {waiting} ready in the broker")
     stack.worker(concurrency=2)
     ready_at = datetime.now(UTC)
 
@@ -327,7 +343,7 @@ def test_worker_frozen_past_its_lease_is_superseded_and_cannot_commit(
 
 def test_step_hanging_past_its_hard_limit_is_killed_and_counted_per_policy(
         stack: Stack, registry: Registry) -> None:
-    """Given two runs whose `stubborn` step (timeout 2 s) swallows its soft time limit and
+    """Given two runs whose `stubborn` step (timeout 3 s) swallows its soft time limit and
     hangs, one with on_timeout="retry" and one with on_timeout="compensate",
     when the hard limit (timeout + 5 s) kills the worker child,
     then each attempt is counted as failed once its lease expires: the first run retries
@@ -367,28 +383,33 @@ def test_step_hanging_past_its_hard_limit_is_killed_and_counted_per_policy(
     invariants.check(stack, list(orders), registry)
 
 
-def test_step_parked_on_timeout_fails_the_run_until_it_is_retried(
+def test_step_parked_on_timeout_holds_the_run_until_it_is_retried(
         stack: Stack, registry: Registry) -> None:
-    """Given a step with on_timeout="park" whose first attempt overruns its 2 s limit,
-    when it times out, then the run ends failed with an error naming the parked step and
-    nothing compensated; when `POST /v1/runs/<id>/retry` is called, the step runs again
-    with a fresh attempt budget and the run succeeds, each effect applied once."""
+    """Given a step with on_timeout="park" whose first attempt overruns its 3 s limit,
+    when it times out, then the run is parked: still running, flagged with a reason naming
+    the step, nothing compensated and nothing left to dispatch; when
+    `POST /v1/runs/<id>/retry` is called, the step runs again with a fresh attempt budget
+    and the run succeeds, each effect applied once."""
     start(stack, dict(concurrency=1), sweepers=0)
     order_id = new_order()
     run_id = stack.post_run("park_on_timeout", {"order_id": order_id})
 
-    run = stack.wait_terminal(run_id, 30)
-    assert run["status"] == "failed", run
-    assert "'slow_once' parked after a timeout" in run["error"], run["error"]
+    run = wait_for(lambda: (found := stack.run(run_id))["parked"] and found, 30,
+                   "the run to be parked")
+    assert run["status"] == "running", run
+    assert "'slow_once' parked after a timeout" in run["parked"], run["parked"]
     parked = step_of(run, "slow_once")
     assert parked["status"] == "parked" and parked["attempts"] == 1, parked
     assert run["compensations"] == []
+    assert not stack.query("SELECT name FROM steps WHERE run_id = :r AND status IN "
+                           "('queued', 'running', 'retry_wait')", r=run_id)
     assert [a for a, _ in stack.effects(order_id)] == ["reserve"]
-    assert events(stack, run_id, "slow_once", "alert.failed")
+    assert events(stack, run_id, "slow_once", "alert.parked")
+    assert events(stack, run_id, type="run.parked")
 
     response = requests.post(f"{stack.base}/v1/runs/{run_id}/retry", timeout=10)
     assert response.status_code == 200, response.text
-    assert response.json()["status"] == "running"
+    assert response.json()["status"] == "running" and not response.json()["parked"]
     run = stack.wait_terminal(run_id, 30)
     assert run["status"] == "succeeded", run
     assert step_of(run, "slow_once")["attempts"] == 1  # a fresh budget after the retry
@@ -432,20 +453,6 @@ def test_poison_step_killing_its_worker_is_capped_at_its_attempts_then_compensat
     assert not (stack.folder / f"started-{run_id}-poison-4").exists()
     assert worker.alive()
     invariants.check(stack, [run_id], registry)
-
-
-def queue_depth(stack: Stack) -> int:
-    """Messages ready in the stack's queue (Redis drops an empty list: no queue is none)."""
-    from kombu import Connection
-    from kombu.exceptions import ChannelError
-
-    with Connection(stack.broker_url, connect_timeout=3) as conn:
-        try:
-            return conn.default_channel.queue_declare(stack.queue, passive=True).message_count
-        except ChannelError:
-            if broker(stack) == "redis":
-                return 0
-            raise
 
 
 # -- 7. two sweepers racing --------------------------------------------------------------

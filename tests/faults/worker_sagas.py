@@ -33,7 +33,7 @@ HOLD_LEASE = timedelta(seconds=1.5)  # the lease (heartbeat_timeout) of the step
 HOLD_MAX_S = 30.0  # a held or hanging attempt gives up waiting after this, whatever happens
 # The start-to-close limit of `stubborn` and `slow_once`. It covers the whole task (claim,
 # action, commit), so a later attempt on a fresh pool child of a loaded machine must fit.
-STEP_TIMEOUT = timedelta(seconds=2)
+STEP_TIMEOUT = timedelta(seconds=3)
 EXECUTIONS = "executions.log"
 
 
@@ -184,4 +184,19 @@ retry_storm = Saga("retry_storm", steps=[
     Step("reserve", reserve, compensate=release),
     Step("hold", hold, heartbeat_timeout=HOLD_LEASE,
          retry=Retry(attempts=3, first_delay=timedelta(milliseconds=500), jitter=0)),
+])
+
+
+def die_once(ctx: StepContext) -> dict[str, Any]:
+    """Kill the worker child running the first attempt; later attempts charge."""
+    started(ctx)
+    if ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return charge(ctx)
+
+
+die_then_park = Saga("die_then_park", steps=[
+    Step("reserve", reserve, compensate=release),
+    Step("fragile", die_once, heartbeat_timeout=timedelta(seconds=1), on_timeout="park",
+         retry=Retry(attempts=3, first_delay=NOW)),
 ])

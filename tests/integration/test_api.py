@@ -97,7 +97,8 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, broker_url="memory://")
+    # Tests here drive each step by hand, so each message runs one step only.
+    return Settings(database_url=database_url, broker_url="memory://", inline_steps=0)
 
 
 @pytest.fixture(scope="module")

@@ -104,7 +104,8 @@ def db_url(new_database: Callable[[], str]) -> str:
 
 @pytest.fixture(scope="module")
 def system(db_url: str) -> Iterator[System]:
-    built = build(Settings(database_url=db_url, broker_url="memory://"), Registry(SAGAS))
+    built = build(Settings(database_url=db_url, broker_url="memory://", inline_steps=0),
+                  Registry(SAGAS))
     yield built
     built.engine.store.close()
 
@@ -492,7 +493,7 @@ def test_cli_show_refuses_an_unknown_run_and_a_bad_time(db_url, journey):
 def test_prune_deletes_old_finished_runs_with_their_history_in_batches(new_database):
     """Given finished, failed and running runs, When pruned in batches of 2, Then the
     finished ones go with their steps and events; failed and running ones stay."""
-    system = build(Settings(database_url=new_database(), broker_url="memory://"),
+    system = build(Settings(database_url=new_database(), broker_url="memory://", inline_steps=0),
                    Registry(SAGAS))
     store = system.engine.store
     done = [start(system, "misc") for _ in range(3)]
@@ -523,7 +524,8 @@ def test_filters_and_prune_work_on_sqlite(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'saga.db'}"
     migrations.upgrade(url)
-    system = build(Settings(database_url=url, broker_url="memory://"), Registry(SAGAS))
+    system = build(Settings(database_url=url, broker_url="memory://", inline_steps=0),
+                   Registry(SAGAS))
     store = system.engine.store
     ok_run = start(system, "shop", 1)
     drive(system, ok_run)

@@ -75,9 +75,10 @@ def test_parallel_members_finishing_together_join_once(stack: Stack) -> None:
     assert run["status"] == "succeeded", run
     join = next(s for s in run["steps"] if s["name"] == "join")
     assert join["attempts"] == 1 and join["output"] == {"saw": ["left", "right"]}
-    queued = stack.query("SELECT count(*) FROM events WHERE run_id = :r AND step = 'join' "
-                         "AND type = 'step.queued'", r=response)
-    assert queued[0][0] == 1
+    # Queued once (by whichever member finished last) and so started once.
+    started = stack.query("SELECT count(*) FROM events WHERE run_id = :r AND step = 'join' "
+                          "AND type = 'step.running'", r=response)
+    assert started[0][0] == 1
 
 
 def test_duplicate_step_messages_apply_the_effect_once(stack: Stack) -> None:
@@ -116,8 +117,10 @@ def test_worker_killed_between_commit_and_publish_is_finished_by_the_sweeper(sta
     assert worker.alive(), "the pool replaces a killed child; the worker itself stays up"
     charge = wait_for(lambda: next((s for s in stack.run(run_id)["steps"]
                                     if s["name"] == "charge_card"), None), 10,
-                      "charge_card to be queued")
-    assert charge["status"] == "queued"  # committed, but its message never left
+                      "charge_card to be recorded")
+    # Committed, but never run: queued with its message lost, or taken by the dead worker
+    # to run inline, its lease running out.
+    assert charge["status"] in ("queued", "running") and charge["finished_at"] is None
     stack.sweeper()
     run = stack.wait_terminal(run_id)
     assert run["status"] == "succeeded", run
