@@ -453,14 +453,18 @@ def index_of(plan: list[str]) -> str:
 
 
 def sweep_queries(store: Any, captured: list[tuple[str, Any]]) -> list[tuple[str, str]]:
-    """(what, plan summary) for each sweep query in one captured empty sweep."""
+    """(what, plan summary) for each sweep query of one captured empty sweep, by EXPLAIN ANALYZE."""
     out = []
     for statement, parameters in captured:
         if "ORDER BY" not in statement:
             continue
         match = re.search(r"ORDER BY (\w+\.\w+)", statement)
         what = match.group(1) if match else statement[:40]
-        out.append((what, index_of(explain(store, statement, parameters, analyze=False))))
+        plan = explain(store, statement, parameters, analyze=True)
+        buffers = next((line.strip() for line in plan if "Buffers:" in line), "Buffers: none")
+        took = next((line.split(":", 1)[1].strip() for line in plan
+                     if line.startswith("Execution Time")), "?")
+        out.append((what, f"{index_of(plan)}; {buffers}; {took}"))
     return out
 
 
@@ -601,7 +605,8 @@ def print_report(small: Population, large: Population, args: argparse.Namespace)
               f"starting alone at {large.start_rate:.0f} runs/s, about "
               f"{100_000 / large.start_rate / 60:.0f} min")
     for p in (small, large):
-        print(f"\nsweep queries with {p.label} (EXPLAIN, index read):")
+        print(f"\nsweep queries with {p.label}, none due (EXPLAIN ANALYZE: indexes read, "
+              "buffers of the top node, execution time):")
         for line in p.plans:
             print(f"  {line}")
         print(f"wakeup query with {p.label} and {due} due (EXPLAIN ANALYZE, BUFFERS):")
@@ -619,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs started through the worker into the large database")
     parser.add_argument("--small", type=int, default=1000, help="waiting runs in the small database")
     parser.add_argument("--due", type=int, default=10, help="steps made due before each measured sweep")
-    parser.add_argument("--sweeps", type=int, default=15, help="measured sweeps per database")
+    parser.add_argument("--sweeps", type=int, default=25, help="measured sweeps per database")
     parser.add_argument("--threads", type=int, default=4, help="threads calling Engine.start")
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes (-c)")
     parser.add_argument("--redispatch-s", type=float, default=600.0,

@@ -315,7 +315,8 @@ class Engine:
                           _beat=beat.beat)
         with beat:
             event = self._call(action, ctx, policy, _seconds(definition.timeout))
-        if beat.lost.is_set():
+            lost = beat.lost.is_set()
+        if lost:  # the commit would be refused by the fence anyway; say why
             return StepFailed(claim.step, claim.kind, claim.fence, "lease lost during the attempt")
         return event
 
