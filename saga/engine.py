@@ -249,14 +249,17 @@ class Engine:
         self.handle(run_id, SignalReceived(name), prepare=record)
         return received["id"], received["new"]
 
-    def publish(self, saga: Saga, run_id: str, commands: list[Command]) -> None:
+    def publish(self, saga: Saga, run_id: str, commands: list[Command]) -> bool:
+        """Send the step hints; False if the broker refused (the rows stay queued)."""
         if not commands:
-            return
+            return True
         timeouts = {c.step: _seconds(saga.by_name[c.step].timeout) for c in commands}
         try:
             self.dispatcher.send(run_id, saga.name, saga.version, commands, timeouts)
         except Exception as exc:  # committed already: the sweeper publishes it again
             log.warning("publish for run %s failed, the sweeper will retry: %s", run_id, exc)
+            return False
+        return True
 
     # -- running a step ---------------------------------------------------------------
 

@@ -52,6 +52,7 @@ def sweep_once(engine: Engine) -> Sweep:
     """One pass over everything due now."""
     limit = engine.settings.sweep_batch
     republished = engine.store.redispatch_due(limit)
+    broker_down = False
     for due in republished:
         command = RunStep(due.step) if due.kind is Kind.FORWARD else CompensateStep(due.step)
         try:
@@ -59,7 +60,11 @@ def sweep_once(engine: Engine) -> Sweep:
         except Exception as exc:
             log.error("cannot republish %s of run %s: %s", due.step, due.run_id, exc)
             continue
-        engine.publish(saga, due.run_id, [command])
+        # Once the broker refuses one, stop trying (each refusal blocks) and keep every
+        # step's next try at the base wait, so the backlog goes out as soon as it is back.
+        broker_down = broker_down or not engine.publish(saga, due.run_id, [command])
+        if broker_down:
+            engine.store.redispatch_failed(due)
     expired = [d for d in engine.store.leases_expired(limit)
                if _advance(engine, d.run_id, LeaseExpired(d.step, d.kind, d.fence))]
     for due in expired:

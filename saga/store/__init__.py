@@ -366,6 +366,17 @@ class Store(Reads, ScheduleStore):
                                  row.fence))
             return found
 
+    def redispatch_failed(self, due: Due) -> None:
+        """The broker refused a republish: try again after the base wait, not a longer one."""
+        with self._begin() as conn:
+            conn.execute(steps.update().where(
+                steps.c.run_id == due.run_id, steps.c.name == due.step,
+                steps.c.kind == str(due.kind), steps.c.fence == due.fence,
+                steps.c.status == StepStatus.QUEUED).values(
+                    redispatch_at=self.now(conn) + self.redispatch,
+                    dispatches=sa.case((steps.c.dispatches > 1, steps.c.dispatches - 1),
+                                       else_=1)))
+
     def leases_expired(self, limit: int) -> list[Due]:
         """Running steps whose lease ran out: their worker died or froze."""
         return self._due(steps.c.lease_expires_at, StepStatus.RUNNING, limit, strictly=True)
@@ -444,8 +455,9 @@ def _make_engine(url: str, echo: bool) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # No pre-ping (a round trip per checkout): a connection lost to a database restart
-    # fails one call, the pool is invalidated, and the fenced protocol retries the work.
-    return sa.create_engine(url, echo=echo, pool_recycle=1800, pool_size=5, max_overflow=10)
+    # Pre-ping costs a round trip per checkout, but without it a database restart fails
+    # every in-flight commit on a dead pooled connection, and each step waits out its lease.
+    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_recycle=1800,
+                            pool_size=5, max_overflow=10)
 
 
