@@ -45,11 +45,15 @@ VISIBILITY_TIMEOUT_S = 2
 
 @pytest.fixture
 def stack(database_url: str, broker_url: str, tmp_path) -> Iterator[Stack]:
-    with Stack(database_url, broker_url, tmp_path, sagas=SAGAS) as running:
-        try:
-            yield running
-        finally:
-            kill_all(running)
+    running = Stack(database_url, broker_url, tmp_path, sagas=SAGAS)
+    try:
+        with running:
+            try:
+                yield running
+            finally:
+                kill_all(running)
+    finally:
+        forget_bindings(running)
 
 
 def kill_all(stack: Stack) -> None:
@@ -65,6 +69,17 @@ def kill_all(stack: Stack) -> None:
             except ProcessLookupError:
                 pass
             process.popen.wait(10)
+
+
+def forget_bindings(stack: Stack) -> None:
+    """Delete the Redis binding keys Kombu leaves behind for this test's queue (only those)."""
+    if not stack.broker_url.startswith("redis"):
+        return
+    client = redis.Redis.from_url(stack.broker_url)
+    try:
+        client.delete(f"_kombu.binding.{stack.queue}", f"_kombu.binding_permanent.{stack.queue}")
+    finally:
+        client.close()
 
 
 NO_ENV: Mapping[str, str] = MappingProxyType({})

@@ -24,6 +24,7 @@ from tests.faults.test_infra_faults import (
     SAGAS,
     actions,
     event_count,
+    forget_bindings,
     kill_all,
     new_order,
     report,
@@ -35,11 +36,15 @@ from tests.stack import ROOT, Stack, wait_for
 
 @pytest.fixture
 def stack(database_url: str, broker_url: str, tmp_path) -> Iterator[Stack]:
-    with Stack(database_url, broker_url, tmp_path, sagas=SAGAS) as running:
-        try:
-            yield running
-        finally:
-            kill_all(running)
+    running = Stack(database_url, broker_url, tmp_path, sagas=SAGAS)
+    try:
+        with running:
+            try:
+                yield running
+            finally:
+                kill_all(running)
+    finally:
+        forget_bindings(running)
 
 
 def reservation() -> dict[str, Any]:
