@@ -100,8 +100,7 @@ def email_warehouse(ctx: StepContext) -> dict[str, Any]:
 QUICK_RETRY = Retry(attempts=5, first_delay=timedelta(milliseconds=200),
                     max_delay=timedelta(seconds=2), non_retryable=(NonRetryable,))
 
-order_fulfillment = Saga("order_fulfillment", version=1, input=OrderSchema,
-                         timeout=timedelta(days=3), steps=[
+ORDER_AND_SHIP = [
     Step("validate_order", validate_order),
     Step("reserve_inventory", reserve_inventory, compensate=release_inventory, retry=QUICK_RETRY),
     Step("charge_card", charge_card, compensate=refund_card, retry=QUICK_RETRY),
@@ -109,7 +108,10 @@ order_fulfillment = Saga("order_fulfillment", version=1, input=OrderSchema,
         Step("create_shipment", create_shipment, compensate=cancel_shipment, retry=QUICK_RETRY),
         Step("email_warehouse", email_warehouse),
     ),
-])
+]
+
+order_fulfillment = Saga("order_fulfillment", version=1, input=OrderSchema,
+                         timeout=timedelta(days=3), steps=ORDER_AND_SHIP)
 
 
 class LabelSchema(Schema):
@@ -126,13 +128,7 @@ def email_user(ctx: StepContext) -> dict[str, Any]:
 # that started on version 1 finish on version 1, which stays loaded beside it.
 order_fulfillment_v2 = Saga("order_fulfillment", version=2, input=OrderSchema,
                             timeout=timedelta(days=3), steps=[
-    Step("validate_order", validate_order),
-    Step("reserve_inventory", reserve_inventory, compensate=release_inventory, retry=QUICK_RETRY),
-    Step("charge_card", charge_card, compensate=refund_card, retry=QUICK_RETRY),
-    Parallel(
-        Step("create_shipment", create_shipment, compensate=cancel_shipment, retry=QUICK_RETRY),
-        Step("email_warehouse", email_warehouse),
-    ),
+    *ORDER_AND_SHIP,
     WaitForSignal("shipping_label", timeout=timedelta(days=2), schema=LabelSchema),
     Step("email_user", email_user, timeout=timedelta(seconds=30)),
 ])
