@@ -174,7 +174,7 @@ class Store(Reads, ScheduleStore):
 
     def claim(self, run_id: str, step: str, kind: Kind, owner: str, lease_s: float,
               max_attempts: int, shape: str | None = None) -> Claim | None:
-        """Take a queued step (or one whose lease expired) under a new fence.
+        """Take a queued step under a new fence.
 
         None means a duplicate or stale message, the run has moved on, or the attempts
         are used up: the caller acknowledges and drops it. `ShapeChanged` means the run
@@ -196,9 +196,9 @@ class Store(Reads, ScheduleStore):
                 steps.update()
                 .where(steps.c.run_id == run_id, steps.c.name == step, steps.c.kind == str(kind),
                        steps.c.attempt < max_attempts,
-                       sa.or_(steps.c.status == StepStatus.QUEUED,
-                              sa.and_(steps.c.status == StepStatus.RUNNING,
-                                      steps.c.lease_expires_at < now)))
+                       # Only queued: an expired lease is a failed attempt, handled by the
+                       # sweeper (retry policy, on_timeout, alert), never silently taken over.
+                       steps.c.status == StepStatus.QUEUED)
                 .values(status=StepStatus.RUNNING, attempt=steps.c.attempt + 1,
                         fence=steps.c.fence + 1, lease_owner=owner, lease_expires_at=expires,
                         started_at=now, redispatch_at=None, next_attempt_at=None, start_by=None)

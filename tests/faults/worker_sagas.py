@@ -135,6 +135,14 @@ def poison(ctx: StepContext) -> dict[str, Any]:
     raise AssertionError("unreachable")
 
 
+def die_once(ctx: StepContext) -> dict[str, Any]:
+    """Kill the worker child running the first attempt; later attempts charge."""
+    started(ctx)
+    if ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return charge(ctx)
+
+
 class Hiccup(Exception):
     """A passing failure, worth another attempt."""
 
@@ -187,14 +195,7 @@ retry_storm = Saga("retry_storm", steps=[
 ])
 
 
-def die_once(ctx: StepContext) -> dict[str, Any]:
-    """Kill the worker child running the first attempt; later attempts charge."""
-    started(ctx)
-    if ctx.attempt == 1:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return charge(ctx)
-
-
+# A worker dying mid-attempt of a step whose timeouts park: the expired lease must park it.
 die_then_park = Saga("die_then_park", steps=[
     Step("reserve", reserve, compensate=release),
     Step("fragile", die_once, heartbeat_timeout=timedelta(seconds=1), on_timeout="park",

@@ -24,7 +24,7 @@ from saga.app import System, build
 from saga.cli import main
 from saga.registry import Registry
 from saga.settings import Settings
-from saga.state import RetryDue, StepSucceeded
+from saga.state import LeaseExpired, RetryDue, StepSucceeded
 from saga.status import Kind
 from saga.store import Store
 from saga.timeline import attempts, state_at
@@ -316,8 +316,12 @@ def journey(system: System) -> dict:
     capture()
     dead = store.claim(run_id, "reserve", Kind.FORWARD, "w-dead", lease_s=0.05, max_attempts=3)
     capture()
-    time.sleep(0.1)  # w-dead's lease runs out; the next claim takes the step over
-    system.engine.run_step(run_id, "reserve", Kind.FORWARD, "pay", 1, worker="w-test")
+    deadline = time.monotonic() + 10
+    while store.now() <= dead.lease_expires_at:  # w-dead's lease runs out
+        assert time.monotonic() < deadline, "the lease never ran out"
+        time.sleep(0.01)
+    # What the sweeper does with it: the attempt failed; the step is retried by its policy.
+    assert system.engine.handle(run_id, LeaseExpired("reserve", Kind.FORWARD, dead.fence))
     capture()
     # w-dead wakes up and reports: its fence is stale, the result is discarded.
     assert not system.engine.handle(run_id, StepSucceeded("reserve", Kind.FORWARD, dead.fence),
@@ -369,7 +373,7 @@ def test_state_at_each_moment_of_a_signal_wait_equals_the_live_view_then(system)
 def test_attempts_from_the_log_tell_the_journey(journey):
     found = [(a.step, a.kind, a.attempt, a.worker, a.outcome) for a in attempts(journey["events"])]
     assert found == [
-        ("reserve", "forward", 1, "w-dead", "lease expired"),
+        ("reserve", "forward", 1, "w-dead", "failed, will retry"),
         ("reserve", "forward", 2, "w-test", "succeeded"),
         ("charge", "forward", 1, "w-test", "failed, will retry"),
         ("notify", "forward", 1, "w-test", "succeeded"),
@@ -377,6 +381,7 @@ def test_attempts_from_the_log_tell_the_journey(journey):
         ("reserve", "compensate", 1, "w-test", "succeeded"),
     ]
     first = attempts(journey["events"])[0]
+    assert "no heartbeat within the lease" in first.error
     assert first.note == "its late result (succeeded) was discarded"
 
 
@@ -462,7 +467,7 @@ def test_cli_show_prints_each_attempt_with_worker_outcome_and_error(db_url, jour
     assert lines[1].startswith("  started  ") and "finished" in lines[1]
     assert "error    step 'charge' failed: NonRetryable: card declined" in lines[2]
     body = "\n".join(lines[3:])
-    for expected in ("w-dead  lease expired", "w-test  succeeded",
+    for expected in ("w-dead  failed, will retry", "no heartbeat within the lease", "w-test  succeeded",
                      "w-test  failed, will retry at", "error: ConnectionError: Bank unavailable",
                      "w-test  failed  error: NonRetryable: card declined: over the limit",
                      "its late result (succeeded) was discarded", "compensation reserve"):
