@@ -1,6 +1,7 @@
 """What a waiting run costs: start rate, database bytes, worker and sweeper memory, sweep time.
 
-    python bench/waiting.py [--runs 100000] [--due 10] [--small 1000] [--sweeps 9]
+    python bench/waiting.py [--runs 100000] [--due 10] [--small 1000] [--sweeps 25]
+                            [--fill-to N] [--redispatch-s 600] [--deadline S] [--timeout S]
 
 Two fresh PostgreSQL databases (`bench_wait_<random>`, created and dropped): a small one
 with `--small` runs and a large one with `--runs`. For each, a real `saga worker -c 2`
@@ -11,14 +12,29 @@ calling `Engine.start` as fast as they return, half of them a saga whose second 
 reads the worker's resident memory (the prefork parent and its children), the sweeper's,
 and what the idle sweeper and its PostgreSQL backends burn in CPU for a while.
 
+The start burst outruns the worker, so the broker holds a backlog; with the default
+SAGA_REDISPATCH_S (10 s) the real sweeper would republish every queued step of it, again
+and again (backing off), and the worker would spend its time dropping duplicates. The
+bench runs every process with `--redispatch-s` (600 s) so it measures waiting, not that.
+
+`--fill-to N`: when the worker is too slow to start N runs in reasonable time, start
+`--runs` of them for real, then copy those waiting runs (runs, steps and events rows,
+new ids) in SQL up to N in the large database, while the worker and sweeper still run.
+Sizes, sweeps and the sweeper's figures then count the copies; the start rate does not.
+
 With both databases populated and the processes stopped (so no real sweeper takes the
 due rows), it measures `sweep_once` in this process, alternating between the databases:
 before each sweep one UPDATE makes `--due` waiting steps due (half timers, half signal
 timeouts, picked at random, wake_at in the past), the sweep must wake exactly those, and
-the median duration is reported beside the median of an empty sweep. The wakeup query is
-captured as the store sends it and run under EXPLAIN ANALYZE to show its plan; the other
-sweep queries are EXPLAINed for the index they read. Both databases are VACUUM ANALYZEd
-before the sweeps, as autovacuum would have done on a live system.
+the median duration (and the part spent advancing the due runs) is reported beside the
+median of an empty sweep. The wakeup query is captured as the store sends it and run
+under EXPLAIN ANALYZE to show its plan; every other sweep query is EXPLAIN ANALYZEd for
+the index it reads and the buffers it touches. Both databases are VACUUM ANALYZEd before
+the sweeps, as autovacuum would have done on a live system.
+
+Everything is bounded: `--deadline` for populating the large database (default
+120 + runs / 10 s), `--timeout` for the whole bench; on any error, SIGTERM or timeout the
+processes are stopped, their queues deleted and both databases dropped.
 
 Servers (override with environment variables, as in bench/throughput.py):
 BENCH_DATABASE_URL (an admin database on the PostgreSQL server) and BENCH_RABBITMQ_URL.
@@ -197,7 +213,10 @@ class Population:
     tables: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (total, indexes)
     wake_index_bytes: int = 0
     deadline_index_bytes: int = 0  # runs_deadline_due: every running run, deadline or not
+    indexes: list[tuple[str, int]] = field(default_factory=list)  # (name, bytes), largest first
+    events_per_run: float = 0.0
     sweep_due: list[float] = field(default_factory=list)
+    advancing: list[float] = field(default_factory=list)  # of each sweep_due: in engine.handle
     sweep_empty: list[float] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
     wakeup_plan: str = ""
@@ -387,6 +406,12 @@ def sizes(db: Database, result: Population) -> None:
             result.tables[table] = tuple(conn.execute(
                 "SELECT pg_total_relation_size(%s), pg_indexes_size(%s)",
                 (table, table)).fetchone())
+        result.indexes = [(r[0], r[1]) for r in conn.execute(
+            "SELECT indexrelname, pg_relation_size(indexrelid) FROM pg_stat_user_indexes"
+            " WHERE relname = ANY(%s) ORDER BY 2 DESC", (list(TABLES),))]
+        result.events_per_run = conn.execute(
+            "SELECT (SELECT count(*) FROM events)::float8 / greatest(1, (SELECT count(*) FROM runs))"
+        ).fetchone()[0]
         result.wake_index_bytes, result.deadline_index_bytes = conn.execute(
             "SELECT pg_relation_size('steps_wake_due'), pg_relation_size('runs_deadline_due')"
         ).fetchone()
@@ -468,6 +493,22 @@ def sweep_queries(store: Any, captured: list[tuple[str, Any]]) -> list[tuple[str
     return out
 
 
+def timed_advances(engine: Any) -> list[float]:
+    """Wrap this engine's `handle` (a sweep's advance of one due run); [seconds spent in it]."""
+    spent = [0.0]
+    handle = engine.handle
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return handle(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - began
+
+    engine.handle = timed
+    return spent
+
+
 def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int) -> None:
     """Median in-process `sweep_once` with `due` due and with none, alternating the databases."""
     from saga.app import build
@@ -480,6 +521,7 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
             settings = Settings(database_url=db.url, broker_url=BROKER_URL,
                                 sagas=(SAGAS_MODULE,), default_queue=f"bench-wait-{uuid.uuid4().hex[:8]}")
             systems.append(build(settings))
+        advancing = [timed_advances(system.engine) for system in systems]
         conns = [db.connect() for db, _ in dbs]
         try:
             for system in systems:  # warm: pools connected, plans cached, pages read
@@ -497,9 +539,11 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
                     made = make_due(conn, due)
                     if made != due:
                         raise RuntimeError(f"{db.label}: made {made} steps due, not {due}")
+                    advancing[i][0] = 0.0
                     began = time.perf_counter()
                     swept = sweep_once(system.engine)
                     result.sweep_due.append(time.perf_counter() - began)
+                    result.advancing.append(advancing[i][0])
                     if swept.wakeups != due or swept.total != due:
                         raise RuntimeError(f"{db.label}: the sweep did {swept}, not {due} wakeups")
             for (_db, result), system, conn in zip(dbs, systems, conns, strict=True):
@@ -565,6 +609,7 @@ def print_report(small: Population, large: Population, args: argparse.Namespace)
         ("no-op steps republished by the sweeper", lambda p: f"{p.republished}"),
         ("database size (pg_database_size)", lambda p: mb(p.db_bytes)),
         *[(f"  {t} total (of which indexes)", table_size(t)) for t in TABLES],
+        ("  events rows per run", lambda p: f"{p.events_per_run:.1f}"),
         ("  steps_wake_due partial index", lambda p: mb(p.wake_index_bytes)),
         ("  runs_deadline_due partial index", lambda p: mb(p.deadline_index_bytes)),
         (f"worker RSS, -c {args.concurrency}: at ready", lambda p: f"{p.worker_idle} "
@@ -574,6 +619,7 @@ def print_report(small: Population, large: Population, args: argparse.Namespace)
         (f"idle sweeper CPU over {IDLE_WINDOW_S:.0f}s: process / PG", lambda p:
             f"{100 * p.sweeper_cpu:.1f}% / {100 * p.sweeper_pg_cpu:.1f}% of a core"),
         (f"sweep_once, {due} due (median of {rounds})", lambda p: ms(p.sweep_due)),
+        (f"  of which advancing the {due} due runs", lambda p: ms(p.advancing)),
         (f"sweep_once, 0 due (median of {rounds})", lambda p: ms(p.sweep_empty)),
         (f"one sweep with {due} due: statements / checkouts", lambda p:
             f"{p.due_statements} / {p.due_checkouts}"),
@@ -604,6 +650,9 @@ def print_report(small: Population, large: Population, args: argparse.Namespace)
               f"{100_000 / large.waiting_rate / 60:.0f} min to start and reach their wait here; "
               f"starting alone at {large.start_rate:.0f} runs/s, about "
               f"{100_000 / large.start_rate / 60:.0f} min")
+    print(f"\nindexes with {large.label}, largest first (bytes per waiting run):")
+    for name, size in large.indexes:
+        print(f"  {name:<32} {mb(size):>9}  {size / n_large:6.0f} B")
     for p in (small, large):
         print(f"\nsweep queries with {p.label}, none due (EXPLAIN ANALYZE: indexes read, "
               "buffers of the top node, execution time):")

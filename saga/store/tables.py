@@ -37,7 +37,8 @@ runs = sa.Table(
     sa.Index("runs_errored", "created_at", "id", postgresql_where=sa.text("error IS NOT NULL"),
              sqlite_where=sa.text("error IS NOT NULL")),
     sa.Index("runs_deadline_due", "deadline_at",
-             postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'")),
+             postgresql_where=sa.text("status = 'running' AND deadline_at IS NOT NULL"),
+             sqlite_where=sa.text("status = 'running' AND deadline_at IS NOT NULL")),
 )
 
 steps = sa.Table(

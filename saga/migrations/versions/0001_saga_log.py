@@ -40,7 +40,7 @@ def upgrade() -> None:
     op.create_index("runs_created", "runs", ["created_at", "id"])
     op.create_index("runs_saga_created", "runs", ["saga", "created_at", "id"])
     op.create_index("runs_status_created", "runs", ["status", "created_at", "id"])
-    running = sa.text("status = 'running'")
+    running = sa.text("status = 'running' AND deadline_at IS NOT NULL")
     op.create_index("runs_deadline_due", "runs", ["deadline_at"], postgresql_where=running,
                     sqlite_where=running)
     op.create_table(
