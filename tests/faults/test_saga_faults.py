@@ -11,40 +11,23 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import requests
 
 from tests.faults import invariants
 from tests.faults.infra_sagas import UNDO_FAILURES, UNDO_FIXED
-from tests.faults.test_infra_faults import (
+from tests.faults.test_infra_faults import (  # noqa: F401  (stack: the shared fixture)
     REGISTRY,
-    SAGAS,
     actions,
     event_count,
-    forget_bindings,
-    kill_all,
     new_order,
     report,
+    stack,
     start,
     step,
 )
 from tests.stack import ROOT, Stack, wait_for
-
-
-@pytest.fixture
-def stack(database_url: str, broker_url: str, tmp_path) -> Iterator[Stack]:
-    running = Stack(database_url, broker_url, tmp_path, sagas=SAGAS)
-    try:
-        with running:
-            try:
-                yield running
-            finally:
-                kill_all(running)
-    finally:
-        forget_bindings(running)
 
 
 def reservation() -> dict[str, Any]:
