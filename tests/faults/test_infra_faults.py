@@ -376,6 +376,34 @@ def test_worker_killed_mid_compensation_resumes_it_in_order_with_one_refund(
 
 # -- 8. PostgreSQL restarted, and unreachable for longer than a lease ---------------------
 
+def restart_mid_saga(stack: Stack, proxy: Proxy, variable: str, url: str, what: str) -> None:
+    """Every process through `proxy`; two runs held at the charge gate, two more placed;
+    the server "restarts" (every connection dies) as the gate opens; all must succeed once."""
+    via = proxied(proxy, variable, url)
+    start(stack, api=via, worker=via, sweeper=via, concurrency=3)
+    gated, gated_orders = start_gated(stack, 2)
+    orders = [new_order() for _ in range(2)]
+    placed = [stack.post_run("fault_order", o) for o in orders]
+    run_ids = gated + placed
+    assert proxy.connections > 0
+
+    before = last_event_id(stack)
+    proxy.reset()
+    open_gate(stack, "charge")
+    recovery = time_until(lambda: all(progressed(stack, [r], before, ("step.succeeded",),
+                                                 "charge_card") for r in gated),
+                          30, f"the gated charges to commit after the {what} restart")
+    assert wait_terminal(stack, run_ids) == dict.fromkeys(run_ids, "succeeded")
+    for order_id in gated_orders + [o["order_id"] for o in orders]:
+        assert actions(stack, order_id) == ["reserve", "charge", "ship"]
+    invariants.check(stack, run_ids, REGISTRY)
+    report(stack, f"{what} restarted", restart_to_gated_charges_committed=recovery)
+    # An attempt beyond the first is a step whose commit (PostgreSQL) or acknowledgement
+    # (the broker: Celery terminates what it can no longer ack) the restart cut off.
+    print(f"  gated charge attempts: {[step(stack, r, 'charge_card').attempt for r in gated]}")
+
+
+
 def test_postgres_restart_mid_saga_loses_no_run_and_repeats_no_effect(stack: Stack,
                                                                       pg: Proxy) -> None:
     """Given every process reaching PostgreSQL through a proxy, two runs holding their charge
@@ -385,29 +413,7 @@ def test_postgres_restart_mid_saga_loses_no_run_and_repeats_no_effect(stack: Sta
 
     The API goes through the proxy too: a restart is brief and every client sees it.
     """
-    via = proxied(pg, "SAGA_DATABASE_URL", stack.database_url)
-    start(stack, api=via, worker=via, sweeper=via, concurrency=3)
-    gated, gated_orders = start_gated(stack, 2)
-    orders = [new_order() for _ in range(2)]
-    placed = [stack.post_run("fault_order", o) for o in orders]
-    run_ids = gated + placed
-    assert pg.connections > 0
-
-    before = last_event_id(stack)
-    pg.reset()
-    open_gate(stack, "charge")
-    recovery = time_until(lambda: all(progressed(stack, [r], before, ("step.succeeded",),
-                                                 "charge_card") for r in gated),
-                          30, "the gated charges to commit after the restart")
-
-    assert wait_terminal(stack, run_ids) == dict.fromkeys(run_ids, "succeeded")
-    for order_id in gated_orders + [o["order_id"] for o in orders]:
-        assert actions(stack, order_id) == ["reserve", "charge", "ship"]
-    invariants.check(stack, run_ids, REGISTRY)
-    report(stack, "PostgreSQL restarted", restart_to_gated_charges_committed=recovery)
-    # Each attempt beyond the first is a step whose commit hit a connection the restart
-    # killed, and that waited out its lease (the pool does not test connections first).
-    print(f"  gated charge attempts: {[step(stack, r, 'charge_card').attempt for r in gated]}")
+    restart_mid_saga(stack, pg, "SAGA_DATABASE_URL", stack.database_url, "PostgreSQL")
 
 
 def test_postgres_unreachable_longer_than_a_lease_then_every_run_finishes_once(
@@ -473,26 +479,7 @@ def test_broker_restart_mid_saga_lets_every_run_finish(stack: Stack, mq: Proxy) 
     their leases expire, whatever message was lost is republished, and all runs succeed
     with each effect applied once.
     """
-    via = proxied(mq, "SAGA_BROKER_URL", stack.broker_url)
-    start(stack, api=via, worker=via, sweeper=via, concurrency=3)
-    gated, gated_orders = start_gated(stack, 2)
-    orders = [new_order() for _ in range(2)]
-    placed = [stack.post_run("fault_order", o) for o in orders]
-    run_ids = gated + placed
-
-    before = last_event_id(stack)
-    mq.reset()
-    open_gate(stack, "charge")
-    recovery = time_until(lambda: all(progressed(stack, [r], before, ("step.succeeded",),
-                                                 "charge_card") for r in gated),
-                          30, "the gated charges to commit after the broker restart")
-    assert wait_terminal(stack, run_ids) == dict.fromkeys(run_ids, "succeeded")
-    for order_id in gated_orders + [o["order_id"] for o in orders]:
-        assert actions(stack, order_id) == ["reserve", "charge", "ship"]
-    invariants.check(stack, run_ids, REGISTRY)
-    report(stack, "broker restarted", restart_to_gated_charges_committed=recovery)
-    # Celery terminates the steps it can no longer acknowledge: they wait out their lease.
-    print(f"  gated charge attempts: {[step(stack, r, 'charge_card').attempt for r in gated]}")
+    restart_mid_saga(stack, mq, "SAGA_BROKER_URL", stack.broker_url, "broker")
 
 
 def test_broker_restart_losing_queued_messages_is_repaired_by_the_sweeper(stack: Stack,
