@@ -11,11 +11,11 @@ import importlib
 
 import flask
 import flask_smorest
+from saga.api import control, health, problems, runs, sagas, schedules
 from werkzeug.exceptions import HTTPException
 
-from api import control, health, problems, runs, sagas, schedules
-from saga.app import System, build
 from saga.settings import Settings
+from saga.system import System, build
 
 __all__ = ["create_app"]
 
@@ -45,7 +45,7 @@ class ProblemApi(flask_smorest.Api):
 
 
 def create_app(settings: Settings | None = None, system: System | None = None) -> flask.Flask:
-    """The API for one process; `system` defaults to `saga.app.build(settings)`."""
+    """The API for one process; `system` defaults to `saga.system.build(settings)`."""
     settings = settings if settings is not None else Settings.from_env()
     system = system if system is not None else build(settings)
     app = flask.Flask("api")

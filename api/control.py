@@ -6,11 +6,11 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields
+from saga.api.parsing import Blueprint
+from saga.api.problems import Problem, ProblemSchema, flatten
+from saga.api.runs import _checked, system
+from saga.api.schemas import IdempotencySchema, RunSchema
 
-from api.parsing import Blueprint
-from api.problems import Problem, ProblemSchema, flatten
-from api.runs import _checked, system
-from api.schemas import IdempotencySchema, RunSchema
 from saga.errors import InvalidInput
 
 blp = Blueprint("control", __name__, description="Send signals to runs and cancel them")

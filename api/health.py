@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
-
-from api.parsing import Blueprint
-from api.problems import Problem, ProblemSchema
-from api.schemas import HealthSchema
+from saga.api.parsing import Blueprint
+from saga.api.problems import Problem, ProblemSchema
+from saga.api.schemas import HealthSchema
 
 blp = Blueprint("health", __name__, description="Liveness of the database and the broker")
 

@@ -6,10 +6,9 @@ import base64
 from typing import Any
 
 import flask
-
-from api.parsing import Blueprint
-from api.problems import Problem, ProblemSchema, flatten
-from api.schemas import (
+from saga.api.parsing import Blueprint
+from saga.api.problems import Problem, ProblemSchema, flatten
+from saga.api.schemas import (
     EventListSchema,
     EventQuerySchema,
     IdempotencySchema,
@@ -18,6 +17,7 @@ from api.schemas import (
     RunSchema,
     StartSchema,
 )
+
 from saga.errors import InvalidInput, RunNotFound
 
 blp = Blueprint("runs", __name__, description="Start, inspect and list saga runs")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import flask
-
-from api.parsing import Blueprint
-from api.schemas import SagaListSchema
+from saga.api.parsing import Blueprint
+from saga.api.schemas import SagaListSchema
 
 blp = Blueprint("sagas", __name__, description="The saga definitions this process has loaded")
 

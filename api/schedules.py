@@ -7,10 +7,10 @@ from typing import Any
 import flask
 import marshmallow as ma
 from marshmallow import fields, validate
+from saga.api.parsing import Blueprint, storable
+from saga.api.problems import Problem, ProblemSchema
 
-from api.parsing import Blueprint, storable
-from api.problems import Problem, ProblemSchema
-from saga.scheduler import (
+from saga.schedules.firing import (
     DEFAULT_MAX_RUNNING,
     MAX_ITEMS,
     MAX_RUNNING,

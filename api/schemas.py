@@ -7,9 +7,9 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
+from saga.api.parsing import printable, storable
 
-from api.parsing import printable, storable
-from saga.status import Kind, RunStatus, StepStatus
+from saga.run import Kind, RunStatus, StepStatus
 
 MAX_PAGE = 200
 

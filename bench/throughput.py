@@ -412,8 +412,8 @@ Hook = Callable[[str, "Worker"], None]  # called with "begin" and "end" around t
 def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = "saga.cli",
                  extra_env: dict[str, str] | None = None, hook: Hook | None = None) -> Result:
     """N sagas through a real `saga.cli worker -c 2` (or `module`, the same CLI with timers)."""
-    from saga.app import build
     from saga.settings import Settings
+    from saga.system import build
 
     broker_url = BROKERS[broker]
     queue = f"bench-saga-{uuid.uuid4().hex[:8]}"

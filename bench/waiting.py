@@ -274,8 +274,8 @@ def populate(db: Database, n: int, options: argparse.Namespace, folder: Path,
     With `fill_to`, copies of the waiting runs are then added in SQL up to that many
     while both processes keep running, before their memory and the sweeper's CPU are read.
     """
-    from saga.app import build
     from saga.settings import Settings
+    from saga.system import build
 
     result = Population(db.label, n)
     queue = f"bench-wait-{uuid.uuid4().hex[:8]}"
@@ -511,9 +511,9 @@ def timed_advances(engine: Any) -> list[float]:
 
 def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int) -> None:
     """Median in-process `sweep_once` with `due` due and with none, alternating the databases."""
-    from saga.app import build
     from saga.settings import Settings
     from saga.sweeper import sweep_once
+    from saga.system import build
 
     systems = []
     try:

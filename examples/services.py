@@ -1,6 +1,6 @@
 """The demo inventory, payment and shipping services that the order-fulfillment saga calls.
 
-Every POST takes an `Idempotency-Key` header and goes through `saga.idempotent`, so a
+Every POST takes an `Idempotency-Key` header and goes through `saga.helpers.idempotent`, so a
 repeated key replays the first response and applies its effect once. Each applied effect
 is a `demo_effects` row, which `GET /demo/effects?order_id=` lists for tests and the demo.
 
@@ -22,8 +22,8 @@ import flask
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from saga.idempotent import PROBLEM_JSON, IdempotentRequests, idempotent, problem
-from saga.idempotent import create_tables as create_idempotency_tables
+from saga.helpers.idempotent import PROBLEM_JSON, IdempotentRequests, idempotent, problem
+from saga.helpers.idempotent import create_tables as create_idempotency_tables
 
 __all__ = ["DECLINED_CARD", "FLAKY_CARD", "FLAKY_FAILURES", "UNDELIVERABLE_ADDRESS",
            "create_tables", "demo_effects", "make_demo_services", "metadata"]

@@ -11,7 +11,7 @@
 from saga.context import LeaseLost, StepContext
 from saga.definitions import Parallel, RemoteTask, Retry, Saga, Step, Wait, WaitForSignal
 from saga.errors import DefinitionError, NonRetryable, SagaError
-from saga.schedules import Schedule
+from saga.schedules.cron import Schedule
 from saga.settings import Settings
 
 __all__ = [

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from celery.contrib.testing.worker import start_worker
 
 from saga import migrations, sweeper
-from saga.app import System, build
 from saga.registry import Registry
 from saga.settings import Settings
+from saga.system import System, build
 
 
 @contextmanager

@@ -31,7 +31,6 @@ from saga.errors import (
     UnknownSaga,
     UnknownSignal,
 )
-from saga.faults import crash_point
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.state import (
@@ -46,6 +45,7 @@ from saga.state import (
     StepSucceeded,
 )
 from saga.store import Claim, Conflict, RunTransaction, ShapeChanged, Store
+from saga.testing.faults import crash_point
 
 log = logging.getLogger("saga.engine")
 # Celery's soft limit and a RemoteTask's wait, matched by name to keep Celery at the edge.

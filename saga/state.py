@@ -14,7 +14,7 @@ from typing import Any, Union
 
 from saga import compensation
 from saga.definitions import Saga, Signal, Timer
-from saga.status import Kind, RunStatus, StepStatus
+from saga.run import Kind, RunStatus, StepStatus
 
 __all__ = ["Kind", "RunStatus", "StepStatus", "StepState", "PendingSignal", "Run", "start",
            "advance", "plan", "take", "transitions"]

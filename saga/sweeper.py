@@ -14,7 +14,8 @@ from datetime import timedelta
 
 from saga.engine import Engine
 from saga.errors import RunParked
-from saga.scheduler import feed_backfills, fire_schedules
+from saga.run import Kind
+from saga.schedules.firing import feed_backfills, fire_schedules
 from saga.state import (
     CompensateStep,
     DeadlinePassed,
@@ -25,7 +26,6 @@ from saga.state import (
     RunStep,
     WakeUpDue,
 )
-from saga.status import Kind
 
 log = logging.getLogger("saga.sweeper")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from saga.status import Kind, RunStatus, StepStatus
+from saga.run import Kind, RunStatus, StepStatus
 
 __all__ = ["Attempt", "StepAt", "RunAt", "attempts", "state_at", "render", "render_state",
            "render_events", "duration"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from saga.status import Kind, StepStatus
+from saga.run import Kind, StepStatus
 
 if TYPE_CHECKING:
     from saga.definitions import Saga

@@ -27,7 +27,7 @@ from datetime import timedelta
 from typing import Any, Union
 
 from saga.errors import DefinitionError
-from saga.schedules import Schedule
+from saga.schedules.cron import Schedule
 
 __all__ = ["Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "Timer",
            "Signal", "Node", "resolve_action"]

@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from saga.errors import RunNotFound
+from saga.run import Kind
 from saga.state import Run, RunStatus
-from saga.status import Kind
 from saga.store.rows import (
     decode_cursor,
     encode_cursor,

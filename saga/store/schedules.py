@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from saga.status import RunStatus
+from saga.run import RunStatus
 from saga.store.rows import aware
 from saga.store.tables import JSON, When, metadata, runs
 

@@ -23,15 +23,15 @@ import pytest
 import requests
 import sqlalchemy as sa
 from marshmallow import fields, validate
+from saga.api import create_app
 from werkzeug.serving import make_server
 
-from api import create_app
 from saga import NonRetryable, Saga, Step
-from saga.app import System, build
 from saga.registry import Registry
+from saga.run import Kind
 from saga.settings import Settings
-from saga.status import Kind
 from saga.store import metadata
+from saga.system import System, build
 
 PG_URL = os.environ.get("SAGA_TEST_DATABASE_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from saga.api import create_app
 from werkzeug.serving import make_server
 
-from api import create_app
-from saga.app import System
 from saga.embedded import embedded
 from saga.settings import Settings
+from saga.system import System
 from tests.stack import TERMINAL, wait_for
 
 

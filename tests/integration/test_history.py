@@ -17,16 +17,16 @@ import flask
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from saga.api import create_app
 
-from api import create_app
 from saga import NonRetryable, Parallel, Retry, Saga, Step, WaitForSignal
-from saga.app import System, build
 from saga.cli import main
 from saga.registry import Registry
+from saga.run import Kind
 from saga.settings import Settings
 from saga.state import LeaseExpired, RetryDue, StepSucceeded
-from saga.status import Kind
 from saga.store import Store
+from saga.system import System, build
 from saga.timeline import attempts, state_at
 from tests.conftest import PG_ADMIN_URL
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from examples.services import create_tables, demo_effects, make_demo_services
 from saga.errors import IdempotencyConflict
-from saga.idempotent import IdempotentRequests
+from saga.helpers.idempotent import IdempotentRequests
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CONCURRENT_REQUESTS = 20

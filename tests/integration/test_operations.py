@@ -13,12 +13,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from saga.alerts import Alerts
-from saga.app import build
 from saga.definitions import Saga, Step
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.state import Alert
 from saga.sweeper import sweep_once
+from saga.system import build
 from tests.stack import ROOT, wait_for
 
 
@@ -94,6 +94,6 @@ def test_the_sweeper_prunes_finished_runs_past_retention_but_keeps_failed_ones(d
 
 
 def engine_kind():
-    from saga.status import Kind
+    from saga.run import Kind
 
     return Kind.FORWARD

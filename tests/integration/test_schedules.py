@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from saga.api import create_app
 
-from api import create_app
 from saga import Saga, Step
-from saga.app import System, build
 from saga.cli import main
 from saga.registry import Registry
-from saga.scheduler import CLAIM_S, feed_backfills, fire_schedules
-from saga.schedules import Schedule, iso, schedule_key
+from saga.run import Kind
+from saga.schedules.cron import Schedule, iso, schedule_key
+from saga.schedules.firing import CLAIM_S, feed_backfills, fire_schedules
 from saga.settings import Settings
-from saga.status import Kind
+from saga.system import System, build
 from tests.stack import Stack, wait_for
 
 MODULE = __name__  # SAGA_SAGAS for the CLI: the sagas below
@@ -160,7 +160,7 @@ def test_two_schedulers_never_start_one_firing_twice(systems: list[System], clai
     """Given two sweepers, When both fire the same due firing at once, 40 times over,
     Then each logical time has exactly one run, created by exactly one of them; even
     when claims expire at once and both sweepers start it, the key keeps it to one."""
-    monkeypatch.setattr("saga.scheduler.CLAIM_S", claim_s)
+    monkeypatch.setattr("saga.schedules.firing.CLAIM_S", claim_s)
     engines = [s.engine for s in systems]
     registry = Registry([EVERY_10["all"]])
     start = datetime(2030, 1, 1, tzinfo=UTC)
@@ -318,7 +318,7 @@ def test_a_backfill_and_the_schedule_never_double_a_firing(system, clock):
     move_clock_to(system, clock, due + timedelta(seconds=1))
     fire_schedules(system.engine)
 
-    from saga.scheduler import plan_backfill
+    from saga.schedules.firing import plan_backfill
 
     plan = plan_backfill(system.engine, "every10_all", start=due - timedelta(minutes=20),
                          end=due + timedelta(hours=5))
@@ -432,7 +432,7 @@ def test_inputs_backfill_from_json_lines_is_idempotent(system, cli_env, tmp_path
 
 def test_inputs_backfill_feeds_n_at_a_time(system):
     """Given 7 inputs and max_running 3, When runs finish one by one, Then never more than 3."""
-    from saga.scheduler import plan_backfill, start_backfill
+    from saga.schedules.firing import plan_backfill, start_backfill
 
     plan = plan_backfill(system.engine, "reindex", max_running=3,
                          inputs=[(f"inputs[{i}]", {"key": f"u{i}", "input": {"user": i}})

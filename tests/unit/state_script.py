@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from saga import state
 from saga.definitions import Retry, Saga, Step
+from saga.run import StepStatus
 from saga.state import (
     CompensateStep,
     Kind,
@@ -18,7 +19,6 @@ from saga.state import (
     StepSucceeded,
     WakeUpDue,
 )
-from saga.status import StepStatus
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)

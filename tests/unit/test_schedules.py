@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from saga import DefinitionError, Saga, Step
 from saga.registry import Registry
-from saga.scheduler import InvalidBackfill, parse_lines, scheduled
-from saga.schedules import Schedule, iso, schedule_key
+from saga.schedules.cron import Schedule, iso, schedule_key
+from saga.schedules.firing import InvalidBackfill, parse_lines, scheduled
 
 
 def utc(text: str) -> datetime:

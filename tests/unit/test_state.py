@@ -22,6 +22,7 @@ from state_script import (
 
 from saga import compensation, state
 from saga.definitions import Parallel, Retry, Saga
+from saga.run import StepStatus
 from saga.state import (
     Kind,
     LeaseExpired,
@@ -31,7 +32,6 @@ from saga.state import (
     StepState,
     StepSucceeded,
 )
-from saga.status import StepStatus
 
 SEQ = Saga("seq", steps=[step("a"), step("b"), step("c")])
 FORK = Saga("fork", steps=[step("a"), Parallel(step("b"), step("c")), step("d")])

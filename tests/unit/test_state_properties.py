@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from saga import compensation, state
 from saga.definitions import Parallel, Retry, Saga, Step
+from saga.run import Kind, RunStatus, StepStatus
 from saga.state import (
     Alert,
     CancelRequested,
@@ -24,7 +25,6 @@ from saga.state import (
     StepState,
     StepSucceeded,
 )
-from saga.status import Kind, RunStatus, StepStatus
 
 FWD, COMP = Kind.FORWARD, Kind.COMPENSATE
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

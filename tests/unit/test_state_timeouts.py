@@ -10,6 +10,7 @@ from state_script import COMP, FWD, ONCE, T0, cmds, dispatch, play, step, view
 
 from saga import state
 from saga.definitions import Parallel, Retry, Saga, Wait, WaitForSignal
+from saga.run import StepStatus
 from saga.state import (
     Alert,
     CancelRequested,
@@ -20,7 +21,6 @@ from saga.state import (
     RunStatus,
     SignalReceived,
 )
-from saga.status import StepStatus
 
 THREE = Retry(attempts=3, first_delay=timedelta(seconds=10), jitter=0)
 

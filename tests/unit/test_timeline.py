@@ -7,7 +7,7 @@ from itertools import count
 
 import pytest
 
-from saga.cli_history import parse_when
+from saga.cli.history import parse_when
 from saga.timeline import (
     Attempt,
     attempts,

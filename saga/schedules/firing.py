@@ -30,12 +30,12 @@ from saga.errors import (
     UnknownSaga,
 )
 from saga.registry import Registry
-from saga.schedules import Schedule, iso, schedule_key
+from saga.schedules.cron import Schedule, iso, schedule_key
 
 __all__ = ["fire_schedules", "feed_backfills", "plan_backfill", "start_backfill",
            "parse_lines", "BackfillPlan", "Firing", "InvalidBackfill", "scheduled"]
 
-log = logging.getLogger("saga.scheduler")
+log = logging.getLogger("saga.schedules.firing")
 
 # A sweeper that dies while starting runs delays them by at most this: less than a
 # schedule's default grace, so such a firing still counts as on time.

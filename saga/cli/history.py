@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from saga.cli_common import settings as _settings
-from saga.status import RunStatus, StepStatus
+from saga.cli.common import settings as _settings
+from saga.run import RunStatus, StepStatus
 
 TIME_HELP = ("HH:MM[:SS] today in local time, or an ISO 8601 date and time "
              "(2025-05-01T03:00, local unless it carries an offset such as +02:00 or Z)")

@@ -108,7 +108,7 @@ def upgrade() -> None:
     pending = sa.text("consumed_at IS NULL")
     op.create_index("signals_pending", "signals", ["run_id", "id"], postgresql_where=pending,
                     sqlite_where=pending)
-    # saga.idempotent: the helper services use to store and replay responses by key.
+    # saga.helpers.idempotent: the helper services use to store and replay responses by key.
     op.create_table(
         "idempotency_responses",
         sa.Column("scope", sa.String(100), primary_key=True),

@@ -9,9 +9,9 @@ import sys
 
 import click
 
-from saga.cli_common import safe_url as _safe_url
-from saga.cli_common import settings as _settings
-from saga.cli_common import system as _system
+from saga.cli.common import safe_url as _safe_url
+from saga.cli.common import settings as _settings
+from saga.cli.common import system as _system
 
 
 @click.group()
@@ -37,10 +37,10 @@ def migrate() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 def api(host: str, port: int) -> None:
-    """Serve the HTTP API (for production, run `gunicorn 'api:create_app()'`)."""
+    """Serve the HTTP API (for production, run `gunicorn 'saga.api:create_app()'`)."""
     from werkzeug.serving import make_server
 
-    from api import create_app
+    from saga.api import create_app
 
     settings = _settings()
     app = create_app(settings, _system(settings))
@@ -88,7 +88,7 @@ def dev(host: str, port: int) -> None:
     """API, worker and sweeper in one process on the embedded default (SQLite, in-memory broker)."""
     from werkzeug.serving import make_server
 
-    from api import create_app
+    from saga.api import create_app
     from saga.embedded import embedded
 
     settings = _settings()
@@ -127,15 +127,12 @@ def start(saga_name: str, input_json: str, key: str | None, version: int | None)
 
 def _register() -> None:
     # Command groups kept in their own modules, so each stays small.
-    from saga.cli_backfill import backfill
-    from saga.cli_control import cancel, retry, signal
-    from saga.cli_history import runs, show
+    from saga.cli.backfill import backfill
+    from saga.cli.control import cancel, retry, signal
+    from saga.cli.history import runs, show
 
     for command in (show, runs, cancel, signal, retry, backfill):
         main.add_command(command)
 
 
 _register()
-
-if __name__ == "__main__":
-    main()

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from saga.cli_common import settings as _settings
-from saga.cli_common import system as _system
+from saga.cli.common import settings as _settings
+from saga.cli.common import system as _system
 
 
 @click.command()

@@ -7,8 +7,8 @@ from typing import IO
 
 import click
 
-from saga.cli_common import settings as _settings
-from saga.cli_common import system as _system
+from saga.cli.common import settings as _settings
+from saga.cli.common import system as _system
 
 
 @click.command()
@@ -35,7 +35,7 @@ def backfill(saga_name: str, start: str | None, end: str | None, inputs: IO[str]
     starts the rest as earlier runs finish; GET /v1/backfills/ID shows the progress.
     """
     from saga.errors import SagaError
-    from saga.scheduler import parse_lines, plan_backfill, start_backfill
+    from saga.schedules.firing import parse_lines, plan_backfill, start_backfill
 
     if inputs is None and start is None and end is None:
         raise click.UsageError("give --from and --to (a scheduled saga) or --inputs FILE")

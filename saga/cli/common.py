@@ -15,8 +15,8 @@ def settings() -> Settings:
 
 
 def system(settings: Settings):
-    from saga.app import build
     from saga.errors import SagaError
+    from saga.system import build
 
     try:
         return build(settings)
