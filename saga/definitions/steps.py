@@ -1,0 +1,166 @@
+"""One step: its action, compensation, retry policies and time limits; checked when built."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Union
+
+from saga.definitions.retry import DEFAULT_COMPENSATE_RETRY, Retry
+from saga.definitions.waits import Signal, Timer
+from saga.errors import DefinitionError
+
+
+@dataclass(frozen=True)
+class RemoteTask:
+    """A Celery task that another service's worker runs, by name (and queue)."""
+
+    name: str
+    queue: str | None = None
+
+
+Action = Union[Callable[..., Any], RemoteTask, str]
+
+
+Action = Union[Callable[..., Any], RemoteTask, str]
+
+TIMEOUT_POLICIES = ("retry", "compensate", "park")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: an action, its optional compensation, how to retry it, its time limits.
+
+    An action is a callable taking a `saga.StepContext`, a `"module:function"` import
+    path, or a `RemoteTask`. `after` adds dependencies beyond the step's place in its
+    sequence. Time limits, each measuring one thing:
+
+    - `timeout` (start to close): the soft limit raises inside the step, and the hard
+      limit (a few seconds later) kills it.
+    - `heartbeat_timeout`: the lease; without a heartbeat within it the attempt failed.
+    - `schedule_to_start`: queued longer than this without a worker taking it.
+
+    `on_timeout` says what a timed-out attempt leads to: "retry" (by `retry`),
+    "compensate" (fail the step now), or "park" (stop and flag the run for a person).
+    """
+
+    name: str
+    action: Action | None
+    compensate: Action | None = None
+    retry: Retry = Retry()
+    compensate_retry: Retry = DEFAULT_COMPENSATE_RETRY
+    timeout: timedelta | None = None
+    heartbeat_timeout: timedelta | None = None
+    schedule_to_start: timedelta | None = None
+    on_timeout: str = "retry"
+    after: tuple[str, ...] = ()
+    queue: str | None = None
+    wait: Timer | Signal | None = None  # set by Wait / WaitForSignal: a step that holds no worker
+
+
+def Wait(name: str, duration: timedelta | None = None,
+         until: Callable[[Any, dict[str, Any]], Any] | None = None,
+         after: tuple[str, ...] = ()) -> Step:
+    """A durable timer step: "wait 20 minutes", or until a time computed from the run.
+
+    The wait is a row with a due time: a waiting run holds no worker and no message.
+
+        Wait("cool_off", duration=timedelta(minutes=20))
+        Wait("trial_over", until=lambda input, outputs: parse(input["trial_ends_at"]))
+    """
+    return Step(name, None, wait=Timer(duration, until), after=after)
+
+
+def WaitForSignal(name: str, signal: str | None = None, timeout: timedelta | None = None,
+                  on_timeout: str = "compensate", schema: Any = None,
+                  after: tuple[str, ...] = ()) -> Step:
+    """A step that waits for `POST /v1/runs/{id}/signals/{signal}` (the step's name by default).
+
+        WaitForSignal("shipping_label", timeout=timedelta(days=2), schema=LabelSchema)
+    """
+    return Step(name, None, wait=Signal(signal or name, timeout, on_timeout, schema), after=after)
+
+
+def _check_step(step: Step) -> None:
+    if not isinstance(step.name, str) or not step.name.isidentifier():
+        raise DefinitionError(f"step name {step.name!r} must be an identifier")
+    if isinstance(step.after, str):
+        raise DefinitionError(f"step {step.name!r}: after= takes a tuple of step names, "
+                              f"e.g. after=({step.after!r},)")
+    if step.wait is not None:
+        _check_wait(step)
+    elif step.action is None:
+        what = "a compensation on nothing" if step.compensate is not None else "no action"
+        raise DefinitionError(f"step {step.name!r} has {what}")
+    for role, action in (("action", step.action), ("compensation", step.compensate)):
+        if action is not None:
+            try:
+                resolve_action(action)
+            except DefinitionError as exc:
+                raise DefinitionError(f"step {step.name!r}: {role} {exc}") from None
+    for limit in ("timeout", "heartbeat_timeout", "schedule_to_start"):
+        value = getattr(step, limit)
+        if value is not None and value <= timedelta(0):
+            raise DefinitionError(f"step {step.name!r}: {limit} must be positive")
+    if step.on_timeout not in TIMEOUT_POLICIES:
+        raise DefinitionError(f"step {step.name!r}: on_timeout must be one of "
+                              f"{', '.join(TIMEOUT_POLICIES)}, not {step.on_timeout!r}")
+
+
+def _check_wait(step: Step) -> None:
+    wait = step.wait
+    if step.action is not None or step.compensate is not None:
+        raise DefinitionError(f"step {step.name!r}: a wait has no action and nothing to compensate")
+    if isinstance(wait, Timer):
+        if (wait.duration is None) == (wait.until is None):
+            raise DefinitionError(f"step {step.name!r}: a Wait needs a duration or until, not both")
+        if wait.duration is not None and wait.duration < timedelta(0):
+            raise DefinitionError(f"step {step.name!r}: a Wait's duration must not be negative")
+    elif isinstance(wait, Signal):
+        if not wait.name or not wait.name.replace("_", "").replace("-", "").isalnum():
+            raise DefinitionError(f"step {step.name!r}: signal name {wait.name!r} must be "
+                                  "letters, digits, _ or -")
+        if wait.on_timeout not in ("compensate", "continue"):
+            raise DefinitionError(f"step {step.name!r}: on_timeout must be 'compensate' or "
+                                  f"'continue', not {wait.on_timeout!r}")
+        if wait.timeout is not None and wait.timeout <= timedelta(0):
+            raise DefinitionError(f"step {step.name!r}: the signal timeout must be positive")
+    else:
+        raise DefinitionError(f"step {step.name!r}: wait must be a Timer or a Signal")
+
+
+def resolve_action(action: Action) -> Callable[..., Any] | RemoteTask:
+    """A callable or RemoteTask for an action; a "module:function" path is imported."""
+    if isinstance(action, RemoteTask) or callable(action):
+        return action
+    if isinstance(action, str):
+        module, _, attr = action.partition(":")
+        try:
+            target = getattr(importlib.import_module(module), attr) if attr else None
+        except (ImportError, AttributeError):
+            target = None
+        if not callable(target):
+            raise DefinitionError(
+                f"names unknown task {action!r} (use 'module:function' or RemoteTask(name))")
+        return target
+    raise DefinitionError(f"must be a callable, 'module:function' or RemoteTask, not {action!r}")
+
+
+def _kind(step: Step) -> str:
+    if isinstance(step.wait, Timer):
+        return "timer"
+    if isinstance(step.wait, Signal):
+        return f"signal:{step.wait.name}"
+    return "action"
+
+
+def _action_name(action: Action | None) -> str | None:
+    if action is None:
+        return None
+    if isinstance(action, RemoteTask):
+        return f"task:{action.name}"
+    if isinstance(action, str):
+        return action
+    return f"{getattr(action, '__module__', '?')}:{getattr(action, '__qualname__', repr(action))}"
