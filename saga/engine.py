@@ -87,7 +87,7 @@ class Engine:
     # -- starting -------------------------------------------------------------------
 
     def start(self, saga_name: str, input: Any, idempotency_key: str | None = None,
-              version: int | None = None) -> tuple[str, bool]:
+              version: int | None = None, actor: str | None = None) -> tuple[str, bool]:
         """Start a run (or find the one this idempotency key started): (run id, created).
 
         Validates before any write: `UnknownSaga`, `InvalidInput`, `IdempotencyConflict`.
@@ -98,7 +98,7 @@ class Engine:
             {"input": input, "version": version}, sort_keys=True).encode()).hexdigest()
         run_id, created, commands = self.store.create_run(
             lambda now: state.start(saga, str(uuid.uuid4()), input, now), saga.shape_hash,
-            idempotency_key, request_hash)
+            idempotency_key, request_hash, actor)
         crash_point("after_start_commit", saga.name)
         if created:
             self.publish(saga, run_id, commands)
@@ -108,20 +108,22 @@ class Engine:
 
     def handle(self, run_id: str, event: Event, worker: str | None = None,
                skip_locked: bool = False,
-               prepare: Callable[[RunTransaction, Saga], None] | None = None) -> bool:
+               prepare: Callable[[RunTransaction, Saga], None] | None = None,
+               actor: str | None = None) -> bool:
         """Apply one event to a run under its lock; False if it changed nothing.
 
         `prepare` runs first in the same transaction (to check the run and write what the
         event needs, such as a received signal); its writes commit even if the event then
         changes nothing. A run no loaded definition fits is parked: `RunParked`.
         """
-        changed, _ = self._advance(run_id, event, worker, skip_locked, prepare)
+        changed, _ = self._advance(run_id, event, worker, skip_locked, prepare, actor=actor)
         return changed
 
     def _advance(self, run_id: str, event: Event, worker: str | None = None,
                  skip_locked: bool = False,
                  prepare: Callable[[RunTransaction, Saga], None] | None = None,
-                 take_next: bool = False, known: Saga | None = None) -> tuple[bool, Claim | None]:
+                 take_next: bool = False, known: Saga | None = None,
+                 actor: str | None = None) -> tuple[bool, Claim | None]:
         """`handle`, and with `take_next` also claim one step it queued, to run it here.
 
         Taking the next step in the commit that queued it saves its message, its claim
@@ -151,7 +153,7 @@ class Engine:
                 alerts = [c for c in commands if isinstance(c, Alert)]
                 tx.save(new, worker=worker, extra=[
                     {"type": f"alert.{a.reason}", "step": a.step, "data": {"message": a.message}}
-                    for a in alerts])
+                    for a in alerts], actor=actor)
                 crash_point("before_commit", _label(event))
         except Conflict as exc:
             log.warning("advance of run %s abandoned: %s", run_id, exc)
@@ -199,14 +201,14 @@ class Engine:
         log.error("run %s parked: %s", run_id, reason)
         raise RunParked(f"run {run_id} is parked: {reason}")
 
-    def retry(self, run_id: str) -> bool:
+    def retry(self, run_id: str, actor: str | None = None) -> bool:
         """Resume a failed run from its given-up compensation or parked step.
 
         False when the run is not failed or has nothing to resume; `RunNotFound` if unknown.
         """
-        return self.handle(run_id, RetryRequested())
+        return self.handle(run_id, RetryRequested(), actor=actor)
 
-    def cancel(self, run_id: str) -> None:
+    def cancel(self, run_id: str, actor: str | None = None) -> None:
         """Cancel a running run: running steps settle, then what was done is compensated.
 
         `RunStateConflict` if it is finished or already compensating; `RunNotFound`.
@@ -216,10 +218,10 @@ class Engine:
                 raise RunStateConflict(f"run {run_id} is {tx.run.status}; only a running run "
                                        "can be cancelled")
 
-        self.handle(run_id, CancelRequested(), prepare=check)
+        self.handle(run_id, CancelRequested(), prepare=check, actor=actor)
 
     def signal(self, run_id: str, name: str, payload: Any,
-               idempotency_key: str | None = None) -> tuple[int, bool]:
+               idempotency_key: str | None = None, actor: str | None = None) -> tuple[int, bool]:
         """Deliver signal `name` to a run: (signal id, whether it is new).
 
         A signal sent before the run reaches its wait is kept and consumed there. Raises
@@ -244,9 +246,9 @@ class Engine:
             if tx.run.status.terminal:
                 raise RunStateConflict(f"run {run_id} is {tx.run.status}; it takes no signals")
             received["id"], received["new"] = self.store.add_signal(tx, name, payload,
-                                                                    idempotency_key)
+                                                                    idempotency_key, actor)
 
-        self.handle(run_id, SignalReceived(name), prepare=record)
+        self.handle(run_id, SignalReceived(name), prepare=record, actor=actor)
         return received["id"], received["new"]
 
     def publish(self, saga: Saga, run_id: str, commands: list[Command]) -> bool:

@@ -243,6 +243,8 @@ def render_events(run: dict[str, Any], events: list[dict[str, Any]]) -> str:
             detail.append(f"retry at {data['next_attempt_at']}")
         if event.get("worker") and event["type"].endswith(".running"):
             detail.append(f"on {event['worker']}")
+        if data.get("by"):
+            detail.append(f"by {data['by']}")
         suffix = f"  ({'; '.join(detail)})" if detail else ""
         lines.append(f"  +{offset:>10.1f} ms  {event['type']:<26} {event['step'] or ''}{suffix}")
     return "\n".join(lines)

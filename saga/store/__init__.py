@@ -141,7 +141,7 @@ class Store(Reads, ScheduleStore):
 
     def create_run(self, build: Callable[[datetime], tuple[Run, Any]], shape: str,
                    idempotency_key: str | None,
-                   request_hash: str | None) -> tuple[str, bool, Any]:
+                   request_hash: str | None, actor: str | None = None) -> tuple[str, bool, Any]:
         """Insert the run `build(now)` makes, with its first steps: (run id, created, extra).
 
         `build` returns the run and anything to hand back (the commands to publish). With
@@ -169,7 +169,7 @@ class Store(Reads, ScheduleStore):
                             f"Idempotency-Key {idempotency_key!r} was used for run "
                             f"{existing.id} with a different request body")
                     return existing.id, False, extra
-            self._write_changes(conn, None, run, now, worker=None, extra=())
+            self._write_changes(conn, None, run, now, worker=None, extra=(), actor=actor)
             return run.id, True, extra
 
     def claim(self, run_id: str, step: str, kind: Kind, owner: str, lease_s: float,
@@ -270,7 +270,7 @@ class Store(Reads, ScheduleStore):
         return tuple(PendingSignal(r.id, r.name, r.payload) for r in rows)
 
     def add_signal(self, tx: RunTransaction, name: str, payload: Any,
-                   idempotency_key: str | None) -> tuple[int, bool]:
+                   idempotency_key: str | None, actor: str | None = None) -> tuple[int, bool]:
         """Record a signal for the locked run: (its id, whether it is new).
 
         The same idempotency key for the same signal returns the first one's id.
@@ -286,8 +286,10 @@ class Store(Reads, ScheduleStore):
             run_id=tx.run.id, name=name, payload=payload, idempotency_key=idempotency_key,
             received_at=tx.now).returning(signals.c.id)).scalar_one()
         tx.run = replace(tx.run, signals=(*tx.run.signals, PendingSignal(signal_id, name, payload)))
-        self.record_event(conn, tx.run.id, tx.now, "signal.received", data={
-            "signal": name, "signal_id": signal_id})
+        data: dict[str, Any] = {"signal": name, "signal_id": signal_id}
+        if actor:
+            data["by"] = actor
+        self.record_event(conn, tx.run.id, tx.now, "signal.received", data=data)
         return signal_id, True
 
     def record_event(self, conn: sa.Connection, run_id: str, at: datetime, type: str,
@@ -298,7 +300,8 @@ class Store(Reads, ScheduleStore):
                                             worker=worker, data=data or {}))
 
     def _write_changes(self, conn: sa.Connection, old: Run | None, new: Run, now: datetime,
-                       worker: str | None, extra: Sequence[dict[str, Any]]) -> None:
+                       worker: str | None, extra: Sequence[dict[str, Any]],
+                       actor: str | None = None) -> None:
         for key, step in new.steps.items():
             before = old.steps.get(key) if old else None
             if before == step:
@@ -335,6 +338,8 @@ class Store(Reads, ScheduleStore):
                 conn.execute(signals.update().where(signals.c.id == signal.id).values(
                     consumed_by=signal.consumed_by, consumed_at=now))
         history = [*extra, *transitions(old, new)]
+        if actor:  # who asked for this change (an API token's name), on each entry it made
+            history = [{**h, "data": {**(h.get("data") or {}), "by": actor}} for h in history]
         if history:
             conn.execute(events.insert(), [
                 dict(run_id=new.id, at=now, worker=worker, step=h.get("step"), kind=h.get("kind"),
@@ -427,8 +432,8 @@ class RunTransaction:
         self.store, self.conn, self.run, self.now = store, conn, run, now
 
     def save(self, new: Run, worker: str | None = None,
-             extra: Sequence[dict[str, Any]] = ()) -> None:
-        self.store._write_changes(self.conn, self.run, new, self.now, worker, extra)
+             extra: Sequence[dict[str, Any]] = (), actor: str | None = None) -> None:
+        self.store._write_changes(self.conn, self.run, new, self.now, worker, extra, actor)
         self.run = new
 
     def record(self, type: str, **fields: Any) -> None:
