@@ -11,7 +11,7 @@ import importlib
 
 import flask
 import flask_smorest
-from saga.api import control, health, problems, runs, sagas, schedules
+from saga.api import auth, control, health, problems, runs, sagas, schedules
 from werkzeug.exceptions import HTTPException
 
 from saga.settings import Settings
@@ -56,10 +56,12 @@ def create_app(settings: Settings | None = None, system: System | None = None) -
         OPENAPI_URL_PREFIX="/v1",
         OPENAPI_JSON_PATH="openapi.json",
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_SPEC_OPTIONS=auth.spec_options(),
     )
     app.extensions["saga"] = system
     api = ProblemApi(app)
     problems.install(app)
+    auth.install(app, settings, system)
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint, url_prefix="/v1")
     for name in settings.sagas:

@@ -6,6 +6,7 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields
+from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint
 from saga.api.problems import Problem, ProblemSchema, flatten
 from saga.api.runs import _checked, system
@@ -29,6 +30,7 @@ class SignalReceiptSchema(ma.Schema):
 
 
 @blp.post("/runs/<run_id>/signals/<name>")
+@requires("operate", limited=True)
 @blp.arguments(IdempotencySchema, location="headers", error_status_code=400)
 @blp.arguments(SignalSchema)
 @blp.response(202, SignalReceiptSchema, description="Recorded; consumed now or when the run "
@@ -47,7 +49,7 @@ def send_signal(headers: dict[str, Any], body: dict[str, Any], run_id: str, name
     engine = system().engine
     try:
         signal_id, new = engine.signal(_checked(run_id), name, body["payload"],
-                                       headers.get("idempotency_key"))
+                                       headers.get("idempotency_key"), actor=actor())
     except InvalidInput as exc:
         raise Problem(422, f"The payload does not match the schema of signal {name!r}.",
                       "invalid-input", flatten(exc.errors, "payload")) from exc
@@ -56,6 +58,7 @@ def send_signal(headers: dict[str, Any], body: dict[str, Any], run_id: str, name
 
 
 @blp.post("/runs/<run_id>/cancel")
+@requires("admin")
 @blp.response(202, RunSchema, description="Cancelling: running steps settle, then what was "
                                           "done is compensated; the run ends `cancelled`")
 @blp.alt_response(404, description="No run has this id", **PROBLEM)
@@ -63,5 +66,5 @@ def send_signal(headers: dict[str, Any], body: dict[str, Any], run_id: str, name
 def cancel_run(run_id: str):
     """Cancel a run"""
     engine = system().engine
-    engine.cancel(_checked(run_id))
+    engine.cancel(_checked(run_id), actor=actor())
     return engine.store.get_run(run_id)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
+from saga.api.auth import public
 from saga.api.parsing import Blueprint
 from saga.api.problems import Problem, ProblemSchema
 from saga.api.schemas import HealthSchema
@@ -19,6 +20,7 @@ CHECK_TIMEOUT_S = 3.0
 
 
 @blp.get("/health")
+@public
 @blp.response(200, HealthSchema)
 @blp.alt_response(503, schema=ProblemSchema, content_type="application/problem+json",
                   description="The database or the broker does not answer; `errors` names it")

@@ -9,6 +9,7 @@ import flask
 import flask_smorest
 import marshmallow as ma
 from webargs import core
+from saga.api.problems import MEDIA_TYPE, ProblemSchema
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 
 
@@ -36,8 +37,44 @@ class StrictParser(FlaskParser):
             abort(400, exc=exc, message=f"The request body is not valid JSON: {exc}.")
 
 
+def _problem(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "content": {MEDIA_TYPE: {"schema": ProblemSchema}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+# Answers any operation may give besides its own, documented on each of them.
+UNAVAILABLE = _problem(
+    "The database does not answer (down or restarting); retry after `Retry-After` seconds",
+    {"Retry-After": {"description": "seconds to wait before retrying",
+                     "schema": {"type": "integer"}}})
+# And any operation that reads a JSON body.
+BAD_BODY = _problem("The body is not RFC 8259 JSON (or a header is invalid); `errors` names it")
+TOO_LARGE = _problem("The body is larger than the configured limit (`max_body_bytes`)")
+
+
 class Blueprint(flask_smorest.Blueprint):
+    """flask-smorest's Blueprint, strict in what it reads and exact in what it documents:
+    every status an operation can answer is listed, and there is no catch-all `default`."""
+
     ARGUMENTS_PARSER = StrictParser()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._prepare_doc_cbks.append(self._prepare_common_responses)
+
+    @staticmethod
+    def _prepare_common_responses(doc: dict[str, Any], doc_info: dict[str, Any],
+                                  **_: Any) -> dict[str, Any]:
+        responses = doc.setdefault("responses", {})
+        responses.pop("default", None)  # it would make every status "documented"
+        responses.setdefault("503", UNAVAILABLE)
+        if "requestBody" in doc:
+            responses.setdefault("400", BAD_BODY)
+            responses.setdefault("413", TOO_LARGE)
+        return doc
 
 
 def storable(value: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import flask
 import marshmallow as ma
+import sqlalchemy as sa
 from werkzeug.exceptions import HTTPException
 
 from saga.errors import (
@@ -28,6 +29,9 @@ MEDIA_TYPE = "application/problem+json"
 # RFC 9457 §3.1.1 allows non-resolvable type URIs and suggests tag URIs for them.
 TYPE_PREFIX = "tag:saga,2025:"
 _LOCATIONS = {"json": "body"}  # webargs' name for where a request part was read from
+# A restarting PostgreSQL is usually back within seconds; clients wait this long, then retry.
+RETRY_AFTER_S = 5
+UNAVAILABLE = "The saga log is unavailable; try again shortly."
 
 # The orchestrator's own errors: HTTP status and problem type (None: "about:blank").
 SAGA_ERRORS: dict[type[SagaError], tuple[int, str | None]] = {
@@ -130,6 +134,25 @@ def from_saga_error(error: SagaError) -> flask.Response:
     return from_unexpected(error)
 
 
+def unavailable(error: sa.exc.SQLAlchemyError) -> bool:
+    """Whether the database failed to answer (down, restarting, every connection busy),
+    rather than refused the statement: the request may succeed if sent again."""
+    if isinstance(error, (sa.exc.TimeoutError, sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return True  # TimeoutError: no pooled connection came free in time
+    return isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
+
+
+def from_database_error(error: sa.exc.SQLAlchemyError) -> flask.Response:
+    """A 503 with Retry-After while the database is unreachable; any other SQL error is a bug."""
+    if not unavailable(error):
+        return from_unexpected(error)
+    # One line, not a traceback: an outage makes every request fail the same way.
+    log.warning("database unavailable in %s %s: %s", flask.request.method, flask.request.path,
+                type(getattr(error, "orig", None) or error).__name__)
+    return response(503, UNAVAILABLE, "database-unavailable",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def from_unexpected(error: Exception) -> flask.Response:
     log.exception("unhandled error in %s %s", flask.request.method, flask.request.path,
                   exc_info=error)
@@ -140,4 +163,5 @@ def install(app: flask.Flask) -> None:
     """Answer every error with a problem; HTTPException is the Api's (see api.ProblemApi)."""
     app.register_error_handler(Problem, from_problem)
     app.register_error_handler(SagaError, from_saga_error)
+    app.register_error_handler(sa.exc.SQLAlchemyError, from_database_error)
     app.register_error_handler(Exception, from_unexpected)

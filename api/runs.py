@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import flask
+from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint
 from saga.api.problems import Problem, ProblemSchema, flatten
 from saga.api.schemas import (
@@ -33,6 +34,7 @@ def system() -> Any:
 
 
 @blp.post("/sagas/<name>/runs")
+@requires("operate", limited=True)
 @blp.arguments(IdempotencySchema, location="headers", error_status_code=400)
 @blp.arguments(StartSchema)
 @blp.response(201, RunSchema, description="The run started",
@@ -51,7 +53,7 @@ def start_run(headers: dict[str, Any], body: dict[str, Any], name: str):
     engine = system().engine
     try:
         run_id, created = engine.start(name, body["input"], headers.get("idempotency_key"),
-                                       body.get("version"))
+                                       body.get("version"), actor=actor())
     except InvalidInput as exc:
         errors = flatten(exc.errors, "input")
         raise Problem(422, f"The input does not match the schema of saga {name!r}.", "invalid-input",
@@ -60,6 +62,7 @@ def start_run(headers: dict[str, Any], body: dict[str, Any], name: str):
 
 
 @blp.get("/runs/<run_id>")
+@requires("read")
 @blp.response(200, RunSchema)
 @blp.alt_response(404, description="No run has this id", **PROBLEM)
 def get_run(run_id: str):
@@ -68,6 +71,7 @@ def get_run(run_id: str):
 
 
 @blp.get("/runs")
+@requires("read")
 @blp.arguments(RunQuerySchema, location="query")
 @blp.response(200, RunPageSchema)
 @blp.alt_response(422, description="A filter's value is invalid; `errors` names it", **PROBLEM)
@@ -92,6 +96,7 @@ def list_runs(query: dict[str, Any]):
 
 
 @blp.post("/runs/<run_id>/retry")
+@requires("admin")
 @blp.response(200, RunSchema, description="The run resumed")
 @blp.alt_response(404, description="No run has this id", **PROBLEM)
 @blp.alt_response(409, description="The run is not failed, or has nothing to resume", **PROBLEM)
@@ -107,13 +112,14 @@ def retry_run(run_id: str):
     if run["status"] != "failed" and not run["parked"]:
         raise Problem(409, f"run {run_id} is {run['status']}; only a failed or parked run can "
                       "be retried", "run-not-failed")
-    if not engine.retry(run_id):
+    if not engine.retry(run_id, actor=actor()):
         raise Problem(409, f"run {run_id} has no failed compensation or parked step to resume",
                       "nothing-to-retry")
     return engine.store.get_run(run_id)
 
 
 @blp.get("/runs/<run_id>/events")
+@requires("read")
 @blp.arguments(EventQuerySchema, location="query")
 @blp.response(200, EventListSchema)
 @blp.alt_response(404, description="No run has this id", **PROBLEM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import flask
+from saga.api.auth import requires
 from saga.api.parsing import Blueprint
 from saga.api.schemas import SagaListSchema
 
@@ -10,6 +11,7 @@ blp = Blueprint("sagas", __name__, description="The saga definitions this proces
 
 
 @blp.get("/sagas")
+@requires("read")
 @blp.response(200, SagaListSchema)
 def list_sagas():
     """Every loaded saga, each version with its steps and runs in flight"""

@@ -7,6 +7,7 @@ from typing import Any
 import flask
 import marshmallow as ma
 from marshmallow import fields, validate
+from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint, storable
 from saga.api.problems import Problem, ProblemSchema
 
@@ -38,6 +39,9 @@ class BackfillRequestSchema(ma.Schema):
                                  validate=validate.Range(min=1, max=MAX_RUNNING))
     dry_run = fields.Boolean(load_default=False,
                              metadata={"description": "list the runs it would start; write nothing"})
+    max_runs = fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ITEMS), metadata={
+        "description": "the most runs this backfill may start, or it is refused (400); needed "
+                      "to start more than the server's cap (SAGA_BACKFILL_CAP, 1000 unless set)"})
 
 
 class ItemCountsSchema(ma.Schema):
@@ -90,7 +94,22 @@ def _engine() -> Any:
     return flask.current_app.extensions["saga"].engine
 
 
+def _within_cap(count: int, max_runs: int | None) -> None:
+    """One request may start at most SAGA_BACKFILL_CAP runs, unless it says it means more."""
+    cap = flask.current_app.extensions["saga"].settings.backfill_cap
+    if max_runs is not None and count > max_runs:
+        raise Problem(400, f"This backfill would start {count} runs, more than its max_runs "
+                      f"of {max_runs}; nothing was written.", "backfill-over-cap",
+                      {"max_runs": [f"the backfill would start {count} runs"]})
+    if max_runs is None and count > cap:
+        raise Problem(400, f"This backfill would start {count} runs, more than the cap of {cap} "
+                      f"(SAGA_BACKFILL_CAP); to mean it, send \"max_runs\": {count}. Nothing "
+                      "was written.", "backfill-over-cap",
+                      {"max_runs": [f"required to start more than {cap} runs"]})
+
+
 @blp.post("/sagas/<name>/backfills")
+@requires("admin", limited=True)
 @blp.arguments(BackfillRequestSchema)
 @blp.response(201, BackfillSchema, description="Stored; its first runs started",
               headers={"Location": {"description": "the backfill's URL",
@@ -98,13 +117,16 @@ def _engine() -> Any:
 @blp.alt_response(200, schema=DryRunSchema, description="A dry run: what it would start")
 @blp.alt_response(404, description="No saga of this name is loaded", **PROBLEM)
 @blp.alt_response(422, description="A bad range or input; nothing was written", **PROBLEM)
+@blp.alt_response(400, description="The body is not JSON, or the backfill would start more runs "
+                                    "than the cap or its `max_runs`; nothing was written", **PROBLEM)
 def create_backfill(body: dict[str, Any], name: str):
     """Start the missing runs of a past range of a schedule, or of a list of inputs
 
     Give `from` and `to` for a scheduled saga, or `inputs` for any saga. Runs that
     exist already (same logical time or key) are skipped, so repeating a backfill
     starts nothing twice. At most `max_running` of its runs are unfinished at once; the
-    sweeper starts the rest as they finish.
+    sweeper starts the rest as they finish. One backfill starts at most the server's cap
+    of runs (SAGA_BACKFILL_CAP) unless `max_runs` says it means more.
     """
     engine = _engine()
     inputs = body.get("inputs")
@@ -119,12 +141,14 @@ def create_backfill(body: dict[str, Any], name: str):
         return flask.jsonify(DryRunSchema().dump({
             "saga": plan.saga, "dry_run": True, "existing": plan.existing,
             "would_start": [{"idempotency_key": k, "input": v} for k, v in plan.items]}))
-    backfill_id = start_backfill(engine, plan)
+    _within_cap(len(plan.items), body.get("max_runs"))
+    backfill_id = start_backfill(engine, plan, created_by=actor())
     return (engine.store.get_backfill(backfill_id), 201,
             {"Location": f"/v1/backfills/{backfill_id}"})
 
 
 @blp.get("/backfills/<backfill_id>")
+@requires("read")
 @blp.response(200, BackfillSchema)
 @blp.alt_response(404, description="No backfill has this id", **PROBLEM)
 def get_backfill(backfill_id: str):
@@ -136,6 +160,7 @@ def get_backfill(backfill_id: str):
 
 
 @blp.get("/schedules")
+@requires("read")
 @blp.response(200, ScheduleListSchema)
 def list_schedules():
     """The loaded schedules with their next and last firing"""

@@ -9,7 +9,7 @@ import marshmallow as ma
 from marshmallow import fields, validate
 from saga.api.parsing import printable, storable
 
-from saga.run import Kind, RunStatus, StepStatus
+from saga.run import Role, RunStatus, StepStatus
 
 MAX_PAGE = 200
 
@@ -122,7 +122,7 @@ class EventSchema(ma.Schema):
     at = fields.DateTime()
     type = fields.String(metadata={"description": "e.g. run.started, step.succeeded"})
     step = fields.String(allow_none=True)
-    kind = fields.String(allow_none=True, validate=validate.OneOf([k.value for k in Kind]))
+    kind = fields.String(allow_none=True, validate=validate.OneOf([k.value for k in Role]))
     attempt = fields.Integer(allow_none=True)
     worker = fields.String(allow_none=True)
     data = fields.Raw()

@@ -360,7 +360,7 @@ def populate(db: Database, n: int, options: argparse.Namespace, folder: Path,
         sweeper.stop()
         worker.stop()
         if system is not None:
-            system.engine.store.close()
+            system.store.close()
         delete_queue(BROKER_URL, queue)
     return result
 
@@ -435,7 +435,7 @@ def make_due(conn: psycopg.Connection, due: int) -> int:
     timers = due - due // 2
     return conn.execute(
         "UPDATE steps SET wake_at = clock_timestamp() - interval '1 second'"
-        " WHERE (run_id, name, kind) IN ("
+        " WHERE (run_id, name, role) IN ("
         "  (SELECT run_id, name, kind FROM steps WHERE status = 'waiting' AND name = %s"
         "   AND wake_at > clock_timestamp() ORDER BY random() LIMIT %s)"
         "  UNION ALL"
@@ -547,7 +547,7 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
                     if swept.wakeups != due or swept.total != due:
                         raise RuntimeError(f"{db.label}: the sweep did {swept}, not {due} wakeups")
             for (_db, result), system, conn in zip(dbs, systems, conns, strict=True):
-                store = system.engine.store
+                store = system.store
                 with Capture(store.engine) as capture:
                     sweep_once(system.engine)
                 result.plans = [f"{what}: {index}" for what, index
@@ -575,7 +575,7 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
                 conn.close()
     finally:
         for system in systems:
-            system.engine.store.close()
+            system.store.close()
 
 
 # -- the report --------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ def main() -> int:
     folder = tempfile.mkdtemp(prefix="saga-demo-")
     settings = Settings.from_env(os.environ, database_url=f"sqlite:///{folder}/demo.db",
                                  broker_url="memory://", sagas=("examples.fulfillment",),
-                                 worker_concurrency=4, sweep_interval_s=0.2)
+                                 worker_concurrency=4, sweep_interval_s=0.2,
+                                 auth="off")  # a throwaway SQLite file on this machine
     with embedded(settings) as system:
         server = make_server("127.0.0.1", 0, create_app(settings, system), threaded=True)
         base = f"http://127.0.0.1:{server.server_port}"
@@ -64,7 +65,7 @@ def main() -> int:
                     requests.post(f"{base}/v1/runs/{run_id}/cancel", timeout=10)
                     print("  ... the buyer cancels: POST /v1/runs/{id}/cancel")
                 run = wait_until(base, run_id, FINISHED)
-            store = system.engine.store
+            store = system.store
             print(render(store.get_run(run_id), store.events(run_id)))
             effects = requests.get(f"{base}/demo/effects", params={"order_id": order["order_id"]},
                                    timeout=10).json()["effects"]

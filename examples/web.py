@@ -11,7 +11,7 @@ from saga.errors import InvalidInput
 
 
 def mount(app: Any, system: Any) -> None:
-    engine = system.engine.store.engine
+    engine = system.store.engine
     create_tables(engine)
     app.register_blueprint(make_demo_services(engine))
     app.register_blueprint(_orders(system))

@@ -8,9 +8,9 @@
     ])
 """
 
-from saga.context import LeaseLost, StepContext
+from saga.worker.context import StepContext
 from saga.definitions import Parallel, RemoteTask, Retry, Saga, Step, Wait, WaitForSignal
-from saga.errors import DefinitionError, NonRetryable, SagaError
+from saga.errors import DefinitionError, LeaseLost, NonRetryable, SagaError
 from saga.schedules.cron import Schedule
 from saga.settings import Settings
 

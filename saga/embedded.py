@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from celery.contrib.testing.worker import start_worker
 
-from saga import migrations, sweeper
+from saga import migrations
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.system import System, build
@@ -24,9 +24,9 @@ def embedded(settings: Settings, registry: Registry | None = None,
     """Run a worker and a sweeper in threads while the block runs."""
     system = build(settings, registry)
     if migrate:
-        migrations.upgrade(system.engine.store.engine)
+        migrations.upgrade(system.store.engine)
     stop = threading.Event()
-    sweeping = threading.Thread(target=sweeper.run_forever, args=(system.engine, stop),
+    sweeping = threading.Thread(target=system.sweeper.run_forever, args=(stop,),
                                 name="saga-sweeper", daemon=True)
     with start_worker(system.celery, pool="threads", concurrency=settings.worker_concurrency,
                       perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30):

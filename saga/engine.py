@@ -1,8 +1,10 @@
-"""The glue: start runs, run one step under its lease, and advance a run after each event.
+"""The engine decides: start a run, apply each event under the run's lock, publish after commit.
 
-Every advance is: lock the run → `state.advance` → save rows and events in one commit →
-publish the commands after the commit. If the process dies between the commit and the
-publish, the queued rows remain and the sweeper publishes them again.
+Every change is one transaction: lock the run → the pure `state` decides → save the rows
+and events → commit → publish the commands. If the process dies between the commit and
+the publish, the queued rows remain and the sweeper publishes them again. Each operation
+owns its preconditions (what may be cancelled, retried, signalled), so the API and CLI
+only translate.
 """
 
 from __future__ import annotations
@@ -10,52 +12,47 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import random
-import socket
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from saga import state
 from saga.alerts import Alerts
-from saga.context import Heartbeat, LeaseLost, StepContext
-from saga.definitions import RemoteTask, Saga, resolve_action
+from saga.definitions import RemoteTask, Saga, Step
 from saga.errors import (
     InvalidInput,
-    NonRetryable,
+    RunBusy,
     RunParked,
     RunStateConflict,
+    StoreConflict,
     UnknownSaga,
     UnknownSignal,
 )
-from saga.registry import Registry
-from saga.settings import Settings
-from saga.state import (
+from saga.events import (
     Alert,
     CancelRequested,
     Command,
+    Dispatch,
     Event,
-    Kind,
     RetryRequested,
     SignalReceived,
     StepFailed,
     StepSucceeded,
+    prefix,
 )
-from saga.store import Claim, Conflict, RunTransaction, ShapeChanged, Store
+from saga.registry import Registry
+from saga.run import Role, Run, RunStatus
+from saga.store import RunTransaction, Store
 from saga.testing.faults import crash_point
 
 log = logging.getLogger("saga.engine")
-# Celery's soft limit and a RemoteTask's wait, matched by name to keep Celery at the edge.
-TIMEOUT_ERRORS = frozenset({"SoftTimeLimitExceeded", "TimeoutError"})
 
 
 class Dispatcher(Protocol):
     """Carries "run step S of run R" hints to workers; the broker holds nothing else."""
 
-    def send(self, run_id: str, saga: str, version: int, commands: list[Command],
+    def send(self, run_id: str, saga: str, version: int, commands: list[Dispatch],
              timeouts: dict[str, float | None]) -> None: ...
 
     def call_remote(self, task: RemoteTask, payload: dict[str, Any], timeout: float | None) -> Any: ...
@@ -64,27 +61,39 @@ class Dispatcher(Protocol):
 
 
 @dataclass(frozen=True)
-class StepResult:
-    """What one delivery of a step message came to (for logs and tests)."""
+class Claim:
+    """What a worker holds after claiming a step: its attempt, fence, lease and inputs."""
 
-    outcome: str  # "dropped", "succeeded", "failed", "superseded"
-    attempt: int = 0
+    run_id: str
+    step: str
+    role: Role
+    attempt: int
+    fence: int
+    input: Any
+    outputs: dict[str, Any]
+    lease_s: float
+    lease_expires_at: datetime
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+@dataclass(frozen=True)
+class Outcome:
+    """What one event came to: whether it changed the run, and a step claimed to run next."""
+
+    changed: bool
+    parked: str | None = None  # why no loaded definition fits the run (it is flagged so)
+    claim: Claim | None = None
 
 
 class Engine:
-    def __init__(self, settings: Settings, registry: Registry, store: Store,
-                 dispatcher: Dispatcher) -> None:
-        self.settings = settings
+    def __init__(self, registry: Registry, store: Store, dispatcher: Dispatcher,
+                 alerts: Alerts | None = None, lease_s: float = 30.0) -> None:
         self.registry = registry
         self.store = store
         self.dispatcher = dispatcher
-        self.alerts = Alerts(settings.alert_webhook, settings.alert_hook)
+        self.alerts = alerts or Alerts()
+        self.lease_s = lease_s
 
-    # -- starting -------------------------------------------------------------------
+    # -- starting ---------------------------------------------------------------------
 
     def start(self, saga_name: str, input: Any, idempotency_key: str | None = None,
               version: int | None = None, actor: str | None = None) -> tuple[str, bool]:
@@ -96,162 +105,147 @@ class Engine:
         validate_input(saga, input)
         request_hash = hashlib.sha256(json.dumps(
             {"input": input, "version": version}, sort_keys=True).encode()).hexdigest()
-        run_id, created, commands = self.store.create_run(
-            lambda now: state.start(saga, str(uuid.uuid4()), input, now), saga.shape_hash,
-            idempotency_key, request_hash, actor)
+        with self.store.transaction() as tx:
+            run, commands = state.start(saga, str(uuid.uuid4()), input, tx.now)
+            existing = tx.insert(run, idempotency_key, request_hash, actor)
         crash_point("after_start_commit", saga.name)
-        if created:
-            self.publish(saga, run_id, commands)
-        return run_id, created
+        if existing is not None:
+            return existing, False
+        self._after_commit(saga, run.id, commands)
+        return run.id, True
 
     # -- advancing --------------------------------------------------------------------
 
-    def handle(self, run_id: str, event: Event, worker: str | None = None,
-               skip_locked: bool = False,
-               prepare: Callable[[RunTransaction, Saga], None] | None = None,
-               actor: str | None = None) -> bool:
-        """Apply one event to a run under its lock; False if it changed nothing.
+    def advance(self, run_id: str, event: Event, *, worker: str | None = None,
+                actor: str | None = None, skip_locked: bool = False,
+                known: Saga | None = None, claim_next_for: str | None = None) -> Outcome:
+        """Apply one event to a run under its lock, then publish what it queued.
 
-        `prepare` runs first in the same transaction (to check the run and write what the
-        event needs, such as a received signal); its writes commit even if the event then
-        changes nothing. A run no loaded definition fits is parked: `RunParked`.
+        `claim_next_for`: a worker that will run one step this event queued itself, claimed
+        in the same commit (no message, no second claim). `known`: the run's definition
+        when the caller has it (a saga without signal waits then skips reading signals).
+        A run no loaded definition fits is flagged parked and left as it is.
         """
-        changed, _ = self._advance(run_id, event, worker, skip_locked, prepare, actor=actor)
-        return changed
-
-    def _advance(self, run_id: str, event: Event, worker: str | None = None,
-                 skip_locked: bool = False,
-                 prepare: Callable[[RunTransaction, Saga], None] | None = None,
-                 take_next: bool = False, known: Saga | None = None,
-                 actor: str | None = None) -> tuple[bool, Claim | None]:
-        """`handle`, and with `take_next` also claim one step it queued, to run it here.
-
-        Taking the next step in the commit that queued it saves its message, its claim
-        and a broker round trip; if this worker dies, the step's lease expires like any.
-        `known`: the run's definition when the caller has it (then a saga without signal
-        waits skips reading signals).
-        """
-        parked = None
-        taken: Claim | None = None
         try:
-            signals = known is None or known.has_signals
-            with self.store.locked_run(run_id, skip_locked=skip_locked, signals=signals) as tx:
-                if tx is None:
-                    return False, None
-                saga, parked = self._definition(tx.run)
+            with self.store.transaction(run_id, skip_locked=skip_locked,
+                                        signals=known is None or known.has_signals) as tx:
+                saga = self._definition(tx)
                 if saga is None:
-                    return False, None  # parked below, once this lock is let go
-                if prepare is not None:
-                    prepare(tx, saga)
+                    return Outcome(False, parked=tx.run.parked)
                 new, commands = state.advance(saga, tx.run, event, tx.now)
                 if new == tx.run:
-                    if prepare is None:
-                        _record_stale(tx, event, worker)
-                    return False, None
-                if take_next and worker:
-                    new, commands, taken = self._take_one(saga, new, commands, worker, tx.now)
-                alerts = [c for c in commands if isinstance(c, Alert)]
-                tx.save(new, worker=worker, extra=[
-                    {"type": f"alert.{a.reason}", "step": a.step, "data": {"message": a.message}}
-                    for a in alerts], actor=actor)
+                    _record_stale(tx, event, worker)
+                    return Outcome(False)
+                claim = None
+                if claim_next_for is not None:
+                    new, commands, claim = self._claim_queued(saga, new, commands,
+                                                              claim_next_for, tx.now)
+                tx.save(new, worker=worker, extra=_alert_entries(commands), actor=actor)
                 crash_point("before_commit", _label(event))
-        except Conflict as exc:
+        except RunBusy:
+            return Outcome(False)
+        except StoreConflict as exc:
             log.warning("advance of run %s abandoned: %s", run_id, exc)
-            return False, None
-        finally:
-            if parked is not None:
-                self._park(run_id, parked)
+            return Outcome(False)
         crash_point("after_commit", _label(event))
-        self.publish(saga, run_id, [c for c in commands if not isinstance(c, Alert)])
-        for alert in alerts:
-            self.alerts.send(run_id, saga.name, alert)
-        return True, taken
+        self._after_commit(saga, run_id, commands)
+        return Outcome(True, claim=claim)
 
-    def _take_one(self, saga: Saga, run: state.Run, commands: list[Command], worker: str,
-                  now: datetime) -> tuple[state.Run, list[Command], Claim | None]:
-        """Claim the first dispatched step that may run inline (no Celery time limit)."""
-        for command in commands:
-            if isinstance(command, Alert) or saga.by_name[command.step].timeout is not None:
-                continue
-            lease = now + timedelta(seconds=self._lease_s(saga.by_name[command.step]))
-            run = state.take(run, command.step, command.kind, worker, now, lease)
-            step = run.steps[(command.step, command.kind)]
-            claim = Claim(run.id, step.name, step.kind, step.attempt, step.fence, saga.name,
-                          saga.version, run.input, run.outputs, lease)
-            return run, [c for c in commands if c is not command], claim
-        return run, commands, None
+    def claim(self, run_id: str, saga: Saga, step: str, role: Role, worker: str) -> Claim | None:
+        """Claim a queued step for `worker` under a new fence; None if it is not to be run.
 
-    def _lease_s(self, definition: Any) -> float:
-        if definition.heartbeat_timeout is not None:
-            return definition.heartbeat_timeout.total_seconds()
-        return self.settings.lease_s
-
-    def _definition(self, run: state.Run) -> tuple[Saga | None, str | None]:
-        """The definition the run started on, or None and why the run must be parked."""
-        try:
-            saga = self.registry.get(run.saga, run.version)
-        except UnknownSaga as exc:
-            return None, f"waiting for {run.saga} v{run.version} to be loaded again: {exc}"
-        if run.shape and saga.shape_hash != run.shape:
-            return None, str(ShapeChanged(run.shape, saga.shape_hash))
-        return saga, None
-
-    def _park(self, run_id: str, reason: str) -> None:
-        self.store.park(run_id, reason)
-        log.error("run %s parked: %s", run_id, reason)
-        raise RunParked(f"run {run_id} is parked: {reason}")
-
-    def retry(self, run_id: str, actor: str | None = None) -> bool:
-        """Resume a failed run from its given-up compensation or parked step.
-
-        False when the run is not failed or has nothing to resume; `RunNotFound` if unknown.
+        None: a duplicate or stale message, the run moved on, the attempts are used up, or
+        no loaded definition fits the run (then it is flagged parked).
         """
-        return self.handle(run_id, RetryRequested(), actor=actor)
+        with self.store.transaction(run_id, signals=False) as tx:
+            if self._definition(tx, saga) is None:
+                return None
+            lease_s = self.lease_for(saga.by_name[step])
+            new = state.claim(saga, tx.run, step, role, worker, tx.now,
+                              tx.now + timedelta(seconds=lease_s))
+            if new is tx.run:
+                return None
+            tx.save(new, worker=worker)
+        return _claim_of(new, step, role, lease_s)
+
+    def renew(self, claim: Claim) -> bool:
+        """Extend a claim's lease; False when its fence is stale (another worker owns it)."""
+        return self.store.heartbeat(claim.run_id, claim.step, claim.role, claim.fence,
+                                    claim.lease_s)
+
+    def park(self, run_id: str, reason: str) -> None:
+        """Flag a run that no worker here can go on with; kept as it is until that changes."""
+        with self.store.transaction(run_id, signals=False) as tx:
+            if tx.park(reason):
+                log.error("run %s parked: %s", run_id, reason)
+
+    def lease_for(self, step: Step) -> float:
+        if step.heartbeat_timeout is not None:
+            return step.heartbeat_timeout.total_seconds()
+        return self.lease_s
+
+    # -- asked from outside -----------------------------------------------------------
+
+    def retry(self, run_id: str, actor: str | None = None) -> None:
+        """Resume a failed run from its given-up compensation, or a parked step.
+
+        `RunStateConflict` when the run is neither failed nor parked or has nothing to
+        resume; `RunNotFound` if unknown.
+        """
+        outcome = self.advance(run_id, RetryRequested(), actor=actor)
+        if outcome.changed:
+            return
+        if outcome.parked:
+            raise RunParked(f"run {run_id} is parked: {outcome.parked}")
+        run = self.store.get_run(run_id)
+        if run["status"] != RunStatus.FAILED and not run["parked"]:
+            raise RunStateConflict(f"run {run_id} is {run['status']}; only a failed or parked "
+                                   "run can be retried", kind="run-not-failed")
+        raise RunStateConflict(f"run {run_id} has no failed compensation or parked step to "
+                               "resume", kind="nothing-to-retry")
 
     def cancel(self, run_id: str, actor: str | None = None) -> None:
         """Cancel a running run: running steps settle, then what was done is compensated.
 
         `RunStateConflict` if it is finished or already compensating; `RunNotFound`.
         """
-        def check(tx: RunTransaction, saga: Saga) -> None:
-            if tx.run.status is not state.RunStatus.RUNNING:
-                raise RunStateConflict(f"run {run_id} is {tx.run.status}; only a running run "
-                                       "can be cancelled")
+        outcome = self.advance(run_id, CancelRequested(), actor=actor)
+        if outcome.parked:
+            raise RunParked(f"run {run_id} is parked: {outcome.parked}")
+        if not outcome.changed:
+            status = self.store.get_run(run_id)["status"]
+            raise RunStateConflict(f"run {run_id} is {status}; only a running run can be "
+                                   "cancelled")
 
-        self.handle(run_id, CancelRequested(), prepare=check, actor=actor)
-
-    def signal(self, run_id: str, name: str, payload: Any,
-               idempotency_key: str | None = None, actor: str | None = None) -> tuple[int, bool]:
+    def signal(self, run_id: str, name: str, payload: Any, idempotency_key: str | None = None,
+               actor: str | None = None) -> tuple[int, bool]:
         """Deliver signal `name` to a run: (signal id, whether it is new).
 
-        A signal sent before the run reaches its wait is kept and consumed there. Raises
-        `UnknownSignal` (not declared), `InvalidInput` (payload fails the step's schema),
-        `RunStateConflict` (the run is finished), `RunNotFound`.
+        A signal sent before the run reaches its wait is kept and consumed there. The same
+        idempotency key again answers what the first delivery did, even once the run has
+        finished. Raises `UnknownSignal` (not declared), `InvalidInput` (the payload fails
+        the wait's schema), `RunStateConflict` (the run is finished, compensating or
+        cancelling, so no wait will ever consume it), `RunParked`, `RunNotFound`.
         """
-        run = self.store.load_run(run_id)
-        saga, parked = self._definition(run)
-        if saga is None:
-            self._park(run_id, parked)
-        waits = saga.signal_steps(name)
-        if not waits:
-            raise UnknownSignal(f"saga {run.saga!r} v{run.version} declares no signal {name!r}")
-        schema = waits[0].wait.schema
-        if schema is not None:
-            errors = (schema() if isinstance(schema, type) else schema).validate(payload)
-            if errors:
-                raise InvalidInput(errors)
-        received: dict[str, Any] = {}
+        with self.store.transaction(run_id) as tx:
+            saga = self._definition(tx)
+            if saga is None:
+                raise RunParked(f"run {run_id} is parked: {tx.run.parked}")
+            _check_signal(saga, tx.run, name, payload)
+            earlier = tx.find_signal(name, idempotency_key) if idempotency_key else None
+            if earlier is not None:
+                return earlier, False
+            if tx.run.status is not RunStatus.RUNNING:
+                raise RunStateConflict(_no_signals(tx.run))
+            signal_id = tx.add_signal(name, payload, idempotency_key, actor)
+            new, commands = state.advance(saga, tx.run, SignalReceived(name), tx.now)
+            tx.save(new, extra=_alert_entries(commands), actor=actor)
+        self._after_commit(saga, run_id, commands)
+        return signal_id, True
 
-        def record(tx: RunTransaction, saga: Saga) -> None:
-            if tx.run.status.terminal:
-                raise RunStateConflict(f"run {run_id} is {tx.run.status}; it takes no signals")
-            received["id"], received["new"] = self.store.add_signal(tx, name, payload,
-                                                                    idempotency_key, actor)
+    # -- after the commit -------------------------------------------------------------
 
-        self.handle(run_id, SignalReceived(name), prepare=record, actor=actor)
-        return received["id"], received["new"]
-
-    def publish(self, saga: Saga, run_id: str, commands: list[Command]) -> bool:
+    def publish(self, saga: Saga, run_id: str, commands: list[Dispatch]) -> bool:
         """Send the step hints; False if the broker refused (the rows stay queued)."""
         if not commands:
             return True
@@ -263,96 +257,45 @@ class Engine:
             return False
         return True
 
-    # -- running a step ---------------------------------------------------------------
+    def _after_commit(self, saga: Saga, run_id: str, commands: list[Command]) -> None:
+        self.publish(saga, run_id, [c for c in commands if not isinstance(c, Alert)])
+        for command in commands:
+            if isinstance(command, Alert):
+                self.alerts.send(run_id, saga.name, command)
 
-    def run_step(self, run_id: str, step: str, kind: Kind, saga_name: str, version: int,
-                 worker: str | None = None) -> StepResult:
-        """Claim the step, run it under a heartbeat, record the outcome with the fence.
+    # -- helpers ----------------------------------------------------------------------
 
-        Then, up to `settings.inline_steps` times, run on with a step that outcome queued
-        (claimed in the same commit) instead of publishing it: a sequence of steps costs
-        one commit each, not a message, a claim and a commit.
-        """
-        worker = worker or worker_name()
+    def _definition(self, tx: RunTransaction, known: Saga | None = None) -> Saga | None:
+        """The definition the locked run started on; None, with the run parked, if none fits."""
+        run = tx.run
         try:
-            saga = self.registry.get(saga_name, version)
-        except UnknownSaga as exc:  # the sweeper publishes it again; a worker that has it runs it
-            self.store.park(run_id, f"waiting for {saga_name} v{version} to be loaded again: {exc}")
-            log.error("run %s parked: %s is not loaded here", run_id, f"{saga_name} v{version}")
-            return StepResult("dropped")
-        definition = saga.by_name.get(step)
-        if definition is None or definition.wait is not None:
-            return StepResult("dropped")
-        policy = definition.retry if kind is Kind.FORWARD else definition.compensate_retry
-        try:
-            claim = self.store.claim(run_id, step, kind, worker, self._lease_s(definition),
-                                     policy.attempts, shape=saga.shape_hash)
-        except ShapeChanged as exc:
-            self.store.park(run_id, str(exc))
-            return StepResult("dropped")
-        if claim is None:
-            return StepResult("dropped")
-        # Steps taken inline run without Celery's time limits, so only after one without.
-        budget = self.settings.inline_steps if definition.timeout is None else 0
-        first_attempt, result = claim.attempt, None
-        while claim is not None:
-            event = self._execute(saga, claim, worker)
-            advanced, claim = self._advance(run_id, event, worker, take_next=budget > 0,
-                                            known=saga)
-            if result is None:  # the first step's outcome is this message's
-                outcome = "succeeded" if isinstance(event, StepSucceeded) else "failed"
-                result = StepResult(outcome if advanced else "superseded", first_attempt)
-            budget -= 1
-        return result
+            saga = known or self.registry.get(run.saga, run.version)
+        except UnknownSaga as exc:
+            reason = f"waiting for {run.saga} v{run.version} to be loaded again: {exc}"
+        else:
+            if not run.shape or saga.shape_hash == run.shape:
+                return saga
+            reason = (f"the definition changed under this version (started as shape "
+                      f"{run.shape}, loaded is {saga.shape_hash}): give the new shape a new "
+                      "version")
+        if tx.park(reason):
+            log.error("run %s parked: %s", run.id, reason)
+        return None
 
-    def _execute(self, saga: Saga, claim: Claim, worker: str) -> Event:
-        """Run one claimed step (or compensation) under a heartbeat; its outcome as an event."""
-        definition = saga.by_name[claim.step]
-        forward = claim.kind is Kind.FORWARD
-        policy = definition.retry if forward else definition.compensate_retry
-        action = definition.action if forward else definition.compensate
-        lease_s = self._lease_s(definition)
-        beat = Heartbeat(lambda: self.store.heartbeat(claim.run_id, claim.step, claim.kind,
-                                                      claim.fence, lease_s), lease_s)
-        ctx = StepContext(run_id=claim.run_id, step=claim.step, kind=str(claim.kind),
-                          attempt=claim.attempt, fence=claim.fence, input=claim.input,
-                          outputs=claim.outputs, saga=saga.name, version=saga.version,
-                          _beat=beat.beat)
-        with beat:
-            event = self._call(action, ctx, policy, _seconds(definition.timeout))
-            lost = beat.lost.is_set()
-        if lost:  # the commit would be refused by the fence anyway; say why
-            return StepFailed(claim.step, claim.kind, claim.fence, "lease lost during the attempt")
-        return event
-
-    def _call(self, action: Any, ctx: StepContext, policy: Any, timeout: float | None) -> Event:
-        kind = Kind(ctx.kind)
-        try:
-            target = resolve_action(action)
-            crash_point("before_effect", _label(ctx))
-            if isinstance(target, RemoteTask):
-                output = self.dispatcher.call_remote(target, _payload(ctx), timeout)
-            else:
-                output = target(ctx)
-            crash_point("after_effect", _label(ctx))
-        except LeaseLost as exc:
-            return StepFailed(ctx.step, kind, ctx.fence, str(exc))
-        except NonRetryable as exc:
-            return StepFailed(ctx.step, kind, ctx.fence, _describe(exc), retryable=False)
-        except Exception as exc:
-            if type(exc).__name__ in TIMEOUT_ERRORS:
-                return StepFailed(ctx.step, kind, ctx.fence, f"exceeded its {timeout}s time limit",
-                                  timed_out=True, spread=random.random())
-            log.info("step %s of run %s attempt %s failed: %s", ctx.step, ctx.run_id,
-                     ctx.attempt, _describe(exc))
-            return StepFailed(ctx.step, kind, ctx.fence, _describe(exc),
-                              retryable=policy.retries(exc), spread=random.random())
-        try:
-            json.dumps(output)
-        except (TypeError, ValueError) as exc:
-            return StepFailed(ctx.step, kind, ctx.fence, f"output is not JSON: {exc}",
-                              retryable=False)
-        return StepSucceeded(ctx.step, kind, ctx.fence, output)
+    def _claim_queued(self, saga: Saga, run: Run, commands: list[Command], worker: str,
+                      now: datetime) -> tuple[Run, list[Command], Claim | None]:
+        """Claim the first step just queued that may run inline (it has no Celery time limit)."""
+        for command in commands:
+            if isinstance(command, Alert) or saga.by_name[command.step].timeout is not None:
+                continue
+            lease_s = self.lease_for(saga.by_name[command.step])
+            claimed = state.claim(saga, run, command.step, command.role, worker, now,
+                                  now + timedelta(seconds=lease_s))
+            if claimed is run:
+                continue
+            rest = [c for c in commands if c is not command]
+            return claimed, rest, _claim_of(claimed, command.step, command.role, lease_s)
+        return run, commands, None
 
 
 def validate_input(saga: Saga, input: Any) -> None:
@@ -368,38 +311,53 @@ def validate_input(saga: Saga, input: Any) -> None:
         raise InvalidInput(errors)
 
 
-def _record_stale(tx: Any, event: Event, worker: str | None) -> None:
+def _check_signal(saga: Saga, run: Run, name: str, payload: Any) -> None:
+    waits = saga.signal_steps(name)
+    if not waits:
+        raise UnknownSignal(f"saga {run.saga!r} v{run.version} declares no signal {name!r}")
+    schema = waits[0].wait.schema if waits[0].wait is not None else None
+    if schema is not None:
+        errors = (schema() if isinstance(schema, type) else schema).validate(payload)
+        if errors:
+            raise InvalidInput(errors)
+
+
+def _no_signals(run: Run) -> str:
+    if run.status is RunStatus.COMPENSATING:
+        why = "cancelling" if run.cancel_requested else "compensating"
+        return (f"run {run.id} is {why}; no step will wait for a signal again, so it is "
+                "not taken")
+    return f"run {run.id} is {run.status}; it takes no signals"
+
+
+def _claim_of(run: Run, step: str, role: Role, lease_s: float) -> Claim:
+    claimed = run.steps[(step, role)]
+    assert claimed.lease_expires_at is not None
+    return Claim(run.id, step, role, claimed.attempt, claimed.fence, run.input, run.outputs,
+                 lease_s, claimed.lease_expires_at)
+
+
+def _alert_entries(commands: list[Command]) -> list[dict[str, Any]]:
+    return [{"type": f"alert.{c.reason}", "step": c.step, "data": {"message": c.message}}
+            for c in commands if isinstance(c, Alert)]
+
+
+def _record_stale(tx: RunTransaction, event: Event, worker: str | None) -> None:
     """A result from a fenced-off attempt: keep a trace of it, change nothing else."""
     if not isinstance(event, (StepSucceeded, StepFailed)):
         return
-    current = tx.run.step(event.step, event.kind)
-    tx.record("step.superseded" if event.kind is Kind.FORWARD else "compensation.superseded",
-              step=event.step, kind=event.kind, worker=worker,
+    current = tx.run.step(event.step, event.role)
+    tx.record(f"{prefix(event.role)}.superseded", step=event.step, role=event.role,
+              worker=worker,
               data={"fence": event.fence, "current_fence": current.fence if current else None,
                     "outcome": "succeeded" if isinstance(event, StepSucceeded) else "failed"})
 
 
-def _label(item: Any) -> str | None:
-    """How crash points name a step: `charge_card`, or `charge_card.compensate`."""
-    step, kind = getattr(item, "step", None), getattr(item, "kind", None)
-    return f"{step}.compensate" if kind in (Kind.COMPENSATE, "compensate") else step
-
-
-def _payload(ctx: StepContext) -> dict[str, Any]:
-    return {"run_id": ctx.run_id, "step": ctx.step, "kind": ctx.kind, "attempt": ctx.attempt,
-            "fence": ctx.fence, "idempotency_key": ctx.idempotency_key, "input": ctx.input,
-            "outputs": ctx.outputs}
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _seconds(value: Any) -> float | None:
+def _seconds(value: timedelta | None) -> float | None:
     return value.total_seconds() if value is not None else None
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
+def _label(item: Any) -> str | None:
+    """How crash points name a step: `charge_card`, or `charge_card.compensate`."""
+    step, role = getattr(item, "step", None), getattr(item, "role", None)
+    return f"{step}.compensate" if role == Role.COMPENSATE else step

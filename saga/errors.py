@@ -8,7 +8,10 @@
     ├── InvalidInput         the input fails the saga's schema
     ├── UnknownSignal        the run's saga declares no signal of that name
     ├── RunStateConflict     the run's status does not allow this (cancel a finished run…)
-    │   └── RunParked        no loaded definition fits the run (version gone or changed)
+    │   ├── RunParked        no loaded definition fits the run (version gone or changed)
+    │   └── RunBusy          another transaction holds the run (a sweep skips it)
+    ├── StoreConflict        a row changed under a transaction that locked it; abandoned
+    ├── LeaseLost            raised inside a step: another worker owns it now, stop
     └── NonRetryable         raised by a step: do not try it again
 """
 
@@ -56,9 +59,25 @@ class UnknownSignal(SagaError):
 class RunStateConflict(SagaError):
     """The run's status does not allow this."""
 
+    def __init__(self, message: str | None = None, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # a finer problem type for the API ("run-not-failed"), if any
+
 
 class RunParked(RunStateConflict):
     """No loaded definition fits this run: its version is not loaded, or changed shape."""
+
+
+class RunBusy(RunStateConflict):
+    """Another transaction holds this run's lock."""
+
+
+class StoreConflict(SagaError):
+    """A row changed under a transaction that read it locked; the change is abandoned."""
+
+
+class LeaseLost(SagaError):
+    """This attempt lost its lease: another worker owns the step now. Stop at once."""
 
 
 class NonRetryable(SagaError):

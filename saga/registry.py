@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import traceback
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
 
 from saga.definitions import Saga
@@ -23,7 +25,7 @@ class Registry:
         """Import each module and take every Saga defined at its top level."""
         registry = cls()
         for name in modules:
-            module = importlib.import_module(name)
+            module = _import(name)
             found = [v for v in vars(module).values() if isinstance(v, Saga)]
             if not found:
                 raise DefinitionError(f"module {name!r} defines no Saga")
@@ -64,3 +66,25 @@ class Registry:
                           for v in sorted(versions)]}
             for name, versions in sorted(self._sagas.items())
         ]
+
+
+def _import(name: str) -> ModuleType:
+    """Import a module of SAGA_SAGAS; any failure is a DefinitionError saying which and why."""
+    try:
+        return importlib.import_module(name)
+    except DefinitionError as exc:
+        raise DefinitionError(f"module {name!r}: {exc}") from exc
+    except ImportError as exc:
+        raise DefinitionError(f"module {name!r} cannot be imported: {exc} "
+                              "(check SAGA_SAGAS and PYTHONPATH)") from exc
+    except Exception as exc:  # a module may fail in any way at import: say where
+        raise DefinitionError(f"module {name!r} failed at import: {type(exc).__name__}: "
+                              f"{exc}{_where(exc)}") from exc
+
+
+def _where(exc: BaseException) -> str:
+    """ ` (file.py, line 12)`: the innermost frame, or a SyntaxError's own place."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return ""  # its message names the file and line already
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 PREFIX = "SAGA_"
 POSITIVE = ("lease_s", "sweep_interval_s", "redispatch_s", "sweep_batch", "max_body_bytes",
-            "worker_concurrency", "visibility_timeout_s", "consumer_timeout_s")
+            "worker_concurrency", "visibility_timeout_s", "consumer_timeout_s", "backfill_cap")
+AUTH_MODES = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,12 @@ class Settings:
     visibility_timeout_s: int = 3600  # Redis: redelivery of unacknowledged messages
     consumer_timeout_s: int = 1800  # RabbitMQ's consumer_timeout, as the server is configured
     retention_days: float = 0  # finished runs older than this are pruned (0: kept forever)
-    clock_offset_file: str = ""  # tests only: a file of seconds added to the database clock
+    auth: str = "on"  # "off": the API needs no token (for the embedded demo only)
+    # Starts, signals and backfills per API token, together (flask-limiter syntax, "a;b" for
+    # several). Generous: a stop against flooding, not a quota.
+    rate_limit: str = "200/second;5000/minute"
+    rate_limit_storage: str = ""  # the counters' store; "": the broker if Redis, else memory://
+    backfill_cap: int = 1000  # runs one API backfill may start unless it sets max_runs higher
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -57,9 +64,13 @@ class Settings:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{PREFIX}{name.upper()} must be a positive number, not {value}")
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"{PREFIX}AUTH must be on or off, not {self.auth!r}")
         if not math.isfinite(self.retention_days) or self.retention_days < 0:
             raise ValueError(f"{PREFIX}RETENTION_DAYS must be 0 (keep) or more days, "
                              f"not {self.retention_days}")
+        object.__setattr__(self, "database_url", database_url(self.database_url))
+        check_urls(self)
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -81,3 +92,88 @@ def _parse(name: str, kind: Any, raw: str) -> Any:
     except ValueError:
         raise ValueError(f"{PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
     return raw
+
+
+# -- URLs: which schemes work, and how to print one without its secrets ---------------------
+
+DATABASE_HELP = "use postgresql://user:password@host:5432/db (or sqlite:///path/saga.db on one machine)"
+BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "memory")
+BROKER_HELP = ("use amqp://user:password@host:5672// (RabbitMQ) or redis://host:6379/0 "
+               "(or memory:// in one process)")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_SECRET_KEY = re.compile(r"pass|secret|token|key|auth|sig|cred", re.IGNORECASE)
+
+
+def database_url(url: str) -> str:
+    """The URL SQLAlchemy needs: `postgres://` and `postgresql://` mean psycopg 3.
+
+    SQLAlchemy rejects `postgres://` and reads `postgresql://` as psycopg2, which is not
+    installed; every other database is refused with what to use instead.
+    """
+    scheme = _scheme(url)
+    if scheme is None:
+        raise ValueError(f"{PREFIX}DATABASE_URL={redacted(url)!r} is not a URL: {DATABASE_HELP}")
+    dialect, _, driver = scheme.lower().partition("+")
+    rest = url[len(scheme) + 3:]
+    if dialect in ("postgres", "postgresql") and driver in ("", "psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    if dialect == "sqlite" and driver in ("", "pysqlite"):
+        return url
+    what = f"driver {driver!r}" if dialect in ("postgres", "postgresql") else f"database {scheme!r}"
+    raise ValueError(f"{PREFIX}DATABASE_URL={redacted(url)!r}: {what} is not supported; "
+                     f"{DATABASE_HELP}")
+
+
+def check_urls(settings: Settings) -> None:
+    """Refuse a broker, result backend or webhook URL that cannot work, naming the setting."""
+    url = settings.broker_url
+    if (_scheme(url) or "").lower() not in BROKER_SCHEMES:
+        raise ValueError(f"{PREFIX}BROKER_URL={redacted(url)!r} is not a supported broker: "
+                         f"{BROKER_HELP}")
+    url = settings.result_backend
+    if url and not _known_result_backend(_scheme(url)):
+        raise ValueError(f"{PREFIX}RESULT_BACKEND={redacted(url)!r} is not a Celery result "
+                         "backend: use the one the remote workers write to, e.g. "
+                         "redis://host:6379/1 or rpc://")
+    url = settings.alert_webhook
+    if url and (_scheme(url) or "").lower() not in ("http", "https"):
+        raise ValueError(f"{PREFIX}ALERT_WEBHOOK={redacted(url, path=False)!r} must be an "
+                         "http:// or https:// URL")
+
+
+def redacted(url: str, path: bool = True) -> str:
+    """`url` safe to print or log: no password, no secret query values.
+
+    With `path=False` (webhooks, whose path or query is often the secret) only the
+    scheme and host are left.
+    """
+    scheme = _scheme(url)
+    if scheme is None:
+        return url if "@" not in url else "…@" + url.rpartition("@")[2]
+    address, question, query = url[len(scheme) + 3:].partition("?")
+    userinfo, at, where = address.rpartition("@")  # the last @: a password may hold one
+    if not path:
+        host = re.split(r"[/#]", where, maxsplit=1)[0]
+        return f"{scheme}://{host}" + ("/…" if host != where or question else "")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        where = f"{user}{':***' if colon else ''}@{where}"
+    if question:
+        where += "?" + "&".join(_redacted_pair(pair) for pair in query.split("&"))
+    return f"{scheme}://{where}"
+
+
+def _redacted_pair(pair: str) -> str:
+    key, equals, _ = pair.partition("=")
+    return f"{key}=***" if equals and _SECRET_KEY.search(key) else pair
+
+
+def _scheme(url: str) -> str | None:
+    match = _SCHEME.match(url)
+    return match.group(1) if match else None
+
+
+def _known_result_backend(scheme: str | None) -> bool:
+    from celery.app.backends import BACKEND_ALIASES
+
+    return scheme is not None and scheme.lower().partition("+")[0] in BACKEND_ALIASES

@@ -1,4 +1,8 @@
-"""Assembles the parts from Settings: registry, store, Celery app, dispatcher, engine."""
+"""The composition root: the one place that builds every part from Settings and wires them.
+
+The API, the CLI, the Celery tasks, the sweeper and the embedded stack take the parts
+they need from a `System`; no part reaches through another to find a third.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +10,45 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from saga.alerts import Alerts
+from saga.clock import Clock
 from saga.engine import Engine
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.store import Store
+from saga.sweeper import Sweeper
 from saga.tasks import CeleryDispatcher, make_celery
+from saga.testing import clock as test_clock
+from saga.worker import Worker
 
 
 @dataclass
 class System:
     settings: Settings
+    registry: Registry
+    store: Store
+    dispatcher: CeleryDispatcher
     engine: Engine
+    worker: Worker
+    sweeper: Sweeper
     celery: Celery
 
 
-def build(settings: Settings, registry: Registry | None = None) -> System:
-    """Everything one process needs; the worker's tasks share this process's engine."""
+def build(settings: Settings, registry: Registry | None = None,
+          clock: Clock | None = None) -> System:
+    """Everything one process needs; the worker's tasks share this process's parts.
+
+    `clock` defaults to the database's (or the tests' shifted one, when they ask for it).
+    """
     registry = registry if registry is not None else Registry.from_modules(settings.sagas)
-    store = Store(settings.database_url, redispatch_s=settings.redispatch_s,
-                  clock_offset_file=settings.clock_offset_file)
-    holder: dict[str, Engine] = {}
-    celery = make_celery(settings, engine=lambda: holder["engine"])
-    engine = Engine(settings, registry, store, CeleryDispatcher(celery, settings.default_queue))
-    holder["engine"] = engine
-    return System(settings, engine, celery)
+    store = Store(settings.database_url, clock or test_clock.from_env(),
+                  redispatch_s=settings.redispatch_s)
+    parts: dict[str, Worker] = {}
+    celery = make_celery(settings, engine=lambda: parts["worker"])
+    dispatcher = CeleryDispatcher(celery, settings.default_queue)
+    alerts = Alerts(settings.alert_webhook, settings.alert_hook)
+    engine = Engine(registry, store, dispatcher, alerts, lease_s=settings.lease_s)
+    engine.settings = settings  # type: ignore[attr-defined]  # TEMPORARY: schedules.firing
+    worker = parts["worker"] = Worker(engine, registry, dispatcher, settings.inline_steps)
+    sweeper = Sweeper(engine, store, registry, settings)
+    return System(settings, registry, store, dispatcher, engine, worker, sweeper, celery)

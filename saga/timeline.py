@@ -11,20 +11,20 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
-from saga.run import Kind, RunStatus, StepStatus
+from saga.run import Role, RunStatus, StepStatus
 
 __all__ = ["Attempt", "StepAt", "RunAt", "attempts", "state_at", "render", "render_state",
            "render_events", "duration"]
 
 STEP_STATUSES = frozenset(s.value for s in StepStatus)
 RUN_STATUSES = frozenset(s.value for s in RunStatus)
-PREFIXES = {"step": Kind.FORWARD.value, "compensation": Kind.COMPENSATE.value}
+PREFIXES = {"step": Role.FORWARD.value, "compensation": Role.COMPENSATE.value}
 # What the event closing an attempt says of it; `running` again means a new claim took
 # the step over after this attempt's lease ran out.
 OUTCOMES = {"succeeded": "succeeded", "failed": "failed", "retry_wait": "failed, will retry",
             "queued": "failed, requeued", "parked": "parked", "cancelled": "cancelled",
             "superseded": "superseded", "running": "lease expired", "waiting": "waiting"}
-Key = tuple[str, str]  # (step name, kind)
+Key = tuple[str, str]  # (step name, role)
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Attempt:
     or one wait (a timer or a signal, `wait` true), from `*.waiting` to how it ended."""
 
     step: str
-    kind: str  # "forward" or "compensate"
+    role: str  # "forward" or "compensate"
     attempt: int | None
     worker: str | None
     fence: int | None
@@ -55,7 +55,7 @@ class StepAt:
     """A step or compensation as of some moment."""
 
     name: str
-    kind: str
+    role: str
     status: str
     attempt: int
     error: str | None = None
@@ -74,11 +74,11 @@ class RunAt:
 
     @property
     def forward(self) -> list[StepAt]:
-        return [s for s in self.steps.values() if s.kind == Kind.FORWARD]
+        return [s for s in self.steps.values() if s.role == Role.FORWARD]
 
     @property
     def compensations(self) -> list[StepAt]:
-        return [s for s in self.steps.values() if s.kind == Kind.COMPENSATE]
+        return [s for s in self.steps.values() if s.role == Role.COMPENSATE]
 
 
 def _parse(event: dict[str, Any]) -> tuple[str, str, Key | None]:
@@ -86,14 +86,14 @@ def _parse(event: dict[str, Any]) -> tuple[str, str, Key | None]:
     family, _, what = event["type"].partition(".")
     if family not in PREFIXES or not event.get("step"):
         return family, what, None
-    return family, what, (event["step"], event.get("kind") or PREFIXES[family])
+    return family, what, (event["step"], event.get("role") or PREFIXES[family])
 
 
 def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
     """Every attempt of every step and compensation, in the order they started.
 
     A `*.running` event opens an attempt (and `*.waiting` a wait); the next outcome of
-    the same step and kind (succeeded, failed, retry_wait, queued, parked, cancelled,
+    the same step and role (succeeded, failed, retry_wait, queued, parked, cancelled,
     superseded, or another claim) closes it. A `*.superseded` event names the fence whose
     result came too late: it closes only the attempt holding that fence, or notes it on
     that closed attempt.
@@ -120,7 +120,7 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
         if what in ("running", "waiting"):
             open_[key] = len(found)
             # A wait holds no worker; the one named recorded the step that led to it.
-            found.append(Attempt(step=key[0], kind=key[1], attempt=event.get("attempt"),
+            found.append(Attempt(step=key[0], role=key[1], attempt=event.get("attempt"),
                                  worker=event.get("worker") if what == "running" else None,
                                  fence=data.get("fence"),
                                  started_at=event["at"], outcome=what, wait=what == "waiting"))
@@ -138,7 +138,7 @@ def _supersede(found: list[Attempt], open_: dict[Key, int], key: Key, event: dic
                                note=late)
         return
     for i in range(len(found) - 1, -1, -1):
-        if (found[i].step, found[i].kind) == key and found[i].fence == fence:
+        if (found[i].step, found[i].role) == key and found[i].fence == fence:
             found[i] = replace(found[i], note=late)
             return
 
@@ -172,7 +172,7 @@ def state_at(events: list[dict[str, Any]], at: datetime) -> RunAt:
             if attempt is None:
                 attempt = before.attempt if before else 0
             found[key] = StepAt(
-                name=key[0], kind=key[1], status=what, attempt=attempt,
+                name=key[0], role=key[1], status=what, attempt=attempt,
                 # A claim leaves the last attempt's error in place; every other status
                 # change records the step's error as it then was.
                 error=(before.error if before else None) if what == "running" else data.get("error"),
@@ -194,7 +194,7 @@ def render(run: dict[str, Any], events: list[dict[str, Any]], tz: tzinfo | None 
     day = _local(run["created_at"], tz).date()
     for label, group in (("step", final.forward), ("compensation", final.compensations)):
         for step in group:
-            mine = [a for a in tried if (a.step, a.kind) == (step.name, step.kind)]
+            mine = [a for a in tried if (a.step, a.role) == (step.name, step.role)]
             prefix = f"  {label:<12} {step.name:<{width}}"
             if not mine:
                 lines.append(f"{prefix}  {'-':<4}  no attempt ({step.status})")

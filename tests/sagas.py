@@ -44,11 +44,11 @@ def record(ctx: StepContext) -> dict:
 
 
 def hold(ctx: StepContext) -> dict:
-    """Runs until the test creates `release-<run>-<step>-<kind>` (mid-step on purpose)."""
+    """Runs until the test creates `release-<run>-<step>-<role>` (mid-step on purpose)."""
     folder = Path(os.environ["SAGA_TEST_BARRIER_DIR"])
-    (folder / f"holding-{ctx.run_id}-{ctx.step}-{ctx.kind}").touch()
+    (folder / f"holding-{ctx.run_id}-{ctx.step}-{ctx.role}").touch()
     deadline = time.monotonic() + 60
-    while not (folder / f"release-{ctx.run_id}-{ctx.step}-{ctx.kind}").exists():
+    while not (folder / f"release-{ctx.run_id}-{ctx.step}-{ctx.role}").exists():
         if time.monotonic() > deadline:
             raise TimeoutError("never released")
         ctx.heartbeat()

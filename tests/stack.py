@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import requests
 import sqlalchemy as sa
 
+from tests.auth import Authorized, create_token
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 TERMINAL = ("succeeded", "compensated", "cancelled", "failed")
@@ -103,11 +105,14 @@ class Stack:
             "SAGA_DEMO_SERVICES_URL": self.base,
             "SAGA_FAULTS_DIR": str(folder),
             "SAGA_TEST_BARRIER_DIR": str(folder),
-            "SAGA_CLOCK_OFFSET_FILE": str(folder / "clock-offset"),
+            "SAGA_TEST_CLOCK_FILE": str(folder / "clock-offset"),
         }
         self.clock_offset = 0.0
         self.processes: list[Process] = []
         self.db = sa.create_engine(database_url)
+        # Every /v1 call of the tests goes through `self.http`, as this admin token.
+        self.token = create_token(self.db, "admin", "stack-admin")
+        self.http = Authorized(self.token)
 
     def __enter__(self) -> Stack:
         return self
@@ -159,7 +164,7 @@ class Stack:
     def advance_clock(self, seconds: float) -> None:
         """Move every process's clock forward (the injectable clock: no sleeping)."""
         self.clock_offset += seconds
-        path = Path(self.env["SAGA_CLOCK_OFFSET_FILE"])
+        path = Path(self.env["SAGA_TEST_CLOCK_FILE"])
         path.with_suffix(".tmp").write_text(str(self.clock_offset))
         path.with_suffix(".tmp").replace(path)  # atomic: a reader never sees half a number
 
@@ -170,16 +175,16 @@ class Stack:
         order = {"order_id": f"o-{uuid.uuid4().hex[:8]}", "items": [{"sku": "sku-1", "qty": 2}],
                  "amount_cents": 1999, "card": "ok", "address": "1 Main St",
                  "email": "buyer@example.com", **overrides}
-        response = requests.post(f"{self.base}/v1/sagas/order_fulfillment/runs",
-                                 json={"input": order, "version": version},
-                                 headers={"Idempotency-Key": f"order:{order['order_id']}"},
-                                 timeout=10)
+        response = self.http.post(f"{self.base}/v1/sagas/order_fulfillment/runs",
+                                  json={"input": order, "version": version},
+                                  headers={"Idempotency-Key": f"order:{order['order_id']}"},
+                                  timeout=10)
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
     def post_run(self, saga: str, input: dict[str, Any], **headers: str) -> str:
-        response = requests.post(f"{self.base}/v1/sagas/{saga}/runs", json={"input": input},
-                                 headers=headers, timeout=10)
+        response = self.http.post(f"{self.base}/v1/sagas/{saga}/runs", json={"input": input},
+                                  headers=headers, timeout=10)
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
@@ -191,7 +196,7 @@ class Stack:
         return make_celery(Settings(broker_url=self.broker_url, default_queue=self.queue))
 
     def run(self, run_id: str) -> dict[str, Any]:
-        response = requests.get(f"{self.base}/v1/runs/{run_id}", timeout=10)
+        response = self.http.get(f"{self.base}/v1/runs/{run_id}", timeout=10)
         assert response.status_code == 200, response.text
         return response.json()
 

@@ -9,18 +9,22 @@ import sys
 
 import click
 
-from saga.cli.common import safe_url as _safe_url
+from saga.cli.common import Group
+from saga.cli.common import registry as _registry
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
+from saga.settings import redacted
 
 
-@click.group()
+@click.group(cls=Group)
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def main(log_level: str) -> None:
     """Durable sagas on Celery. Configure with SAGA_* environment variables (see README)."""
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Alembic announces its plugins at INFO on every import: noise before any message.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 @main.command()
@@ -30,23 +34,48 @@ def migrate() -> None:
 
     settings = _settings()
     migrations.upgrade(settings.database_url)
-    click.echo(f"migrated {_safe_url(settings.database_url)}")
+    click.echo(f"migrated {redacted(settings.database_url)}")
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-def api(host: str, port: int) -> None:
-    """Serve the HTTP API (for production, run `gunicorn 'saga.api:create_app()'`)."""
-    from werkzeug.serving import make_server
-
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1),
+              envvar="SAGA_API_WORKERS", help="processes (SAGA_API_WORKERS)")
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(min=1),
+              envvar="SAGA_API_THREADS", help="threads per process (SAGA_API_THREADS)")
+def api(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the HTTP API under gunicorn: WORKERS processes of THREADS threads each."""
+    try:
+        from gunicorn.app.base import BaseApplication
+    except ImportError:
+        raise click.ClickException(
+            "saga api needs gunicorn: pip install 'saga-orchestrator[deploy]'") from None
     from saga.api import create_app
 
     settings = _settings()
-    app = create_app(settings, _system(settings))
-    server = make_server(host, port, app, threaded=True)
-    click.echo(f"saga api on http://{host}:{server.server_port}", err=True)
-    server.serve_forever()
+    system = _system(settings)
+    # Built once, before gunicorn forks, so a bad setting stops here with a clear message.
+    app = create_app(settings, system)
+    # No connection crosses the fork: each worker opens its own (the store re-opens by pid).
+    system.engine.store.close()
+
+    def when_ready(server) -> None:
+        bound_port = server.LISTENERS[0].sock.getsockname()[1]  # the real one, even for 0
+        click.echo(f"saga api on http://{host}:{bound_port}", err=True)
+
+    class Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
+            options = {"bind": bind, "workers": workers, "threads": threads,
+                       "when_ready": when_ready}
+            for name, value in options.items():
+                self.cfg.set(name, value)
+
+        def load(self):
+            return app
+
+    Gunicorn().run()
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -75,10 +104,8 @@ def worker(concurrency: int | None, pool: str, celery_args: tuple[str, ...]) -> 
 @main.command()
 def sweeper() -> None:
     """Republish lost dispatches, expire dead leases, fire due retries; safe to run many."""
-    from saga import sweeper as sweeping
-
     settings = _settings()
-    sweeping.run_forever(_system(settings).engine)
+    _system(settings).sweeper.run_forever()
 
 
 @main.command()
@@ -92,11 +119,13 @@ def dev(host: str, port: int) -> None:
     from saga.embedded import embedded
 
     settings = _settings()
-    with embedded(settings) as system:
+    if settings.is_sqlite and "SAGA_AUTH" not in os.environ:
+        settings = settings.with_(auth="off")  # one machine's file: no token to make first
+    with embedded(settings, _registry(settings)) as system:
         app = create_app(settings, system)
         server = make_server(host, port, app, threaded=True)
         click.echo(f"saga dev on http://{host}:{server.server_port} "
-                   f"(database {_safe_url(settings.database_url)})", err=True)
+                   f"(database {redacted(settings.database_url)}, auth {settings.auth})", err=True)
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -116,7 +145,7 @@ def start(saga_name: str, input_json: str, key: str | None, version: int | None)
         payload = json.loads(input_json)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
-    system = _system(_settings())
+    system = _system(_settings(), serve=False)
     try:
         run_id, created = system.engine.start(saga_name, payload, key, version)
     except SagaError as exc:
@@ -130,8 +159,9 @@ def _register() -> None:
     from saga.cli.backfill import backfill
     from saga.cli.control import cancel, retry, signal
     from saga.cli.history import runs, show
+    from saga.cli.tokens import token
 
-    for command in (show, runs, cancel, signal, retry, backfill):
+    for command in (show, runs, cancel, signal, retry, backfill, token):
         main.add_command(command)
 
 

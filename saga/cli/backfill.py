@@ -41,7 +41,7 @@ def backfill(saga_name: str, start: str | None, end: str | None, inputs: IO[str]
         raise click.UsageError("give --from and --to (a scheduled saga) or --inputs FILE")
     if inputs is not None and (start is not None or end is not None):
         raise click.UsageError("give either --from/--to or --inputs, not both")
-    engine = _system(_settings()).engine
+    engine = _system(_settings(), serve=False).engine
     try:
         entries = parse_lines(inputs) if inputs is not None else None
         plan = plan_backfill(engine, saga_name, start=start, end=end, inputs=entries,

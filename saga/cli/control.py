@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
+
+if TYPE_CHECKING:
+    from saga.engine import Engine
 
 
 @click.command()
@@ -16,8 +20,10 @@ def cancel(run_id: str) -> None:
     """Cancel a run: let running steps settle, then compensate what was done."""
     from saga.errors import SagaError
 
-    engine = _system(_settings()).engine
+    settings = _settings()
+    engine = _system(settings, serve=False).engine
     try:
+        _check_definition(engine, run_id, settings.sagas)
         engine.cancel(run_id)
     except SagaError as exc:
         raise click.ClickException(str(exc)) from None
@@ -39,8 +45,10 @@ def signal(run_id: str, name: str, payload: str, key: str | None) -> None:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
     if not isinstance(body, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--payload")
-    engine = _system(_settings()).engine
+    settings = _settings()
+    engine = _system(settings, serve=False).engine
     try:
+        _check_definition(engine, run_id, settings.sagas)
         signal_id, new = engine.signal(run_id, name, body, key)
     except SagaError as exc:
         detail = getattr(exc, "errors", None)
@@ -54,8 +62,10 @@ def retry(run_id: str) -> None:
     """Resume a failed run from its given-up compensation or parked step."""
     from saga.errors import RunNotFound
 
-    engine = _system(_settings()).engine
+    settings = _settings()
+    engine = _system(settings, serve=False).engine
     try:
+        _check_definition(engine, run_id, settings.sagas)
         run = engine.store.get_run(run_id)
         if run["status"] != "failed" and not run["parked"]:
             raise click.ClickException(f"run {run_id} is {run['status']}; only a failed or "
@@ -65,3 +75,24 @@ def retry(run_id: str) -> None:
     except RunNotFound as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"run {run_id} resumed: {engine.store.get_run(run_id)['status']}")
+
+
+def _check_definition(engine: Engine, run_id: str, modules: tuple[str, ...]) -> None:
+    """Refuse unless this process loads the run's definition as the run started on it.
+
+    Without it the engine would park the run, waiting for a definition that only this
+    shell lacks (SAGA_SAGAS unlike the workers').
+    """
+    from saga.errors import UnknownSaga
+
+    run = engine.store.load_run(run_id)
+    try:
+        saga = engine.registry.get(run.saga, run.version)
+    except UnknownSaga as exc:
+        raise click.ClickException(
+            f"{exc}: run {run_id} needs it; set SAGA_SAGAS as the workers have it "
+            f"(here: {','.join(modules)})") from None
+    if run.shape and run.shape != saga.shape_hash:
+        raise click.ClickException(
+            f"saga {run.saga!r} v{run.version} loaded here is not the one run {run_id} started "
+            "on (its steps changed): use the saga modules the workers run")

@@ -1,55 +1,6 @@
-"""Which started steps to compensate, and when: reverse order of completion; pure.
+"""Compensation: which started steps to undo, in what order (`order`), and the plan (`plan`)."""
 
-A step is compensated once its forward attempt has settled (never while it may still
-run) and every step that came after it in the graph is done: compensated, or never
-started, or with nothing to undo. Members of a parallel group do not wait for each
-other, so they are compensated in parallel; a sequence is undone back to front.
-"""
+from saga.compensation.order import finished, needs_compensation, ready
+from saga.compensation.plan import begin, plan
 
-from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-from saga.run import Kind, StepStatus
-
-if TYPE_CHECKING:
-    from saga.definitions import Saga
-    from saga.state import StepKey, StepState
-
-
-def needs_compensation(saga: Saga, steps: Mapping[StepKey, StepState], name: str) -> bool:
-    """Whether the step started (so may have had an effect) and has a compensation."""
-    forward = steps.get((name, Kind.FORWARD))
-    if forward is None or saga.by_name[name].compensate is None:
-        return False
-    # started_at is set when a worker claims the step: one that only timed out in the
-    # queue never ran, so there is nothing to undo.
-    return forward.started_at is not None and not forward.status.active
-
-
-def ready(saga: Saga, steps: Mapping[StepKey, StepState]) -> list[str]:
-    """Steps whose compensation may start now, latest in the graph first."""
-    done = _done_table(saga, steps)
-    return [name for name in reversed(saga.order)
-            if needs_compensation(saga, steps, name)
-            and (name, Kind.COMPENSATE) not in steps
-            and all(done[s] for s in saga.successors(name))]
-
-
-def finished(saga: Saga, steps: Mapping[StepKey, StepState]) -> bool:
-    """Whether every started step is settled and every needed compensation succeeded."""
-    done = _done_table(saga, steps)
-    return all(done.values())
-
-
-def _done_table(saga: Saga, steps: Mapping[StepKey, StepState]) -> dict[str, bool]:
-    done: dict[str, bool] = {}
-    for name in reversed(saga.order):  # successors come first in this order
-        forward = steps.get((name, Kind.FORWARD))
-        settled = forward is None or not forward.status.active
-        undo = steps.get((name, Kind.COMPENSATE))
-        undone = (not needs_compensation(saga, steps, name)
-                  or (undo is not None and undo.status is StepStatus.SUCCEEDED))
-        done[name] = settled and undone and all(done[s] for s in saga.successors(name))
-    return done
+__all__ = ["begin", "plan", "ready", "finished", "needs_compensation"]

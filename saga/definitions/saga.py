@@ -55,19 +55,14 @@ class Saga:
             if not isinstance(self.schedule, Schedule):
                 raise DefinitionError(f"saga {self.name!r}: schedule must be a saga.Schedule")
             self.schedule.check(self)
-        steps: dict[str, Step] = {}
-        graph: dict[str, frozenset[str]] = {}
-        _compile(list(self.steps), frozenset(), steps, graph)
+        try:
+            steps, graph, order = _build(self.steps)
+        except DefinitionError as exc:  # say which saga too: a module may define many
+            raise DefinitionError(f"saga {self.name!r} v{self.version}, {exc}") from None
         if not steps:
             raise DefinitionError(f"saga {self.name!r} has no steps")
-        for name, step in steps.items():
-            unknown = set(step.after) - steps.keys()
-            if unknown:
-                raise DefinitionError(f"step {name!r}: 'after' names unknown step(s) {sorted(unknown)}")
-            graph[name] = graph[name] | frozenset(step.after)
         object.__setattr__(self, "by_name", steps)
         object.__setattr__(self, "graph", graph)
-        order = _topological(graph)
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "followers",
                            {n: tuple(m for m in order if n in graph[m]) for n in order})
@@ -111,6 +106,20 @@ class Saga:
                 for n in self.order
             ],
         }
+
+
+def _build(nodes: Sequence[Node]) -> tuple[dict[str, Step], dict[str, frozenset[str]],
+                                            tuple[str, ...]]:
+    """Steps by name, each step's dependencies, and an order that respects them."""
+    steps: dict[str, Step] = {}
+    graph: dict[str, frozenset[str]] = {}
+    _compile(list(nodes), frozenset(), steps, graph)
+    for name, step in steps.items():
+        unknown = set(step.after) - steps.keys()
+        if unknown:
+            raise DefinitionError(f"step {name!r}: 'after' names unknown step(s) {sorted(unknown)}")
+        graph[name] = graph[name] | frozenset(step.after)
+    return steps, graph, _topological(graph)
 
 
 def _compile(node: Node, deps: frozenset[str], steps: dict[str, Step],

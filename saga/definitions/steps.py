@@ -59,6 +59,12 @@ class Step:
     queue: str | None = None
     wait: Timer | Signal | None = None  # set by Wait / WaitForSignal: a step that holds no worker
 
+    def for_role(self, role: str) -> tuple[Action | None, Retry]:
+        """The action and retry policy of this step's forward action or its compensation."""
+        if role == "compensate":
+            return self.compensate, self.compensate_retry
+        return self.action, self.retry
+
 
 def Wait(name: str, duration: timedelta | None = None,
          until: Callable[[Any, dict[str, Any]], Any] | None = None,

@@ -163,7 +163,7 @@ def feed_backfills(engine: Engine, backfill_id: str | None = None) -> int:
         try:
             for seq, key, value in feed.items:
                 try:
-                    run_id, _ = engine.start(feed.saga, value, key)
+                    run_id, _ = engine.start(feed.saga, value, key, actor=feed.created_by)
                 except (InvalidInput, IdempotencyConflict) as exc:
                     store.item_refused(feed.backfill_id, seq, str(exc))
                     continue
@@ -224,10 +224,14 @@ def plan_backfill(engine: Engine, saga_name: str, *, start: str | datetime | Non
     return BackfillPlan(saga.name, items, len(existing), max_running, first, last)
 
 
-def start_backfill(engine: Engine, plan: BackfillPlan) -> str:
-    """Store the backfill and start its first items now; the sweeper starts the rest."""
+def start_backfill(engine: Engine, plan: BackfillPlan, created_by: str | None = None) -> str:
+    """Store the backfill and start its first items now; the sweeper starts the rest.
+
+    `created_by` (an API token's name) is recorded as the actor of every run it starts.
+    """
     backfill_id = engine.store.create_backfill(plan.saga, plan.items, plan.max_running,
-                                               plan.existing, plan.from_at, plan.to_at)
+                                               plan.existing, plan.from_at, plan.to_at,
+                                               created_by)
     feed_backfills(engine, backfill_id)
     return backfill_id
 

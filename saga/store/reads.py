@@ -12,14 +12,14 @@ and reads the same indexes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from saga.clock import aware
 from saga.errors import RunNotFound
-from saga.run import Kind
-from saga.state import Run, RunStatus
+from saga.run import Role, Run, RunStatus
 from saga.store.rows import (
     decode_cursor,
     encode_cursor,
@@ -49,8 +49,8 @@ class Reads:
             step_rows = conn.execute(sa.select(steps).where(steps.c.run_id == run_id).order_by(
                 steps.c.queued_at, steps.c.name)).mappings().all()
         view = run_view(row)
-        view["steps"] = [step_view(s) for s in step_rows if s["kind"] == Kind.FORWARD]
-        view["compensations"] = [step_view(s) for s in step_rows if s["kind"] == Kind.COMPENSATE]
+        view["steps"] = [step_view(s) for s in step_rows if s["role"] == Role.FORWARD]
+        view["compensations"] = [step_view(s) for s in step_rows if s["role"] == Role.COMPENSATE]
         return view
 
     def load_run(self, run_id: str) -> Run:
@@ -88,24 +88,24 @@ class Reads:
         if status:
             query = query.where(runs.c.status == status)
         if started_after is not None:
-            query = query.where(runs.c.created_at >= _utc(started_after))
+            query = query.where(runs.c.created_at >= aware(started_after))
         if started_before is not None:
-            query = query.where(runs.c.created_at < _utc(started_before))
+            query = query.where(runs.c.created_at < aware(started_before))
         if finished_after is not None:
-            query = query.where(runs.c.finished_at >= _utc(finished_after))
+            query = query.where(runs.c.finished_at >= aware(finished_after))
         if finished_before is not None:
-            query = query.where(runs.c.finished_at < _utc(finished_before))
+            query = query.where(runs.c.finished_at < aware(finished_before))
         if step:
             # Probed by the steps key per run, or (for a rare step) found by steps_name_status.
             has_step = sa.exists().where(steps.c.run_id == runs.c.id, steps.c.name == step,
-                                         steps.c.kind == str(Kind.FORWARD))
+                                         steps.c.role == str(Role.FORWARD))
             if step_status:
                 has_step = has_step.where(steps.c.status == step_status)
             query = query.where(has_step)
         if cursor:
             at, run_id = decode_cursor(cursor)
             # A row comparison is one index condition; the OR of two comparisons is not.
-            query = query.where(sa.tuple_(runs.c.created_at, runs.c.id) < (_utc(at), run_id))
+            query = query.where(sa.tuple_(runs.c.created_at, runs.c.id) < (aware(at), run_id))
         with self.engine.connect() as conn:
             if error:
                 rows = _search_errors(conn, query, error, limit)
@@ -161,7 +161,7 @@ class Reads:
                     if s.terminal and (include_failed or s is not RunStatus.FAILED)]
         old = runs.alias("old")
         doomed = (sa.select(old.c.id)
-                  .where(old.c.status.in_(statuses), old.c.finished_at < _utc(older_than))
+                  .where(old.c.status.in_(statuses), old.c.finished_at < aware(older_than))
                   .order_by(old.c.finished_at).limit(batch))
         with self.engine.begin() as conn:
             if conn.dialect.name != "sqlite":  # SQLite's one writer needs no row locks
@@ -197,8 +197,3 @@ def _errored(text: str) -> sa.CompoundSelect:
                                       errored.c.error.icontains(text, autoescape=True)),
         sa.select(steps.c.run_id).where(steps.c.error.is_not(None),
                                         steps.c.error.icontains(text, autoescape=True)))
-
-
-def _utc(value: datetime) -> datetime:
-    # SQLite stores the wall-clock fields; every time in the log is UTC.
-    return value.astimezone(UTC) if value.tzinfo is not None else value.replace(tzinfo=UTC)

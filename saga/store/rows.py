@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from saga.state import Kind, PendingSignal, Run, RunStatus, StepState, StepStatus
-
-
-def aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+from saga.clock import aware
+from saga.run import PendingSignal, Role, Run, RunStatus, StepState, StepStatus
 
 
 def to_run(row: Any, step_states: list[StepState],
            signals: tuple[PendingSignal, ...] = ()) -> Run:
     return Run(id=row["id"], saga=row["saga"], version=row["version"],
                status=RunStatus(row["status"]), input=row["input"],
-               steps={(s.name, s.kind): s for s in step_states}, error=row["error"],
+               steps={(s.name, s.role): s for s in step_states}, error=row["error"],
                created_at=aware(row["created_at"]), finished_at=aware(row["finished_at"]),
                deadline_at=aware(row["deadline_at"]), signals=signals,
                cancel_requested=bool(row["cancel_requested"]), shape=row["shape"],
@@ -27,7 +22,7 @@ def to_run(row: Any, step_states: list[StepState],
 
 
 def to_step(row: Any) -> StepState:
-    return StepState(name=row["name"], kind=Kind(row["kind"]), status=StepStatus(row["status"]),
+    return StepState(name=row["name"], role=Role(row["role"]), status=StepStatus(row["status"]),
                      attempt=row["attempt"], fence=row["fence"], output=row["output"],
                      error=row["error"], queued_at=aware(row["queued_at"]),
                      started_at=aware(row["started_at"]), finished_at=aware(row["finished_at"]),
@@ -56,7 +51,7 @@ def step_view(row: Any) -> dict[str, Any]:
 
 def event_view(row: Any) -> dict[str, Any]:
     return {"id": row["id"], "at": aware(row["at"]), "type": row["type"], "step": row["step"],
-            "kind": row["kind"], "attempt": row["attempt"], "worker": row["worker"],
+            "role": row["role"], "attempt": row["attempt"], "worker": row["worker"],
             "data": row["data"]}
 
 

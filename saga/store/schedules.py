@@ -47,6 +47,7 @@ backfills = sa.Table(
     sa.Column("created_at", When, nullable=False),
     sa.Column("claimed_until", When),
     sa.Column("fed_at", When),  # every item started or refused: the sweeper stops looking
+    sa.Column("created_by", sa.String(100)),  # the API token's name; its runs are started as it
     sa.Index("backfills_feeding", "created_at",
              postgresql_where=sa.text("fed_at IS NULL"), sqlite_where=sa.text("fed_at IS NULL")),
 )
@@ -78,6 +79,7 @@ class Feed:
     backfill_id: str
     saga: str
     items: tuple[tuple[int, str, Any], ...]  # (seq, idempotency key, input)
+    created_by: str | None = None  # who asked for the backfill: its runs' actor
 
 
 class ScheduleStore:
@@ -102,7 +104,7 @@ class ScheduleStore:
         new = {saga: spec for saga, spec in specs.items() if seen.get(saga) != spec}
         if not new:
             return
-        with self._begin() as conn:
+        with self.begin() as conn:
             now = self.now(conn)
             for saga, spec in sorted(new.items()):
                 first = first_fire_at(saga)
@@ -123,7 +125,7 @@ class ScheduleStore:
         """
         if not specs:
             return []
-        with self._begin() as conn:
+        with self.begin() as conn:
             rows = conn.execute(
                 sa.select(schedules.c.saga, schedules.c.next_fire_at)
                 .where(schedules.c.next_fire_at <= now,
@@ -145,7 +147,7 @@ class ScheduleStore:
         values: dict[str, Any] = dict(next_fire_at=next_fire_at, claimed_until=None)
         if fired is not None:
             values["last_fire_at"] = fired
-        with self._begin() as conn:
+        with self.begin() as conn:
             values["updated_at"] = self.now(conn)
             done = conn.execute(schedules.update().where(
                 schedules.c.saga == saga, schedules.c.next_fire_at == was).values(**values))
@@ -153,7 +155,7 @@ class ScheduleStore:
 
     def release_schedule(self, saga: str) -> None:
         """Give a claim back unchanged, so the next sweep tries again."""
-        with self._begin() as conn:
+        with self.begin() as conn:
             conn.execute(schedules.update().where(schedules.c.saga == saga)
                          .values(claimed_until=None))
 
@@ -178,14 +180,15 @@ class ScheduleStore:
 
     def create_backfill(self, saga: str, items: Sequence[tuple[str, Any]], max_running: int,
                         existing: int, from_at: datetime | None = None,
-                        to_at: datetime | None = None) -> str:
+                        to_at: datetime | None = None, created_by: str | None = None) -> str:
         """Store a backfill of (idempotency key, input) items; the sweeper feeds it."""
         backfill_id = str(uuid.uuid4())
-        with self._begin() as conn:
+        with self.begin() as conn:
             now = self.now(conn)
             conn.execute(backfills.insert().values(
                 id=backfill_id, saga=saga, max_running=max_running, from_at=from_at, to_at=to_at,
-                existing=existing, created_at=now, fed_at=None if items else now))
+                existing=existing, created_at=now, fed_at=None if items else now,
+                created_by=created_by))
             if items:
                 conn.execute(backfill_items.insert(), [
                     dict(backfill_id=backfill_id, seq=seq, key=key, input=value)
@@ -201,9 +204,10 @@ class ScheduleStore:
         handed out again (their start is idempotent).
         """
         items = backfill_items.c
-        with self._begin() as conn:
+        with self.begin() as conn:
             now = self.now(conn)
-            query = (sa.select(backfills.c.id, backfills.c.saga, backfills.c.max_running)
+            query = (sa.select(backfills.c.id, backfills.c.saga, backfills.c.max_running,
+                               backfills.c.created_by)
                      .where(backfills.c.fed_at.is_(None), backfills.c.saga.in_(sagas),
                             sa.or_(backfills.c.claimed_until.is_(None),
                                    backfills.c.claimed_until <= now))
@@ -235,18 +239,18 @@ class ScheduleStore:
                 conn.execute(backfills.update().where(backfills.c.id == row.id).values(
                     claimed_until=now + timedelta(seconds=claim_s)))
                 feeds.append(Feed(row.id, row.saga, tuple((c.seq, c.key, c.input)
-                                                          for c in chosen)))
+                                                          for c in chosen), row.created_by))
         return feeds
 
     def item_started(self, backfill_id: str, seq: int, run_id: str) -> None:
-        with self._begin() as conn:
+        with self.begin() as conn:
             conn.execute(backfill_items.update().where(
                 backfill_items.c.backfill_id == backfill_id, backfill_items.c.seq == seq)
                 .values(run_id=run_id))
 
     def item_refused(self, backfill_id: str, seq: int, error: str) -> None:
         """The item can never start (its input or key is refused): it frees its slot."""
-        with self._begin() as conn:
+        with self.begin() as conn:
             conn.execute(backfill_items.update().where(
                 backfill_items.c.backfill_id == backfill_id, backfill_items.c.seq == seq)
                 .values(error=error, finished_at=self.now(conn)))
@@ -254,7 +258,7 @@ class ScheduleStore:
     def release_feed(self, backfill_id: str) -> None:
         """End a feed's claim; a backfill with nothing left to start is fed for good."""
         items = backfill_items.c
-        with self._begin() as conn:
+        with self.begin() as conn:
             left = conn.execute(sa.select(sa.func.count()).where(
                 items.backfill_id == backfill_id, items.run_id.is_(None),
                 items.error.is_(None))).scalar_one()

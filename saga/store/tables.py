@@ -46,7 +46,7 @@ steps = sa.Table(
     sa.Column("run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"),
               primary_key=True),
     sa.Column("name", sa.String(200), primary_key=True),
-    sa.Column("kind", sa.String(12), primary_key=True),
+    sa.Column("role", sa.String(12), primary_key=True),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False, default=0),
     sa.Column("fence", sa.BigInteger, nullable=False, default=0),
@@ -77,7 +77,7 @@ steps = sa.Table(
     sa.Index("steps_start_due", "start_by",
              postgresql_where=sa.text("status = 'queued' AND start_by IS NOT NULL"),
              sqlite_where=sa.text("status = 'queued' AND start_by IS NOT NULL")),
-    sa.Index("steps_name_status", "name", "kind", "status"),
+    sa.Index("steps_name_status", "name", "role", "status"),
     sa.Index("steps_errored", "run_id", postgresql_where=sa.text("error IS NOT NULL"),
              sqlite_where=sa.text("error IS NOT NULL")),
 )
@@ -91,7 +91,7 @@ events = sa.Table(
     sa.Column("at", When, nullable=False),
     sa.Column("type", sa.String(60), nullable=False),
     sa.Column("step", sa.String(200)),
-    sa.Column("kind", sa.String(12)),
+    sa.Column("role", sa.String(12)),
     sa.Column("attempt", sa.Integer),
     sa.Column("worker", sa.String(200)),
     sa.Column("data", JSON, nullable=False),
@@ -114,4 +114,17 @@ signals = sa.Table(
     sa.Index("signals_pending", "run_id", "id",
              postgresql_where=sa.text("consumed_at IS NULL"),
              sqlite_where=sa.text("consumed_at IS NULL")),
+)
+
+# API tokens: only a hash of each is stored (see saga/store/tokens.py). A revoked token keeps
+# its row, so a name in a run's events always means one token.
+tokens = sa.Table(
+    "tokens", metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False),  # sha256 hex of the token
+    sa.Column("created_at", When, nullable=False),
+    sa.Column("revoked_at", When),
+    sa.Column("last_used_at", When),  # updated at most once a minute per token
+    sa.Index("tokens_hash", "token_hash", unique=True),
 )

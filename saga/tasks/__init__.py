@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401  (raised inside steps)
 
+from saga.events import Command
+from saga.run import Role
 from saga.settings import Settings
-from saga.state import Command, Kind
 
 if TYPE_CHECKING:
     from saga.definitions import RemoteTask, Saga
@@ -64,12 +65,12 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) 
 
     @app.task(name=STEP_TASK, bind=True, shared=False)  # this app only, never another
     def step(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
-        return current().run_step(run_id, step, Kind.FORWARD, saga, version,
+        return current().run_step(run_id, step, Role.FORWARD, saga, version,
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
     @app.task(name=COMPENSATE_TASK, bind=True, shared=False)
     def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
-        return current().run_step(run_id, step, Kind.COMPENSATE, saga, version,
+        return current().run_step(run_id, step, Role.COMPENSATE, saga, version,
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
     return app
@@ -109,8 +110,8 @@ class CeleryDispatcher:
     def send(self, run_id: str, saga: str, version: int, commands: list[Command],
              timeouts: dict[str, float | None]) -> None:
         for command in commands:
-            name = STEP_TASK if command.kind is Kind.FORWARD else COMPENSATE_TASK
-            limit = timeouts.get(command.step) if command.kind is Kind.FORWARD else None
+            name = STEP_TASK if command.role is Role.FORWARD else COMPENSATE_TASK
+            limit = timeouts.get(command.step) if command.role is Role.FORWARD else None
             options: dict[str, Any] = {}
             if limit:
                 options = {"soft_time_limit": limit, "time_limit": limit + HARD_LIMIT_GRACE_S}

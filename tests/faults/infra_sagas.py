@@ -71,7 +71,7 @@ def wait_at_gate(ctx: StepContext, name: str) -> None:
 
 def count_execution(ctx: StepContext) -> int:
     """Append one line for this execution; return how many executions there were so far."""
-    path = executions(f"{ctx.run_id}-{ctx.step}-{ctx.kind}")
+    path = executions(f"{ctx.run_id}-{ctx.step}-{ctx.role}")
     with open(path, "a") as f:  # O_APPEND: a short line is written atomically
         f.write(f"{ctx.attempt} {ctx.fence}\n")
     return len(path.read_text().splitlines())

@@ -27,7 +27,7 @@ def check(stack: Stack, run_ids: list[str], registry: Registry | None = None) ->
         if run.status == "failed":
             assert run.error, f"run {run.id} failed without a reason"
     # I5 the outbox drains: nothing left queued or leased.
-    pending = stack.query("SELECT run_id, name, kind, status FROM steps WHERE run_id = ANY(:ids) "
+    pending = stack.query("SELECT run_id, name, role, status FROM steps WHERE run_id = ANY(:ids) "
                           "AND status IN ('queued', 'running', 'retry_wait')", ids=list(run_ids))
     assert not pending, f"steps still pending: {pending}"
     _single_committer(stack, run_ids)
@@ -37,7 +37,7 @@ def check(stack: Stack, run_ids: list[str], registry: Registry | None = None) ->
 
 
 def _single_committer(stack: Stack, run_ids: list[str]) -> None:
-    """I2: per step and kind, at most one attempt reaches succeeded."""
+    """I2: per step and role, at most one attempt reaches succeeded."""
     rows = stack.query("SELECT run_id, step, type, count(*) AS n FROM events "
                        "WHERE run_id = ANY(:ids) AND type IN ('step.succeeded', "
                        "'compensation.succeeded') GROUP BY run_id, step, type HAVING count(*) > 1",

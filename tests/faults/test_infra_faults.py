@@ -149,17 +149,17 @@ def wait_terminal(stack: Stack, run_ids: list[str], timeout: float = 30) -> dict
     try:
         return wait_for(done, timeout, f"runs {run_ids} to finish", interval=0.1)
     except AssertionError as exc:
-        rows = stack.query("SELECT run_id, name, kind, status, attempt, fence, lease_expires_at, "
+        rows = stack.query("SELECT run_id, name, role, status, attempt, fence, lease_expires_at, "
                            "next_attempt_at, redispatch_at, dispatches FROM steps "
                            "WHERE run_id = ANY(:ids) ORDER BY run_id, queued_at", ids=run_ids)
         now = stack.query("SELECT clock_timestamp()")[0][0]
         raise AssertionError(f"{exc}\nat {now}, steps:\n" + "\n".join(map(str, rows))) from None
 
 
-def step(stack: Stack, run_id: str, name: str, kind: str = "forward") -> Any:
+def step(stack: Stack, run_id: str, name: str, role: str = "forward") -> Any:
     rows = stack.query("SELECT status, attempt, fence, lease_expires_at, next_attempt_at, "
-                       "dispatches FROM steps WHERE run_id = :r AND name = :n AND kind = :k",
-                       r=run_id, n=name, k=kind)
+                       "dispatches FROM steps WHERE run_id = :r AND name = :n AND role = :k",
+                       r=run_id, n=name, k=role)
     return rows[0] if rows else None
 
 
@@ -295,7 +295,7 @@ def test_api_killed_between_run_insert_and_first_publish_is_dispatched_by_the_sw
     post = {"url": f"{stack.base}/v1/sagas/fault_order/runs", "json": {"input": order},
             "headers": {"Idempotency-Key": order["order_id"]}, "timeout": 10}
     with pytest.raises(requests.ConnectionError):
-        requests.post(**post)
+        stack.http.post(**post)
     assert (stack.folder / "fault-after_start_commit-fault_order").exists()
     run_id = run_of_order(stack, order["order_id"])
     assert run_id is not None, "the run was committed before the crash, so it must exist"
@@ -307,7 +307,7 @@ def test_api_killed_between_run_insert_and_first_publish_is_dispatched_by_the_sw
     lifted = last_event_id(stack)
     recovery = time_until(lambda: progressed(stack, [run_id], lifted), 30,
                           "the sweeper to publish the first step")
-    again = requests.post(**post)
+    again = stack.http.post(**post)
     assert again.status_code == 200, again.text
     assert again.json()["id"] == run_id
 
@@ -525,8 +525,8 @@ def test_broker_down_during_post_accepts_the_run_and_dispatches_it_once_back(
     mq.cut()
     order = new_order()
     started = time.monotonic()
-    response = requests.post(f"{stack.base}/v1/sagas/fault_order/runs", json={"input": order},
-                             timeout=30)
+    response = stack.http.post(f"{stack.base}/v1/sagas/fault_order/runs", json={"input": order},
+                               timeout=30)
     post_s = time.monotonic() - started
     assert response.status_code == 201, (
         f"expected the run accepted and dispatched later; got {response.status_code} "

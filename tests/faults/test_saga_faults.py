@@ -13,8 +13,6 @@ import time
 import uuid
 from typing import Any
 
-import requests
-
 from tests.faults import invariants
 from tests.faults.infra_sagas import UNDO_FAILURES, UNDO_FIXED
 from tests.faults.test_infra_faults import (  # noqa: F401  (stack: the shared fixture)
@@ -34,8 +32,8 @@ def reservation() -> dict[str, Any]:
     return {"order_id": f"o-{uuid.uuid4().hex[:8]}", "items": [{"sku": "sku-1", "qty": 1}]}
 
 
-def executions(stack: Stack, run_id: str, step_name: str, kind: str = "compensate") -> int:
-    path = stack.folder / f"executions-{run_id}-{step_name}-{kind}"
+def executions(stack: Stack, run_id: str, step_name: str, role: str = "compensate") -> int:
+    path = stack.folder / f"executions-{run_id}-{step_name}-{role}"
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
@@ -103,7 +101,7 @@ def test_compensation_failing_for_good_flags_the_run_until_retried_by_api_or_cli
 
     (stack.folder / UNDO_FIXED).touch()
     fixed = time.monotonic()
-    response = requests.post(f"{stack.base}/v1/runs/{by_api}/retry", timeout=10)
+    response = stack.http.post(f"{stack.base}/v1/runs/{by_api}/retry", timeout=10)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "compensating"
     cli = subprocess.run([sys.executable, "-m", "saga.cli", "retry", by_cli], env=stack.env,
@@ -118,7 +116,7 @@ def test_compensation_failing_for_good_flags_the_run_until_retried_by_api_or_cli
     resumed = time.monotonic() - fixed
     for order in orders:
         assert actions(stack, order["order_id"]) == ["reserve", "release"]
-    again = requests.post(f"{stack.base}/v1/runs/{by_api}/retry", timeout=10)
+    again = stack.http.post(f"{stack.base}/v1/runs/{by_api}/retry", timeout=10)
     assert again.status_code == 409
     assert again.headers["Content-Type"].startswith("application/problem+json")
     invariants.check(stack, run_ids, REGISTRY)

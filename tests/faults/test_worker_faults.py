@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from saga.registry import Registry
 from saga.tasks import HARD_LIMIT_GRACE_S
@@ -94,7 +93,7 @@ def new_order() -> str:
 
 def events(stack: Stack, run_id: str, step: str | None = None,
            type: str | None = None) -> list[Any]:
-    sql = ("SELECT id, at, type, step, kind, attempt, worker, data FROM events "
+    sql = ("SELECT id, at, type, step, role, attempt, worker, data FROM events "
            "WHERE run_id = :r")
     if step is not None:
         sql += " AND step = :s"
@@ -454,7 +453,7 @@ def test_step_parked_on_timeout_holds_the_run_until_it_is_retried(
     assert events(stack, run_id, "slow_once", "alert.parked")
     assert events(stack, run_id, type="run.parked")
 
-    response = requests.post(f"{stack.base}/v1/runs/{run_id}/retry", timeout=10)
+    response = stack.http.post(f"{stack.base}/v1/runs/{run_id}/retry", timeout=10)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "running" and not response.json()["parked"]
     run = stack.wait_terminal(run_id, 30)

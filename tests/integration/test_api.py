@@ -28,10 +28,11 @@ from werkzeug.serving import make_server
 
 from saga import NonRetryable, Saga, Step
 from saga.registry import Registry
-from saga.run import Kind
+from saga.run import Role
 from saga.settings import Settings
 from saga.store import metadata
 from saga.system import System, build
+from tests.auth import authorize, bearer, create_token
 
 PG_URL = os.environ.get("SAGA_TEST_DATABASE_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -105,7 +106,7 @@ def settings(database_url: str) -> Settings:
 def system(settings: Settings) -> Iterator[System]:
     built = build(settings, Registry([CHARGE, LISTED]))
     yield built
-    built.engine.store.close()
+    built.store.close()
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +114,14 @@ def app(settings: Settings, system: System) -> flask.Flask:
     return create_app(settings, system)
 
 
+@pytest.fixture(scope="module")
+def token(system: System) -> str:
+    return create_token(system.engine.store.engine, "admin")
+
+
 @pytest.fixture
-def client(app: flask.Flask):
-    return app.test_client()
+def client(app: flask.Flask, token: str):
+    return authorize(app.test_client(), token)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +140,7 @@ def count_runs(system: System, **where: str) -> int:
     query = sa.select(sa.func.count()).select_from(runs)
     for column, value in where.items():
         query = query.where(runs.c[column] == value)
-    with system.engine.store.engine.connect() as conn:
+    with system.store.engine.connect() as conn:
         return conn.execute(query).scalar_one()
 
 
@@ -189,7 +195,7 @@ def test_same_key_with_another_body_is_a_422_and_writes_nothing(client, system):
     assert client.get(first.headers["Location"]).get_json()["input"]["amount_cents"] == 100
 
 
-def test_concurrent_duplicate_posts_create_exactly_one_run(server, system):
+def test_concurrent_duplicate_posts_create_exactly_one_run(server, system, token):
     """Given 20 clients with one key and body, When they POST at once, Then one run, one id."""
     key, body, barrier = str(uuid.uuid4()), order(), threading.Barrier(20)
     results: list[tuple[int, str]] = []
@@ -197,7 +203,7 @@ def test_concurrent_duplicate_posts_create_exactly_one_run(server, system):
     def post() -> None:
         barrier.wait()
         response = requests.post(f"{server}/v1/sagas/charge/runs", json=body,
-                                 headers={"Idempotency-Key": key}, timeout=30)
+                                 headers={"Idempotency-Key": key, **bearer(token)}, timeout=30)
         results.append((response.status_code, response.json()["id"]))
 
     threads = [threading.Thread(target=post) for _ in range(20)]
@@ -297,14 +303,15 @@ def test_explicit_version_starts_it_and_an_unknown_version_is_a_404(client, syst
 @pytest.mark.parametrize("name", ["\x00", "charge\x00", "x" * 5000, "'; DROP TABLE runs; --",
                                   "../../etc/passwd", "charge%00", "<script>alert(1)</script>",
                                   "\u202echarge", "charge' OR '1'='1"])
-def test_hostile_saga_names_get_a_4xx_problem_never_a_5xx(server, system, name):
+def test_hostile_saga_names_get_a_4xx_problem_never_a_5xx(server, system, name, token):
     """Given an injection-like, NUL or over-long name, When used anywhere, Then a 4xx problem."""
     before = count_runs(system)
     quoted = quote(name, safe="")
     for method, path in [("post", f"/v1/sagas/{quoted}/runs"), ("get", f"/v1/runs/{quoted}"),
                          ("get", f"/v1/runs/{quoted}/events"), ("get", f"/v1/runs?saga={quoted}"),
                          ("get", f"/v1/runs?cursor={quoted}")]:
-        response = requests.request(method, server + path, json=order(), timeout=10)
+        response = requests.request(method, server + path, json=order(), timeout=10,
+                                    headers=bearer(token))
         if response.status_code == 200:  # a listing filtered by a saga that has no runs
             assert response.json()["runs"] == []
             continue
@@ -318,13 +325,13 @@ def test_hostile_saga_names_get_a_4xx_problem_never_a_5xx(server, system, name):
 def test_run_view_shows_steps_compensations_outputs_and_errors(client, system):
     """Given a charge declined after a reservation, When compensated, Then the view shows all."""
     run_id = client.post("/v1/sagas/charge/runs", json=order(2_000_000)).get_json()["id"]
-    engine = system.engine
-    engine.run_step(run_id, "reserve", Kind.FORWARD, "charge", 1, worker="test-worker")
-    engine.run_step(run_id, "charge", Kind.FORWARD, "charge", 1, worker="test-worker")
+    worker = system.worker
+    worker.run_step(run_id, "reserve", Role.FORWARD, "charge", 1, worker="test-worker")
+    worker.run_step(run_id, "charge", Role.FORWARD, "charge", 1, worker="test-worker")
     middle = client.get(f"/v1/runs/{run_id}").get_json()
     assert middle["status"] == "compensating"
     assert [(c["name"], c["status"]) for c in middle["compensations"]] == [("reserve", "queued")]
-    engine.run_step(run_id, "reserve", Kind.COMPENSATE, "charge", 1, worker="test-worker")
+    worker.run_step(run_id, "reserve", Role.COMPENSATE, "charge", 1, worker="test-worker")
 
     response = client.get(f"/v1/runs/{run_id}")
     assert response.status_code == 200
@@ -347,7 +354,7 @@ def test_run_view_shows_steps_compensations_outputs_and_errors(client, system):
 def test_events_come_oldest_first(client, system):
     """Given a run whose first step ran, When its events are read, Then oldest first."""
     run_id = client.post("/v1/sagas/charge/runs", json=order()).get_json()["id"]
-    system.engine.run_step(run_id, "reserve", Kind.FORWARD, "charge", 1, worker="w")
+    system.worker.run_step(run_id, "reserve", Role.FORWARD, "charge", 1, worker="w")
     response = client.get(f"/v1/runs/{run_id}/events")
     assert response.status_code == 200
     events = response.get_json()["events"]
@@ -442,7 +449,7 @@ def test_health_is_503_naming_what_does_not_answer(settings, down, change):
         response = create_app(broken, broken_system).test_client().get("/v1/health")
     finally:
         elapsed = time.monotonic() - began
-        broken_system.engine.store.close()
+        broken_system.store.close()
     problem = assert_problem(response, 503)
     assert set(problem["errors"]) == {down}
     assert down in problem["detail"]
@@ -486,7 +493,7 @@ def test_an_unexpected_error_is_a_500_problem(client, system, monkeypatch):
     def broken(run_id: str) -> dict:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(system.engine.store, "get_run", broken)
+    monkeypatch.setattr(system.store, "get_run", broken)
     problem = assert_problem(client.get(f"/v1/runs/{uuid.uuid4()}"), 500)
     assert "disk on fire" not in problem["detail"]  # internals stay in the log
 

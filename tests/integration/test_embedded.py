@@ -27,7 +27,7 @@ def system(tmp_path_factory) -> Iterator[System]:
     folder = tmp_path_factory.mktemp("embedded")
     settings = Settings(database_url=f"sqlite:///{folder}/saga.db", broker_url="memory://",
                         sagas=("examples.fulfillment",), sweep_interval_s=0.1,
-                        worker_concurrency=4)
+                        worker_concurrency=4, auth="off")  # as `make demo` runs it
     with embedded(settings) as system:
         server = make_server("127.0.0.1", 0, create_app(settings, system), threaded=True)
         system.base = f"http://127.0.0.1:{server.server_port}"

@@ -21,13 +21,14 @@ from saga.api import create_app
 
 from saga import NonRetryable, Parallel, Retry, Saga, Step, WaitForSignal
 from saga.cli import main
+from saga.events import LeaseExpired, RetryDue, StepSucceeded
 from saga.registry import Registry
-from saga.run import Kind
+from saga.run import Role
 from saga.settings import Settings
-from saga.state import LeaseExpired, RetryDue, StepSucceeded
 from saga.store import Store
 from saga.system import System, build
 from saga.timeline import attempts, state_at
+from tests.auth import authorize, create_token
 from tests.conftest import PG_ADMIN_URL
 
 TERMINAL = {"succeeded", "compensated", "failed"}
@@ -107,7 +108,7 @@ def system(db_url: str) -> Iterator[System]:
     built = build(Settings(database_url=db_url, broker_url="memory://", inline_steps=0),
                   Registry(SAGAS))
     yield built
-    built.engine.store.close()
+    built.store.close()
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,8 @@ def app(system: System) -> flask.Flask:
 
 
 @pytest.fixture
-def client(app: flask.Flask):
-    return app.test_client()
+def client(app: flask.Flask, system: System):
+    return authorize(app.test_client(), create_token(system.engine.store.engine))
 
 
 def drive(system: System, run_id: str, actions: int = 50,
@@ -126,24 +127,24 @@ def drive(system: System, run_id: str, actions: int = 50,
     them, unless `settle`: then until the run ends or waits); `after` sees each change."""
     engine = system.engine
     for _ in range(actions):
-        run = engine.store.get_run(run_id)
-        pending = [(s, Kind.FORWARD) for s in run["steps"]] + \
-                  [(s, Kind.COMPENSATE) for s in run["compensations"]]
-        queued = [(s["name"], kind) for s, kind in pending if s["status"] == "queued"]
-        waiting = [(s, kind) for s, kind in pending if s["status"] == "retry_wait"]
+        run = system.store.get_run(run_id)
+        pending = [(s, Role.FORWARD) for s in run["steps"]] + \
+                  [(s, Role.COMPENSATE) for s in run["compensations"]]
+        queued = [(s["name"], role) for s, role in pending if s["status"] == "queued"]
+        waiting = [(s, role) for s, role in pending if s["status"] == "retry_wait"]
         if run["status"] in TERMINAL or not (queued or waiting):
             return run
         if queued:
-            name, kind = queued[0]
-            engine.run_step(run_id, name, kind, run["saga"], run["version"], worker="w-test")
+            name, role = queued[0]
+            system.worker.run_step(run_id, name, role, run["saga"], run["version"], worker="w-test")
         else:
-            step, kind = waiting[0]
-            time.sleep(max(0.0, (step["next_attempt_at"] - engine.store.now()).total_seconds()))
-            assert engine.handle(run_id, RetryDue(step["name"], kind))
+            step, role = waiting[0]
+            time.sleep(max(0.0, (step["next_attempt_at"] - system.store.now()).total_seconds()))
+            assert engine.advance(run_id, RetryDue(step["name"], role)).changed
         if after:
             after()
     assert not settle, f"run {run_id} did not settle in {actions} actions"
-    return engine.store.get_run(run_id)
+    return system.store.get_run(run_id)
 
 
 def start(system: System, saga: str, version: int | None = None, **input) -> str:
@@ -166,7 +167,7 @@ def seeded(system: System) -> dict[str, dict]:
     runs["misc_done"] = start(system, "misc")
     drive(system, runs["misc_done"])
     runs["misc_running"] = start(system, "misc")
-    return {key: system.engine.store.get_run(run_id) for key, run_id in runs.items()}
+    return {key: system.store.get_run(run_id) for key, run_id in runs.items()}
 
 
 def listed(client, **query) -> list[str]:
@@ -305,7 +306,7 @@ def rebuilt(state) -> tuple:
 def journey(system: System) -> dict:
     """A `pay` run through a dead worker, a retry after a wait, a decline and compensation,
     with the live view and the database time captured after every change."""
-    store = system.engine.store
+    store = system.store
     taken: list[tuple[datetime, dict]] = []
 
     def capture() -> None:
@@ -314,18 +315,22 @@ def journey(system: System) -> dict:
 
     run_id = start(system, "pay", flaky=1, decline=True)
     capture()
-    dead = store.claim(run_id, "reserve", Kind.FORWARD, "w-dead", lease_s=0.05, max_attempts=3)
+    # A claim under a lease of 50 ms, as a worker that then froze would hold it.
+    lease_s, system.engine.lease_s = system.engine.lease_s, 0.05
+    dead = system.engine.claim(run_id, system.registry.get("pay"), "reserve", Role.FORWARD,
+                               "w-dead")
+    system.engine.lease_s = lease_s
     capture()
     deadline = time.monotonic() + 10
     while store.now() <= dead.lease_expires_at:  # w-dead's lease runs out
         assert time.monotonic() < deadline, "the lease never ran out"
         time.sleep(0.01)
     # What the sweeper does with it: the attempt failed; the step is retried by its policy.
-    assert system.engine.handle(run_id, LeaseExpired("reserve", Kind.FORWARD, dead.fence))
+    assert system.engine.advance(run_id, LeaseExpired("reserve", Role.FORWARD, dead.fence)).changed
     capture()
     # w-dead wakes up and reports: its fence is stale, the result is discarded.
-    assert not system.engine.handle(run_id, StepSucceeded("reserve", Kind.FORWARD, dead.fence),
-                                    worker="w-dead")
+    assert not system.engine.advance(run_id, StepSucceeded("reserve", Role.FORWARD, dead.fence),
+                                     worker="w-dead").changed
     capture()
     final = drive(system, run_id, after=capture)
     return {"id": run_id, "taken": taken, "final": final, "events": store.events(run_id)}
@@ -351,7 +356,7 @@ def test_state_at_each_moment_equals_the_live_view_then(journey):
 def test_state_at_each_moment_of_a_signal_wait_equals_the_live_view_then(system):
     """Given a run that waits for a signal, When the state is rebuilt as of each capture,
     Then it equals the live view then, and the wait is one span in the timeline."""
-    store, taken = system.engine.store, []
+    store, taken = system.store, []
     run_id = start(system, "parcel")
 
     def capture() -> None:
@@ -371,7 +376,7 @@ def test_state_at_each_moment_of_a_signal_wait_equals_the_live_view_then(system)
 
 
 def test_attempts_from_the_log_tell_the_journey(journey):
-    found = [(a.step, a.kind, a.attempt, a.worker, a.outcome) for a in attempts(journey["events"])]
+    found = [(a.step, a.role, a.attempt, a.worker, a.outcome) for a in attempts(journey["events"])]
     assert found == [
         ("reserve", "forward", 1, "w-dead", "failed, will retry"),
         ("reserve", "forward", 2, "w-test", "succeeded"),
@@ -500,7 +505,7 @@ def test_prune_deletes_old_finished_runs_with_their_history_in_batches(new_datab
     finished ones go with their steps and events; failed and running ones stay."""
     system = build(Settings(database_url=new_database(), broker_url="memory://", inline_steps=0),
                    Registry(SAGAS))
-    store = system.engine.store
+    store = system.store
     done = [start(system, "misc") for _ in range(3)]
     for run_id in done:
         drive(system, run_id)
@@ -531,7 +536,7 @@ def test_filters_and_prune_work_on_sqlite(tmp_path):
     migrations.upgrade(url)
     system = build(Settings(database_url=url, broker_url="memory://", inline_steps=0),
                    Registry(SAGAS))
-    store = system.engine.store
+    store = system.store
     ok_run = start(system, "shop", 1)
     drive(system, ok_run)
     declined = start(system, "shop", 1, decline=True)
@@ -577,21 +582,21 @@ BULK = [
            CASE WHEN g % 100 < 95 THEN now() - interval '30 days' + g * interval '50 s'
                                        + interval '3 s' END
     FROM generate_series(1, {RUNS}) g""",
-    """INSERT INTO steps (run_id, name, kind, status, attempt, fence, dispatches, error,
+    """INSERT INTO steps (run_id, name, role, status, attempt, fence, dispatches, error,
                           queued_at, started_at, finished_at)
-    SELECT r.id, s.name, s.kind,
+    SELECT r.id, s.name, s.role,
            CASE WHEN r.status IN ('compensated', 'failed') AND s.name = 'charge'
-                     AND s.kind = 'forward' THEN 'failed'
+                     AND s.role = 'forward' THEN 'failed'
                 WHEN r.status = 'running' AND s.name = 'ship' THEN 'running'
                 ELSE 'succeeded' END,
            1, 1, 1,
            CASE WHEN r.status IN ('compensated', 'failed') AND s.name = 'charge'
-                     AND s.kind = 'forward' THEN 'NonRetryable: card declined #' || r.id END,
+                     AND s.role = 'forward' THEN 'NonRetryable: card declined #' || r.id END,
            r.created_at, r.created_at, r.finished_at
     FROM runs r JOIN (VALUES ('reserve', 'forward'), ('charge', 'forward'), ('ship', 'forward'),
-                             ('email', 'forward'), ('reserve', 'compensate')) s(name, kind)
-      ON s.kind = 'forward' OR r.status IN ('compensated', 'failed')""",
-    f"""INSERT INTO events (run_id, at, type, step, kind, attempt, worker, data)
+                             ('email', 'forward'), ('reserve', 'compensate')) s(name, role)
+      ON s.role = 'forward' OR r.status IN ('compensated', 'failed')""",
+    f"""INSERT INTO events (run_id, at, type, step, role, attempt, worker, data)
     SELECT r.id, r.created_at + e * interval '100 ms',
            CASE WHEN e = 0 THEN 'run.started' WHEN e = {EVENTS_PER_RUN - 1} THEN 'run.succeeded'
                 WHEN e % 3 = 1 THEN 'step.queued' WHEN e % 3 = 2 THEN 'step.running'

@@ -14,10 +14,10 @@ import pytest
 
 from saga.alerts import Alerts
 from saga.definitions import Saga, Step
+from saga.events import Alert
 from saga.registry import Registry
+from saga.run import Role
 from saga.settings import Settings
-from saga.state import Alert
-from saga.sweeper import sweep_once
 from saga.system import build
 from tests.stack import ROOT, wait_for
 
@@ -78,22 +78,17 @@ def test_the_sweeper_prunes_finished_runs_past_retention_but_keeps_failed_ones(d
     engine = system.engine
     done, _ = engine.start("kept", {})
     failed, _ = engine.start("kept", {})
-    engine.run_step(done, "a", engine_kind(), "kept", 1, worker="w")
-    with engine.store.engine.begin() as conn:
+    system.worker.run_step(done, "a", Role.FORWARD, "kept", 1, worker="w")
+    with system.store.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE runs SET status = 'failed', error = 'x', "
                              "finished_at = now() - interval '2 days' WHERE id = %s", (failed,))
         conn.exec_driver_sql("UPDATE runs SET finished_at = now() - interval '2 days' "
                              "WHERE id = %s", (done,))
-    sweep_once(engine)
-    with engine.store.engine.connect() as conn:
+    system.sweeper.sweep_once()
+    with system.store.engine.connect() as conn:
         left = {r[0] for r in conn.exec_driver_sql("SELECT id FROM runs")}
         events = conn.exec_driver_sql("SELECT count(*) FROM events WHERE run_id = %s",
                                       (done,)).scalar()
     assert left == {failed} and events == 0
     assert timedelta(days=settings.retention_days) == timedelta(days=1)
 
-
-def engine_kind():
-    from saga.run import Kind
-
-    return Kind.FORWARD

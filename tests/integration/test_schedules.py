@@ -21,11 +21,13 @@ from saga.api import create_app
 from saga import Saga, Step
 from saga.cli import main
 from saga.registry import Registry
-from saga.run import Kind
+from saga.run import Role
 from saga.schedules.cron import Schedule, iso, schedule_key
 from saga.schedules.firing import CLAIM_S, feed_backfills, fire_schedules
 from saga.settings import Settings
 from saga.system import System, build
+from saga.testing.clock import ShiftedClock
+from tests.auth import authorize, create_token
 from tests.stack import Stack, wait_for
 
 MODULE = __name__  # SAGA_SAGAS for the CLI: the sagas below
@@ -55,20 +57,25 @@ def clock(database_url: str, tmp_path: Path) -> Iterator[Stack]:
         yield stack
 
 
-def make_settings(database_url: str, clock: Stack | None = None, **more) -> Settings:
-    offsets = clock.env["SAGA_CLOCK_OFFSET_FILE"] if clock else ""
-    return Settings(database_url=database_url, broker_url="memory://",
-                    clock_offset_file=offsets, **more)
+def make_settings(database_url: str, **more) -> Settings:
+    return Settings(database_url=database_url, broker_url="memory://", **more)
+
+
+def make_system(database_url: str, registry: Registry, clock: Stack | None = None,
+                **more) -> System:
+    """A system whose clock is the stack's injectable one (moved by `advance_clock`)."""
+    shifted = ShiftedClock(clock.env["SAGA_TEST_CLOCK_FILE"]) if clock else None
+    return build(make_settings(database_url, **more), registry, clock=shifted)
 
 
 @pytest.fixture
 def systems(database_url: str, clock: Stack) -> Iterator[list[System]]:
     """Two systems on one database, each with its own connections: two sweepers."""
     registry = Registry([nightly, reindex, *EVERY_10.values()])
-    built = [build(make_settings(database_url, clock), registry) for _ in range(2)]
+    built = [make_system(database_url, registry, clock) for _ in range(2)]
     yield built
     for system in built:
-        system.engine.store.close()
+        system.store.close()
 
 
 @pytest.fixture
@@ -77,7 +84,7 @@ def system(systems: list[System]) -> System:
 
 
 def query(system: System, sql: str, **params) -> list:
-    with system.engine.store.engine.connect() as conn:
+    with system.store.engine.connect() as conn:
         return list(conn.execute(sa.text(sql), params))
 
 
@@ -93,18 +100,18 @@ def next_fire_at(system: System, saga_name: str) -> datetime:
 
 def move_clock_to(system: System, clock: Stack, target: datetime) -> None:
     """Advance the injectable clock so that the store's now() is `target`."""
-    clock.advance_clock((target - system.engine.store.now()).total_seconds())
+    clock.advance_clock((target - system.store.now()).total_seconds())
 
 
 def finish(system: System, run_id: str, saga_name: str) -> None:
-    system.engine.run_step(run_id, "work", Kind.FORWARD, saga_name, 1, worker="test")
+    system.worker.run_step(run_id, "work", Role.FORWARD, saga_name, 1, worker="test")
 
 
 # -- schedules ---------------------------------------------------------------------------
 
 def test_a_new_schedule_starts_from_now_without_history(system: System):
     """Given a saga never scheduled before, When a sweep sees it, Then nothing from the past fires."""
-    now = system.engine.store.now()
+    now = system.store.now()
     assert fire_schedules(system.engine) == []
     assert runs_of(system, "nightly") == []
     assert next_fire_at(system, "nightly") == nightly.schedule.next_after(now)
@@ -138,7 +145,7 @@ def test_after_downtime_the_catch_up_policy_applies(database_url, clock, policy,
     """Given sweepers down from before a firing until 42.5 minutes later (5 firings missed),
     When a sweep runs again, Then skip starts none, latest the newest, all each (2 a sweep)."""
     registry = Registry([EVERY_10[policy]])
-    system = build(make_settings(database_url, clock, sweep_batch=2), registry)
+    system = make_system(database_url, registry, clock, sweep_batch=2)
     name = f"every10_{policy}"
     fire_schedules(system.engine)
     first = next_fire_at(system, name)
@@ -152,7 +159,7 @@ def test_after_downtime_the_catch_up_policy_applies(database_url, clock, policy,
         assert [len(sweep) for sweep in sweeps] == [2, 2, 1, 0]
     assert [r.idempotency_key for r in runs_of(system, name)] == [schedule_key(t) for t in started]
     assert next_fire_at(system, name) == first + timedelta(minutes=50)
-    system.engine.store.close()
+    system.store.close()
 
 
 @pytest.mark.parametrize("claim_s", [CLAIM_S, 0.0], ids=["claimed", "claims-expire-at-once"])
@@ -227,7 +234,7 @@ def test_a_dead_sweepers_claim_runs_out_and_another_fires(systems: list[System])
 
 
 def query_update(system: System, sql: str, **params) -> None:
-    with system.engine.store.engine.begin() as conn:
+    with system.store.engine.begin() as conn:
         conn.execute(sa.text(sql), params)
 
 
@@ -236,7 +243,7 @@ def query_update(system: System, sql: str, **params) -> None:
 @pytest.fixture
 def cli_env(database_url: str) -> dict[str, str]:
     return {"SAGA_DATABASE_URL": database_url, "SAGA_BROKER_URL": "memory://",
-            "SAGA_SAGAS": MODULE, "SAGA_CLOCK_OFFSET_FILE": ""}
+            "SAGA_SAGAS": MODULE, "SAGA_TEST_CLOCK_FILE": ""}
 
 
 def backfill_cli(env: dict[str, str], *args: str):
@@ -331,7 +338,8 @@ def test_a_backfill_and_the_schedule_never_double_a_firing(system, clock):
 
 @pytest.fixture
 def client(database_url: str, system: System):
-    return create_app(make_settings(database_url), system).test_client()
+    return authorize(create_app(make_settings(database_url), system).test_client(),
+                     create_token(system.engine.store.engine))
 
 
 def test_api_backfill_of_a_range_and_its_dry_run(client, system):
@@ -426,7 +434,7 @@ def test_inputs_backfill_from_json_lines_is_idempotent(system, cli_env, tmp_path
     hashed = {k: v for k, v in runs.items() if k not in ("backfill:user-1", "backfill:4")}
     assert sorted(hashed.values(), key=json.dumps) == [{"user": 2}, {"user": 3}]
     assert all(len(k) == len("backfill:") + 32 for k in hashed)
-    done = system.engine.store.get_backfill(second.stdout.strip())
+    done = system.store.get_backfill(second.stdout.strip())
     assert done["items"]["total"] == 0 and done["existing"] == 4 and done["done"] is True
 
 
@@ -443,7 +451,7 @@ def test_inputs_backfill_feeds_n_at_a_time(system):
     drive_to_the_end(system, "reindex", backfill_id, max_running=3)
 
     assert len(runs_of(system, "reindex")) == 7
-    assert system.engine.store.get_backfill(backfill_id)["done"] is True
+    assert system.store.get_backfill(backfill_id)["done"] is True
 
 
 def test_a_malformed_line_is_refused_by_number_writing_nothing(system, cli_env, tmp_path):

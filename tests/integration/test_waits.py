@@ -39,8 +39,8 @@ def _waiting_on(stack: Stack, run_id: str, name: str) -> dict:
 
 def _signal(stack: Stack, run_id: str, name: str, payload: dict, key: str | None = None):
     headers = {"Idempotency-Key": key} if key else {}
-    return requests.post(f"{stack.base}/v1/runs/{run_id}/signals/{name}",
-                         json={"payload": payload}, headers=headers, timeout=10)
+    return stack.http.post(f"{stack.base}/v1/runs/{run_id}/signals/{name}",
+                           json={"payload": payload}, headers=headers, timeout=10)
 
 
 def test_timer_survives_every_process_restarting(rabbit: Stack) -> None:
@@ -99,7 +99,7 @@ def test_signal_errors_are_clear(rabbit: Stack) -> None:
     run_id = rabbit.post_run("labelled", {})
     assert _signal(rabbit, run_id, "nonsense", {}).status_code == 404
     assert _signal(rabbit, "no-such-run", "label", {}).status_code == 404
-    assert requests.post(f"{rabbit.base}/v1/runs/{run_id}/cancel", timeout=10).status_code == 202
+    assert rabbit.http.post(f"{rabbit.base}/v1/runs/{run_id}/cancel", timeout=10).status_code == 202
     rabbit.wait_terminal(run_id)
     finished = _signal(rabbit, run_id, "label", {"tracking": "late"})
     assert finished.status_code == 409
@@ -135,7 +135,7 @@ def test_signal_timeout_continues_down_the_declared_path(rabbit: Stack) -> None:
 
 
 def _cancel(stack: Stack, run_id: str) -> requests.Response:
-    return requests.post(f"{stack.base}/v1/runs/{run_id}/cancel", timeout=10)
+    return stack.http.post(f"{stack.base}/v1/runs/{run_id}/cancel", timeout=10)
 
 
 def test_cancel_while_waiting_undoes_what_was_done(rabbit: Stack) -> None:
@@ -151,13 +151,13 @@ def test_cancel_while_waiting_undoes_what_was_done(rabbit: Stack) -> None:
     assert _cancel(rabbit, run_id).status_code == 409  # finished: a clear conflict
 
 
-def _holding(stack: Stack, run_id: str, step: str, kind: str) -> None:
-    wait_for(lambda: (stack.folder / f"holding-{run_id}-{step}-{kind}").exists(), 30,
-             f"{kind} {step} to be running")
+def _holding(stack: Stack, run_id: str, step: str, role: str) -> None:
+    wait_for(lambda: (stack.folder / f"holding-{run_id}-{step}-{role}").exists(), 30,
+             f"{role} {step} to be running")
 
 
-def _release(stack: Stack, run_id: str, step: str, kind: str) -> None:
-    (stack.folder / f"release-{run_id}-{step}-{kind}").touch()
+def _release(stack: Stack, run_id: str, step: str, role: str) -> None:
+    (stack.folder / f"release-{run_id}-{step}-{role}").touch()
 
 
 def test_cancel_lets_the_running_step_settle_then_compensates(rabbit: Stack) -> None:
@@ -199,7 +199,7 @@ def test_v1_run_finishes_on_v1_after_v2_is_deployed(rabbit: Stack) -> None:
     api.stop(), worker.stop()
     rabbit.env["SAGA_SAGAS"] = "examples.fulfillment,tests.versions_v2"
     rabbit.api(), rabbit.worker()
-    sagas = requests.get(f"{rabbit.base}/v1/sagas", timeout=10).json()["sagas"]
+    sagas = rabbit.http.get(f"{rabbit.base}/v1/sagas", timeout=10).json()["sagas"]
     versions = {v["version"]: v["runs_in_flight"]
                 for s in sagas if s["name"] == "versioned" for v in s["versions"]}
     assert versions == {1: 1, 2: 0}
@@ -218,8 +218,8 @@ def test_run_of_an_unloaded_version_is_parked_then_resumed(rabbit: Stack) -> Non
     rabbit.api()
     worker = rabbit.worker(env={"SAGA_SAGAS": "examples.fulfillment,tests.versions_v2_only"})
     rabbit.sweeper()
-    response = requests.post(f"{rabbit.base}/v1/sagas/versioned/runs",
-                             json={"input": {}, "version": 1}, timeout=10)
+    response = rabbit.http.post(f"{rabbit.base}/v1/sagas/versioned/runs",
+                                json={"input": {}, "version": 1}, timeout=10)
     run_id = response.json()["id"]
     parked = wait_for(lambda: rabbit.run(run_id).get("parked"), 30, "the run to be parked")
     assert "versioned v1" in parked

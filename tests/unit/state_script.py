@@ -5,24 +5,22 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from saga import state
+from saga import events, state
 from saga.definitions import Retry, Saga, Step
-from saga.run import StepStatus
-from saga.state import (
+from saga.events import (
     CompensateStep,
-    Kind,
     LeaseExpired,
     RetryDue,
-    Run,
     RunStep,
     StepFailed,
     StepSucceeded,
     WakeUpDue,
 )
+from saga.run import Role, Run, StepStatus
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
-FWD, COMP = Kind.FORWARD, Kind.COMPENSATE
+FWD, COMP = Role.FORWARD, Role.COMPENSATE
 
 
 def act(ctx):
@@ -41,7 +39,7 @@ def step(name: str, *, comp: bool = True, retry: Retry = ONCE,
                 compensate_retry=comp_retry, **kwargs)
 
 
-def key(token: str) -> tuple[str, Kind]:
+def key(token: str) -> tuple[str, Role]:
     """'a' is the forward step a, '~a' its compensation."""
     return (token[1:], COMP) if token.startswith("~") else (token, FWD)
 
@@ -57,7 +55,7 @@ def claim(run: Run, token: str, now: datetime = T0) -> Run:
 
 
 def play(saga: Saga, script: str, run: Run | None = None, now: datetime = T0,
-         ) -> tuple[Run, list[state.Command]]:
+         ) -> tuple[Run, list[events.Command]]:
     """Start (unless given a run) and play `script`; return the run and the last commands.
 
     Each `;`-separated instruction is `<step> <verb>`: `claim`, `ok` (success), `fail`
@@ -66,7 +64,7 @@ def play(saga: Saga, script: str, run: Run | None = None, now: datetime = T0,
     over). `ok`, `fail`, `fail!`, `timeout`, `expire` claim a queued step first. `~a` is a's
     compensation. A bare `+10s` moves the clock.
     """
-    commands: list[state.Command] = []
+    commands: list[events.Command] = []
     if run is None:
         run, commands = state.start(saga, "run-1", {"order": 7}, now)
     for instruction in filter(None, (part.strip() for part in script.split(";"))):
@@ -74,29 +72,29 @@ def play(saga: Saga, script: str, run: Run | None = None, now: datetime = T0,
             now += timedelta(seconds=float(instruction[1:].rstrip("s")))
             continue
         token, verb = instruction.split()
-        name, kind = key(token)
+        name, role = key(token)
         if verb == "claim" or (verb in ("ok", "fail", "fail!", "timeout", "expire")
-                               and run.steps[(name, kind)].status is StepStatus.QUEUED):
+                               and run.steps[(name, role)].status is StepStatus.QUEUED):
             run = claim(run, token, now)
             if verb == "claim":
                 continue
-        current = run.steps[(name, kind)]
+        current = run.steps[(name, role)]
         if verb == "ok":
-            event = StepSucceeded(name, kind, current.fence, output=f"{token}-out")
+            event = StepSucceeded(name, role, current.fence, output=f"{token}-out")
         elif verb in ("fail", "fail!"):
-            event = StepFailed(name, kind, current.fence, f"{token} broke",
+            event = StepFailed(name, role, current.fence, f"{token} broke",
                                retryable=verb == "fail")
         elif verb == "timeout":  # the soft time limit raised inside the step
-            event = StepFailed(name, kind, current.fence, "soft time limit", timed_out=True)
+            event = StepFailed(name, role, current.fence, "soft time limit", timed_out=True)
         elif verb == "expire":
             now = max(now, current.lease_expires_at)
-            event = LeaseExpired(name, kind, current.fence)
+            event = LeaseExpired(name, role, current.fence)
         elif verb == "due":
             now = max(now, current.next_attempt_at)
-            event = RetryDue(name, kind)
+            event = RetryDue(name, role)
         elif verb == "wake":
             now = max(now, current.wake_at)
-            event = WakeUpDue(name, kind)
+            event = WakeUpDue(name, role)
         else:
             raise ValueError(f"unknown verb in {instruction!r}")
         run, commands = state.advance(saga, run, event, now)
@@ -108,10 +106,10 @@ def view(run: Run) -> dict[str, str]:
     return {("~" if k is COMP else "") + n: str(s.status) for (n, k), s in run.steps.items()}
 
 
-def dispatch(commands: list[state.Command]) -> list[state.Command]:
+def dispatch(commands: list[events.Command]) -> list[events.Command]:
     """The steps to dispatch, without alerts (tested on their own)."""
     return [c for c in commands if isinstance(c, (RunStep, CompensateStep))]
 
 
-def cmds(*tokens: str) -> list[state.Command]:
+def cmds(*tokens: str) -> list[events.Command]:
     return [CompensateStep(t[1:]) if t.startswith("~") else RunStep(t) for t in tokens]

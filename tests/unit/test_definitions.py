@@ -114,6 +114,18 @@ def test_invalid_definition_raises_definition_error_naming_the_step(steps, step_
     assert why in message
 
 
+@pytest.mark.parametrize("steps", [
+    [Step("reserve", act), Step("charge", "json:no_such_function")],
+    [Step("reserve", act), Step("charge", act, after=("reserv",))],
+    [Step("reserve", act), Parallel(Step("charge", act), Step("charge", act))],
+], ids=["bad-action", "unknown-after", "duplicate"])
+def test_a_step_error_names_the_saga_and_its_version_first(steps):
+    """A module may define many sagas: the message says which one, then which step."""
+    with pytest.raises(DefinitionError) as caught:
+        Saga("orders", version=2, steps=steps)
+    assert str(caught.value).startswith("saga 'orders' v2, step 'charge'")
+
+
 def test_cycle_message_shows_the_whole_loop():
     with pytest.raises(DefinitionError, match=r"'a' -> 'b' -> 'a'|a -> b -> a"):
         Saga("loop", steps=[Step("a", act, after=("b",)), Step("b", act)])

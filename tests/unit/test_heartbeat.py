@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from saga.context import _BEATER, Heartbeat
+from saga.worker.heartbeat import _BEATER, Heartbeat
 
 
 def _until(check, timeout=5.0):

@@ -238,6 +238,116 @@ def test_settings_are_frozen_and_with_returns_a_changed_copy():
     settings = Settings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.lease_s = 1.0  # type: ignore[misc]
-    changed = settings.with_(database_url="postgresql://db/saga")
-    assert changed.database_url == "postgresql://db/saga" and not changed.is_sqlite
+    changed = settings.with_(database_url="postgresql+psycopg://db/saga")
+    assert changed.database_url == "postgresql+psycopg://db/saga" and not changed.is_sqlite
     assert settings.is_sqlite and changed.lease_s == settings.lease_s
+
+
+# -- URLs: what works, and a clear refusal for what cannot ---------------------------------
+
+@pytest.mark.parametrize(("raw", "used"), [
+    ("postgres://saga@db/saga", "postgresql+psycopg://saga@db/saga"),
+    ("postgresql://saga:pw@db:5433/saga", "postgresql+psycopg://saga:pw@db:5433/saga"),
+    ("postgresql+psycopg://saga@db/saga", "postgresql+psycopg://saga@db/saga"),
+    ("POSTGRES://saga@db/saga", "postgresql+psycopg://saga@db/saga"),
+    ("sqlite:///saga.db", "sqlite:///saga.db"),
+    ("sqlite+pysqlite:///:memory:", "sqlite+pysqlite:///:memory:"),
+])
+def test_postgres_urls_mean_psycopg_3(raw, used):
+    """SQLAlchemy refuses postgres:// and takes postgresql:// as psycopg2 (not installed)."""
+    assert Settings.from_env({"SAGA_DATABASE_URL": raw}).database_url == used
+    assert Settings(database_url=raw).database_url == used
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    ("mysql://saga@db/saga", "database 'mysql' is not supported"),
+    ("foo://bar", "database 'foo' is not supported"),
+    ("garbage", "is not a URL"),
+    ("", "is not a URL"),
+    ("postgresql+psycopg2://saga@db/saga", "driver 'psycopg2' is not supported"),
+])
+def test_a_database_url_that_cannot_work_is_refused_saying_what_to_use(raw, why):
+    with pytest.raises(ValueError) as caught:
+        Settings.from_env({"SAGA_DATABASE_URL": raw})
+    message = str(caught.value)
+    assert "SAGA_DATABASE_URL" in message and why in message
+    assert "postgresql://user:password@host:5432/db" in message
+
+
+@pytest.mark.parametrize(("variable", "raw"), [
+    ("SAGA_BROKER_URL", "sqs://key@queue"),
+    ("SAGA_BROKER_URL", "kafka://broker:9092"),
+    ("SAGA_BROKER_URL", "rabbit"),
+    ("SAGA_BROKER_URL", ""),
+    ("SAGA_RESULT_BACKEND", "nosuch://x"),
+    ("SAGA_RESULT_BACKEND", "localhost:6379"),
+    ("SAGA_ALERT_WEBHOOK", "hooks.example.com/x"),
+    ("SAGA_ALERT_WEBHOOK", "ftp://hooks.example.com"),
+])
+def test_a_broker_backend_or_webhook_url_that_cannot_work_is_refused(variable, raw):
+    with pytest.raises(ValueError, match=variable):
+        Settings.from_env({variable: raw})
+
+
+@pytest.mark.parametrize(("variable", "raw"), [
+    ("SAGA_BROKER_URL", "amqp://guest:guest@rabbit:5672//"),
+    ("SAGA_BROKER_URL", "pyamqp://rabbit//"),
+    ("SAGA_BROKER_URL", "rediss://redis:6380/0"),
+    ("SAGA_BROKER_URL", "memory://"),
+    ("SAGA_RESULT_BACKEND", "redis://redis:6379/1"),
+    ("SAGA_RESULT_BACKEND", "rpc://"),
+    ("SAGA_RESULT_BACKEND", "db+postgresql+psycopg://saga@db/results"),
+    ("SAGA_ALERT_WEBHOOK", "https://hooks.example.com/x?token=t"),
+])
+def test_supported_urls_are_kept_as_given(variable, raw):
+    settings = Settings.from_env({variable: raw})
+    assert getattr(settings, variable.removeprefix("SAGA_").lower()) == raw
+
+
+# -- SAGA_SAGAS modules that fail: which module, and why -----------------------------------
+
+def test_a_module_that_is_not_there_is_named_with_the_import_error():
+    with pytest.raises(DefinitionError) as caught:
+        Registry.from_modules(["no_such_saga_module_here"])
+    message = str(caught.value)
+    assert "'no_such_saga_module_here' cannot be imported" in message
+    assert "No module named 'no_such_saga_module_here'" in message
+    assert "SAGA_SAGAS" in message and "PYTHONPATH" in message
+
+
+def test_a_module_whose_dependency_is_missing_names_the_dependency(module_factory):
+    name = module_factory("import no_such_dependency_for_sagas\n")
+    with pytest.raises(DefinitionError) as caught:
+        Registry.from_modules([name])
+    assert repr(name) in str(caught.value)
+    assert "No module named 'no_such_dependency_for_sagas'" in str(caught.value)
+
+
+def test_a_module_failing_at_import_says_how_and_where(module_factory):
+    name = module_factory("""
+        RATE = 1
+        LIMIT = RATE / 0
+    """)
+    with pytest.raises(DefinitionError) as caught:
+        Registry.from_modules([name])
+    message = str(caught.value)
+    assert repr(name) in message and "ZeroDivisionError: division by zero" in message
+    assert f"{name}.py, line 3" in message
+
+
+def test_a_module_with_a_syntax_error_says_where(module_factory):
+    name = module_factory("def broken(:\n")
+    with pytest.raises(DefinitionError) as caught:
+        Registry.from_modules([name])
+    assert repr(name) in str(caught.value) and "SyntaxError" in str(caught.value)
+    assert f"{name}.py, line 1" in str(caught.value)
+
+
+def test_a_bad_definition_names_the_module_the_saga_and_the_step(module_factory):
+    name = module_factory("""
+        from saga import Saga, Step
+        broken = Saga("orders", version=2, steps=[Step("charge", "no_such_module_here:c")])
+    """)
+    with pytest.raises(DefinitionError) as caught:
+        Registry.from_modules([name])
+    assert f"module {name!r}: saga 'orders' v2, step 'charge': action" in str(caught.value)

@@ -20,18 +20,10 @@ from state_script import (
     view,
 )
 
-from saga import compensation, state
+from saga import compensation, events, state
 from saga.definitions import Parallel, Retry, Saga
-from saga.run import StepStatus
-from saga.state import (
-    Kind,
-    LeaseExpired,
-    RetryDue,
-    RunStatus,
-    StepFailed,
-    StepState,
-    StepSucceeded,
-)
+from saga.events import LeaseExpired, RetryDue, StepFailed, StepSucceeded, history
+from saga.run import Role, RunStatus, StepState, StepStatus
 
 SEQ = Saga("seq", steps=[step("a"), step("b"), step("c")])
 FORK = Saga("fork", steps=[step("a"), Parallel(step("b"), step("c")), step("d")])
@@ -403,8 +395,8 @@ def test_lease_expired_fails_the_attempt_only_once_the_lease_ran_out(offset, exp
     if expires:
         assert new.step("a").status is StepStatus.RETRY_WAIT
         assert "lease" in new.step("a").error and "attempt 1" in new.step("a").error
-        assert [c for c in commands if isinstance(c, state.Alert)] == [
-            state.Alert("timeout", f"forward 'a' attempt 1 timed out: {new.step('a').error}",
+        assert [c for c in commands if isinstance(c, events.Alert)] == [
+            events.Alert("timeout", f"forward 'a' attempt 1 timed out: {new.step('a').error}",
                         "a")]
     else:
         assert (new, commands) == (run, [])
@@ -458,7 +450,7 @@ def test_a_retry_does_not_accept_the_previous_attempts_result():
 
 # -- the compensation plan, directly ----------------------------------------------------------
 
-def forward(name: str, status: StepStatus, attempt: int) -> tuple[tuple[str, Kind], StepState]:
+def forward(name: str, status: StepStatus, attempt: int) -> tuple[tuple[str, Role], StepState]:
     """A recorded forward step; `attempt` claims so far (each claim records started_at)."""
     return (name, FWD), StepState(name, FWD, status, attempt=attempt, fence=attempt,
                                   started_at=T0 if attempt else None)
@@ -510,26 +502,26 @@ def test_nothing_is_finished_while_a_forward_step_may_still_run():
 
 def test_transitions_of_a_new_run_start_with_run_started():
     run, _ = state.start(FORK, "r", None, T0)
-    assert state.transitions(None, run) == [
-        {"type": "run.started", "step": None, "kind": None, "attempt": None, "data": {}},
-        {"type": "step.queued", "step": "a", "kind": "forward", "attempt": 0, "data": {}},
+    assert history(None, run) == [
+        {"type": "run.started", "step": None, "role": None, "attempt": None, "data": {}},
+        {"type": "step.queued", "step": "a", "role": "forward", "attempt": 0, "data": {}},
     ]
 
 
 def test_transitions_list_each_changed_step_then_the_run_status():
     before, _ = play(SEQ, "a ok; b ok; c claim")
     after, _ = play(SEQ, "c ok", before)
-    assert state.transitions(before, after) == [
-        {"type": "step.succeeded", "step": "c", "kind": "forward", "attempt": 1, "data": {}},
-        {"type": "run.succeeded", "step": None, "kind": None, "attempt": None, "data": {}},
+    assert history(before, after) == [
+        {"type": "step.succeeded", "step": "c", "role": "forward", "attempt": 1, "data": {}},
+        {"type": "run.succeeded", "step": None, "role": None, "attempt": None, "data": {}},
     ]
 
 
 def test_transitions_of_turning_to_compensation_carry_the_errors():
     before, _ = play(WIDE, "a ok; q claim; r fail; s claim")
     after, _ = play(WIDE, "s fail!", before)
-    entries = state.transitions(before, after)
-    assert entries[-1] == {"type": "run.compensating", "step": None, "kind": None,
+    entries = history(before, after)
+    assert entries[-1] == {"type": "run.compensating", "step": None, "role": None,
                            "attempt": None, "data": {"error": "step 's' failed: s broke"}}
     by_step = {(e["type"], e["step"]): e for e in entries[:-1]}
     assert set(by_step) == {("step.failed", "s"), ("step.cancelled", "p"),
@@ -537,15 +529,15 @@ def test_transitions_of_turning_to_compensation_carry_the_errors():
                             ("compensation.queued", "s"),
                             ("compensation.queued", "r")}
     assert by_step[("step.failed", "s")]["data"] == {"error": "s broke"}
-    assert by_step[("compensation.queued", "s")]["kind"] == "compensate"
+    assert by_step[("compensation.queued", "s")]["role"] == "compensate"
 
 
 def test_transitions_of_a_retry_wait_carry_error_and_next_attempt_time():
     saga = Saga("s", steps=[step("a", retry=BACKOFF)])
     before, _ = play(saga, "a claim")
     after, _ = play(saga, "a fail", before)
-    assert state.transitions(before, after) == [
-        {"type": "step.retry_wait", "step": "a", "kind": "forward", "attempt": 1,
+    assert history(before, after) == [
+        {"type": "step.retry_wait", "step": "a", "role": "forward", "attempt": 1,
          "data": {"error": "a broke",
                   "next_attempt_at": (T0 + timedelta(seconds=10)).isoformat()}},
     ]
@@ -553,4 +545,4 @@ def test_transitions_of_a_retry_wait_carry_error_and_next_attempt_time():
 
 def test_transitions_of_an_unchanged_run_are_empty():
     run, _ = play(FORK, "a ok; b claim")
-    assert state.transitions(run, run) == []
+    assert history(run, run) == []

@@ -12,21 +12,19 @@ from hypothesis import strategies as st
 
 from saga import compensation, state
 from saga.definitions import Parallel, Retry, Saga, Step
-from saga.run import Kind, RunStatus, StepStatus
-from saga.state import (
+from saga.events import (
     Alert,
     CancelRequested,
     CompensateStep,
     LeaseExpired,
     RetryDue,
-    Run,
     RunStep,
     StepFailed,
-    StepState,
     StepSucceeded,
 )
+from saga.run import Role, Run, RunStatus, StepState, StepStatus
 
-FWD, COMP = Kind.FORWARD, Kind.COMPENSATE
+FWD, COMP = Role.FORWARD, Role.COMPENSATE
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
 SETTLED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.CANCELLED)
@@ -97,9 +95,9 @@ def sagas(draw) -> Saga:
 
 # -- invariants ---------------------------------------------------------------------------------
 
-def policy(saga: Saga, name: str, kind: Kind) -> Retry:
+def policy(saga: Saga, name: str, role: Role) -> Retry:
     step = saga.by_name[name]
-    return step.retry if kind is FWD else step.compensate_retry
+    return step.retry if role is FWD else step.compensate_retry
 
 
 def descendants(saga: Saga, name: str) -> set[str]:
@@ -113,31 +111,31 @@ def descendants(saga: Saga, name: str) -> set[str]:
     return found
 
 
-def dispatched(commands: list) -> list[tuple[str, Kind]]:
+def dispatched(commands: list) -> list[tuple[str, Role]]:
     keys = []
     for c in commands:
         if isinstance(c, (RunStep, CompensateStep)):
-            assert isinstance(c, RunStep) == (c.kind is FWD), c
-            keys.append((c.step, c.kind))
+            assert isinstance(c, RunStep) == (c.role is FWD), c
+            keys.append((c.step, c.role))
     return keys
 
 
 def check_run(saga: Saga, run: Run) -> None:
     """What must hold of every recorded run."""
     steps = run.steps
-    for (name, kind), s in steps.items():
-        assert (s.name, s.kind) == (name, kind)
-        attempts = policy(saga, name, kind).attempts
+    for (name, role), s in steps.items():
+        assert (s.name, s.role) == (name, role)
+        attempts = policy(saga, name, role).attempts
         if s.status is StepStatus.QUEUED:
             # The store's claim requires attempt < attempts: a queued step can be claimed.
-            assert s.attempt < attempts, (name, kind, s)
+            assert s.attempt < attempts, (name, role, s)
         if s.status is StepStatus.RETRY_WAIT:
             assert s.next_attempt_at is not None and 1 <= s.attempt < attempts, s
         if s.status is StepStatus.RUNNING:
             assert s.attempt >= 1 and s.lease_expires_at is not None, s
         if s.status is StepStatus.CANCELLED:
-            assert kind is FWD and run.status is not RunStatus.RUNNING, s
-        if kind is FWD:
+            assert role is FWD and run.status is not RunStatus.RUNNING, s
+        if role is FWD:
             # A step is only ever queued after everything it waits for succeeded.
             assert all(steps[(dep, FWD)].status is StepStatus.SUCCEEDED
                        for dep in saga.graph[name]), (name, run)
@@ -174,9 +172,9 @@ def check_run(saga: Saga, run: Run) -> None:
         leftovers = [s for s in steps.values()
                      if s.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT)
                      or (s.status is StepStatus.RUNNING
-                         and not (s.kind is FWD and run.status is RunStatus.FAILED))]
+                         and not (s.role is FWD and run.status is RunStatus.FAILED))]
         if STRANDED_COMPENSATIONS_BUG and run.status is RunStatus.FAILED:
-            leftovers = [s for s in leftovers if s.kind is FWD]
+            leftovers = [s for s in leftovers if s.role is FWD]
         assert leftovers == [], run
 
 
@@ -192,8 +190,8 @@ def check_move(saga: Saga, before: Run, after: Run, commands: list, event) -> No
         if s.status in SETTLED:  # no step succeeds (or fails) twice
             assert after.steps[key] == s, (key, s, after.steps[key])
     assert after.status in MOVES[before.status], (before.status, after.status)
-    for (name, kind) in after.steps.keys() - before.steps.keys():
-        if kind is COMP:
+    for (name, role) in after.steps.keys() - before.steps.keys():
+        if role is COMP:
             # Reverse order: every later step that started is settled and undone first.
             for later in descendants(saga, name):
                 forward = after.steps.get((later, FWD))
@@ -214,10 +212,10 @@ def check_outcome(saga: Saga, before: Run, after: Run, event, now: datetime) -> 
     if isinstance(event, CancelRequested):
         assert after.cancel_requested and after.status in (RunStatus.COMPENSATING,
                                                            RunStatus.CANCELLED)
-        assert not any(s.kind is FWD and s.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT)
+        assert not any(s.role is FWD and s.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT)
                        for s in after.steps.values())
         return
-    key = (event.step, event.kind)
+    key = (event.step, event.role)
     was, now_is = before.steps[key], after.steps[key]
     if isinstance(event, StepSucceeded):
         assert (now_is.status, now_is.output) == (StepStatus.SUCCEEDED, event.output)
@@ -227,7 +225,7 @@ def check_outcome(saga: Saga, before: Run, after: Run, event, now: datetime) -> 
         retryable = getattr(event, "retryable", True)
         spread = getattr(event, "spread", 0.5)
         rules = policy(saga, *key)
-        phase = RunStatus.RUNNING if event.kind is FWD else RunStatus.COMPENSATING
+        phase = RunStatus.RUNNING if event.role is FWD else RunStatus.COMPENSATING
         if not retryable or was.attempt >= rules.attempts or before.status is not phase:
             assert now_is.status is StepStatus.FAILED, (event, now_is)
         elif rules.delay(was.attempt, spread) > timedelta(0):
@@ -251,10 +249,10 @@ class World:
         assert set(dispatched(commands)) == set(self.run.steps)
         self.delivered: list = []  # fenced events that took effect, to deliver again later
 
-    def step(self, key: tuple[str, Kind]) -> StepState:
+    def step(self, key: tuple[str, Role]) -> StepState:
         return self.run.steps[key]
 
-    def claimable(self, key: tuple[str, Kind], running_too: bool = False) -> bool:
+    def claimable(self, key: tuple[str, Role], running_too: bool = False) -> bool:
         """The store's claim: the run in the right phase, attempts left, QUEUED (or
         RUNNING with an expired lease)."""
         s = self.step(key)
@@ -287,7 +285,7 @@ class World:
             found.append(("replay",))
         return found
 
-    def claim(self, key: tuple[str, Kind]) -> None:
+    def claim(self, key: tuple[str, Role]) -> None:
         s = self.step(key)
         claimed = replace(s, status=StepStatus.RUNNING, attempt=s.attempt + 1, fence=s.fence + 1,
                           started_at=self.now, lease_expires_at=self.now + LEASE,
@@ -341,11 +339,11 @@ class World:
             self.deliver(RetryDue(key[0], key[1]), "noop")
         elif verb == "old_fence":
             fence = s.fence - 1 if s.status is StepStatus.RUNNING else s.fence
-            kind = pick(data, ["success", "failure", "lease"])
-            hypothesis.note(f"stale {kind} with fence {fence}")
+            role = pick(data, ["success", "failure", "lease"])
+            hypothesis.note(f"stale {role} with fence {fence}")
             event = {"success": StepSucceeded(key[0], key[1], fence),
                      "failure": StepFailed(key[0], key[1], fence, "late", retryable=False),
-                     "lease": LeaseExpired(key[0], key[1], fence)}[kind]
+                     "lease": LeaseExpired(key[0], key[1], fence)}[role]
             self.now += LEASE * 2  # long after: only the fence can tell it is stale
             self.deliver(event, "noop")
         elif verb == "cancel":  # someone asks to cancel: only a running run changes

@@ -10,17 +10,16 @@ from state_script import COMP, FWD, ONCE, T0, cmds, dispatch, play, step, view
 
 from saga import state
 from saga.definitions import Parallel, Retry, Saga, Wait, WaitForSignal
-from saga.run import StepStatus
-from saga.state import (
+from saga.events import (
     Alert,
     CancelRequested,
     DeadlinePassed,
-    PendingSignal,
     QueueTimedOut,
     RetryRequested,
-    RunStatus,
     SignalReceived,
+    history,
 )
+from saga.run import PendingSignal, Run, RunStatus, StepStatus
 
 THREE = Retry(attempts=3, first_delay=timedelta(seconds=10), jitter=0)
 
@@ -211,7 +210,7 @@ def test_retrying_a_parked_run_resumes_it_whatever_its_siblings_did_meanwhile(wh
     run, commands = state.advance(saga, run, RetryRequested(), T0 + timedelta(hours=1))
     assert run.status is RunStatus.RUNNING, run.error
     assert view(run)["p"] == "queued" and view(run)["q"] in ("queued", "retry_wait")
-    assert not [c for c in commands if c.kind is COMP]
+    assert not [c for c in commands if c.role is COMP]
 
 
 # -- cancellation --------------------------------------------------------------------------------------
@@ -254,7 +253,7 @@ SHIPPING = Saga("ship", steps=[
     step("a"), WaitForSignal("label", timeout=timedelta(days=2)), step("b")])
 
 
-def signalled(run: state.Run, name: str, payload, id: int = 1) -> state.Run:
+def signalled(run: Run, name: str, payload, id: int = 1) -> Run:
     """What the store does before SignalReceived: record the signal with the run."""
     return replace(run, signals=(*run.signals, PendingSignal(id, name, payload)))
 
@@ -270,6 +269,6 @@ def test_a_signal_of_another_name_is_not_consumed():
 def test_transitions_mark_a_waiting_step_with_its_wake_time():
     before, _ = play(SHIPPING, "a claim")
     after, _ = play(SHIPPING, "a ok", before)
-    assert [e for e in state.transitions(before, after) if e["step"] == "label"] == [
-        {"type": "step.waiting", "step": "label", "kind": "forward", "attempt": 0,
+    assert [e for e in history(before, after) if e["step"] == "label"] == [
+        {"type": "step.waiting", "step": "label", "role": "forward", "attempt": 0,
          "data": {"wake_at": (T0 + timedelta(days=2)).isoformat()}}]

@@ -7,21 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from saga import state
+from saga import events, state
 from saga.definitions import Retry, Saga, Step, Wait, WaitForSignal
-from saga.state import (
+from saga.events import (
     CancelRequested,
     DeadlinePassed,
-    Kind,
-    PendingSignal,
     RetryRequested,
-    RunStatus,
     SignalReceived,
     StepFailed,
-    StepStatus,
     StepSucceeded,
     WakeUpDue,
 )
+from saga.run import PendingSignal, Role, Run, RunStatus, StepStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -30,23 +27,23 @@ def noop(ctx):
     return None
 
 
-def _claim(run: state.Run, name: str, kind: Kind = Kind.FORWARD) -> tuple[state.Run, int]:
-    step = run.steps[(name, kind)]
+def _claim(run: Run, name: str, role: Role = Role.FORWARD) -> tuple[Run, int]:
+    step = run.steps[(name, role)]
     assert step.status is StepStatus.QUEUED, step
     claimed = replace(step, status=StepStatus.RUNNING, attempt=step.attempt + 1,
                       fence=step.fence + 1, lease_expires_at=T0 + timedelta(days=999),
                       started_at=T0)
-    return replace(run, steps={**run.steps, (name, kind): claimed}), claimed.fence
+    return replace(run, steps={**run.steps, (name, role): claimed}), claimed.fence
 
 
-def _succeed(saga: Saga, run: state.Run, name: str, kind: Kind = Kind.FORWARD,
-             at: datetime = T0) -> tuple[state.Run, list]:
-    run, fence = _claim(run, name, kind)
-    return state.advance(saga, run, StepSucceeded(name, kind, fence, {"done": name}), at)
+def _succeed(saga: Saga, run: Run, name: str, role: Role = Role.FORWARD,
+             at: datetime = T0) -> tuple[Run, list]:
+    run, fence = _claim(run, name, role)
+    return state.advance(saga, run, StepSucceeded(name, role, fence, {"done": name}), at)
 
 
-def _status(run: state.Run, name: str, kind: Kind = Kind.FORWARD) -> StepStatus | None:
-    step = run.step(name, kind)
+def _status(run: Run, name: str, role: Role = Role.FORWARD) -> StepStatus | None:
+    step = run.step(name, role)
     return step.status if step else None
 
 
@@ -72,7 +69,7 @@ def test_a_timer_waits_without_a_command_and_fires_when_due() -> None:
     assert (early, nothing) == (run, [])
     run, commands = state.advance(TIMED, run, WakeUpDue("nap"), T0 + timedelta(hours=1))
     assert _status(run, "nap") is StepStatus.SUCCEEDED
-    assert commands == [state.RunStep("b")]
+    assert commands == [events.RunStep("b")]
 
 
 def test_a_timer_until_a_time_from_the_input() -> None:
@@ -88,7 +85,7 @@ def test_a_timer_already_past_does_not_wait() -> None:
                                  Step("charge", noop)])
     run, commands = state.start(trial, "r", {}, T0)
     assert _status(run, "trial_over") is StepStatus.SUCCEEDED
-    assert commands == [state.RunStep("charge")]
+    assert commands == [events.RunStep("charge")]
 
 
 def test_a_failing_until_fails_the_step_and_compensates() -> None:
@@ -98,7 +95,7 @@ def test_a_failing_until_fails_the_step_and_compensates() -> None:
     run, commands = _succeed(broken, run, "a")
     assert run.status is RunStatus.COMPENSATING
     assert "KeyError" in run.step("w").error
-    assert commands == [state.CompensateStep("a")]
+    assert commands == [events.CompensateStep("a")]
 
 
 def test_a_signal_before_the_wait_is_kept_then_consumed() -> None:
@@ -110,7 +107,7 @@ def test_a_signal_before_the_wait_is_kept_then_consumed() -> None:
     run, commands = _succeed(LABELLED, unchanged, "a")
     assert run.step("label").output == {"tracking": "T"}
     assert run.signals[0].consumed_by == "label"
-    assert commands == [state.RunStep("b")]
+    assert commands == [events.RunStep("b")]
 
 
 def test_a_signal_while_waiting_completes_the_wait_with_its_payload() -> None:
@@ -120,7 +117,7 @@ def test_a_signal_while_waiting_completes_the_wait_with_its_payload() -> None:
     run = replace(run, signals=(PendingSignal(7, "label", {"tracking": "X"}),))
     run, commands = state.advance(LABELLED, run, SignalReceived("label"), T0)
     assert run.step("label").output == {"tracking": "X"}
-    assert commands == [state.RunStep("b")]
+    assert commands == [events.RunStep("b")]
 
 
 def test_a_second_signal_of_the_same_name_stays_pending() -> None:
@@ -142,7 +139,7 @@ def test_signal_timeout_takes_the_declared_path(saga, status, output) -> None:
     run, commands = state.advance(saga, run, WakeUpDue("label"), T0 + timedelta(days=2))
     assert run.status is status
     assert run.step("label").output == output
-    assert any(isinstance(c, state.Alert) for c in commands) is (saga is LABELLED)
+    assert any(isinstance(c, events.Alert) for c in commands) is (saga is LABELLED)
 
 
 @pytest.mark.parametrize("where", ["queued", "running", "waiting"])
@@ -152,14 +149,14 @@ def test_cancel_in_each_running_state_ends_cancelled_after_compensation(where) -
     saga = LABELLED if where == "waiting" else TIMED
     run, fence = _claim(run, "a")
     if where != "running":
-        run, _ = state.advance(saga, run, StepSucceeded("a", Kind.FORWARD, fence), T0)
+        run, _ = state.advance(saga, run, StepSucceeded("a", Role.FORWARD, fence), T0)
     run, commands = state.advance(saga, run, CancelRequested(), T0)
     assert run.status is RunStatus.COMPENSATING and run.cancel_requested
     if where == "running":  # `a` settles first, then is undone
         assert commands == []
-        run, commands = state.advance(saga, run, StepSucceeded("a", Kind.FORWARD, fence), T0)
-    assert commands == [state.CompensateStep("a")]
-    run, _ = _succeed(saga, run, "a", Kind.COMPENSATE)
+        run, commands = state.advance(saga, run, StepSucceeded("a", Role.FORWARD, fence), T0)
+    assert commands == [events.CompensateStep("a")]
+    run, _ = _succeed(saga, run, "a", Role.COMPENSATE)
     assert run.status is RunStatus.CANCELLED
 
 
@@ -178,16 +175,16 @@ def test_retry_requested_resumes_a_given_up_compensation_with_a_fresh_budget() -
     run, _ = state.start(stubborn, "r", {}, T0)
     run, _ = _succeed(stubborn, run, "a")
     run, fence = _claim(run, "b")
-    run, _ = state.advance(stubborn, run, StepFailed("b", Kind.FORWARD, fence, "no", False), T0)
-    run, fence = _claim(run, "a", Kind.COMPENSATE)
-    run, commands = state.advance(stubborn, run, StepFailed("a", Kind.COMPENSATE, fence, "down"), T0)
+    run, _ = state.advance(stubborn, run, StepFailed("b", Role.FORWARD, fence, "no", False), T0)
+    run, fence = _claim(run, "a", Role.COMPENSATE)
+    run, commands = state.advance(stubborn, run, StepFailed("a", Role.COMPENSATE, fence, "down"), T0)
     assert run.status is RunStatus.FAILED and "compensation of 'a' failed" in run.error
     run, commands = state.advance(stubborn, run, RetryRequested(), T0)
     assert run.status is RunStatus.COMPENSATING
-    assert run.step("a", Kind.COMPENSATE).attempt == 0
-    assert run.step("a", Kind.COMPENSATE).fence == fence  # fences never go back
-    assert commands == [state.CompensateStep("a")]
-    run, _ = _succeed(stubborn, run, "a", Kind.COMPENSATE)
+    assert run.step("a", Role.COMPENSATE).attempt == 0
+    assert run.step("a", Role.COMPENSATE).fence == fence  # fences never go back
+    assert commands == [events.CompensateStep("a")]
+    run, _ = _succeed(stubborn, run, "a", Role.COMPENSATE)
     assert run.status is RunStatus.COMPENSATED
 
 
@@ -202,13 +199,13 @@ def test_a_parked_step_resumes_on_retry() -> None:
     careful = Saga("c", steps=[Step("a", noop, on_timeout="park")])
     run, _ = state.start(careful, "r", {}, T0)
     run, fence = _claim(run, "a")
-    run, commands = state.advance(careful, run, StepFailed("a", Kind.FORWARD, fence, "slow",
+    run, commands = state.advance(careful, run, StepFailed("a", Role.FORWARD, fence, "slow",
                                                            timed_out=True), T0)
     assert (run.status, _status(run, "a")) == (RunStatus.RUNNING, StepStatus.PARKED)
     assert "parked" in run.parked
     assert [c.reason for c in commands] == ["timeout", "parked"]
     run, commands = state.advance(careful, run, RetryRequested(), T0)
-    assert (run.status, run.parked, commands) == (RunStatus.RUNNING, None, [state.RunStep("a")])
+    assert (run.status, run.parked, commands) == (RunStatus.RUNNING, None, [events.RunStep("a")])
 
 
 @pytest.mark.parametrize(("on_timeout", "status"), [
@@ -217,7 +214,7 @@ def test_timeout_policy(on_timeout, status) -> None:
     saga = Saga("t", steps=[Step("a", noop, on_timeout=on_timeout, retry=Retry(attempts=3))])
     run, _ = state.start(saga, "r", {}, T0)
     run, fence = _claim(run, "a")
-    run, _ = state.advance(saga, run, StepFailed("a", Kind.FORWARD, fence, "slow",
+    run, _ = state.advance(saga, run, StepFailed("a", Role.FORWARD, fence, "slow",
                                                  timed_out=True), T0)
     assert _status(run, "a") is status
 
@@ -231,7 +228,7 @@ def test_deadline_compensates_a_running_run_only_when_due() -> None:
     run, commands = state.advance(saga, run, DeadlinePassed(), T0 + timedelta(hours=1))
     assert run.status is RunStatus.COMPENSATING and "deadline" in run.error
     assert _status(run, "b") is StepStatus.CANCELLED
-    assert state.CompensateStep("a") in commands
+    assert events.CompensateStep("a") in commands
 
 
 def test_queue_timeout_counts_as_an_attempt() -> None:
@@ -239,9 +236,9 @@ def test_queue_timeout_counts_as_an_attempt() -> None:
                                  retry=Retry(attempts=2, first_delay=timedelta(0)))])
     run, _ = state.start(saga, "r", {}, T0)
     assert run.step("a").start_by == T0 + timedelta(seconds=5)
-    run, commands = state.advance(saga, run, state.QueueTimedOut("a", Kind.FORWARD),
+    run, commands = state.advance(saga, run, events.QueueTimedOut("a", Role.FORWARD),
                                   T0 + timedelta(seconds=5))
     assert (run.step("a").attempt, run.step("a").status) == (1, StepStatus.QUEUED)
-    run, _ = state.advance(saga, run, state.QueueTimedOut("a", Kind.FORWARD),
+    run, _ = state.advance(saga, run, events.QueueTimedOut("a", Role.FORWARD),
                            T0 + timedelta(seconds=10))
     assert (run.status, run.step("a").status) == (RunStatus.COMPENSATED, StepStatus.FAILED)

@@ -28,10 +28,10 @@ def at(ms: int) -> datetime:
 
 def ev(ms: int, type: str, step: str | None = None, attempt: int | None = None,
        worker: str | None = None, **data) -> dict:
-    """An event as `Store.events` returns it; the kind follows the type's family."""
+    """An event as `Store.events` returns it; the role follows the type's family."""
     family = type.split(".")[0]
-    kind = {"step": "forward", "compensation": "compensate"}.get(family) if step else None
-    return {"id": next(_ids), "at": at(ms), "type": type, "step": step, "kind": kind,
+    role = {"step": "forward", "compensation": "compensate"}.get(family) if step else None
+    return {"id": next(_ids), "at": at(ms), "type": type, "step": step, "role": role,
             "attempt": attempt, "worker": worker, "data": data}
 
 
@@ -64,7 +64,7 @@ HISTORY = [
 def test_each_claim_is_an_attempt_closed_by_the_next_outcome_of_its_step():
     """Given a retried step and a compensation, Then one attempt per claim, in start order."""
     found = attempts(HISTORY)
-    assert [(a.step, a.kind, a.attempt, a.outcome) for a in found] == [
+    assert [(a.step, a.role, a.attempt, a.outcome) for a in found] == [
         ("reserve", "forward", 1, "succeeded"),
         ("charge", "forward", 1, "failed, will retry"),
         ("charge", "forward", 2, "failed"),
@@ -127,10 +127,10 @@ def test_steps_and_compensations_of_one_name_are_apart_and_alerts_are_not_outcom
     """Given a compensation open while an alert names its step, Then only the
     compensation's own outcome closes it."""
     found = attempts([ev(0, "compensation.running", "s", 1, "w", fence=1),
-                      {**ev(1, "alert.timeout", "s", message="slow"), "kind": None},
+                      {**ev(1, "alert.timeout", "s", message="slow"), "role": None},
                       ev(2, "step.failed", "s", 1, error="x"),
                       ev(3, "compensation.succeeded", "s", 1)])
-    assert [(a.kind, a.outcome, a.ended_at) for a in found] == [("compensate", "succeeded", at(3))]
+    assert [(a.role, a.outcome, a.ended_at) for a in found] == [("compensate", "succeeded", at(3))]
 
 
 def test_a_wait_is_a_span_from_waiting_to_how_it_ended():
@@ -205,7 +205,7 @@ def test_parking_flags_the_run_without_changing_its_status():
 def test_superseded_results_and_alerts_change_no_status():
     history = [ev(0, "step.running", "s", 1, "w", fence=1),
                ev(1, "step.superseded", "s", None, "w0", fence=0),
-               {**ev(2, "alert.timeout", "s", message="slow"), "kind": None}]
+               {**ev(2, "alert.timeout", "s", message="slow"), "role": None}]
     assert state_at(history, at(2)).steps[("s", "forward")].status == "running"
 
 

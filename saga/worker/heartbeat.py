@@ -1,4 +1,4 @@
-"""What a step's code is given: its run, attempt, fence, idempotency key, input, and a heartbeat."""
+"""Leases kept alive while steps run: one thread per process renews every held lease."""
 
 from __future__ import annotations
 
@@ -7,53 +7,8 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-from saga.errors import SagaError
 
 log = logging.getLogger("saga.worker")
-
-
-class LeaseLost(SagaError):
-    """This attempt lost its lease: another worker owns the step now. Stop at once."""
-
-
-@dataclass
-class StepContext:
-    """The one argument a step action receives.
-
-    `idempotency_key` is stable across attempts of one (run, step) and differs between
-    the forward action and its compensation; pass it to the services you call. `fence`
-    grows with every attempt, so a service can also reject a stale writer.
-
-        def charge(ctx):
-            return payments.charge(ctx.input["amount_cents"], key=ctx.idempotency_key)
-    """
-
-    run_id: str
-    step: str
-    kind: str
-    attempt: int
-    fence: int
-    input: Any
-    outputs: dict[str, Any]
-    saga: str = ""
-    version: int = 1
-    _beat: Callable[[], bool] = field(default=lambda: True, repr=False)
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.run_id}:{self.step}:{self.kind}"
-
-    @property
-    def compensating(self) -> bool:
-        return self.kind == "compensate"
-
-    def heartbeat(self) -> None:
-        """Extend the lease now; raises LeaseLost if another worker took the step over."""
-        if not self._beat():
-            raise LeaseLost(f"step {self.step!r} of run {self.run_id} was taken over")
 
 
 class Heartbeat:

@@ -1,0 +1,200 @@
+"""Who may call the API: a bearer token per request, a scope per operation, a rate per token.
+
+Each view declares its scope once, which also documents it in the OpenAPI document:
+
+    @blp.post("/runs/<run_id>/cancel")
+    @requires("admin")
+    def cancel_run(run_id): ...
+
+One `before_request` hook resolves `Authorization: Bearer <token>` to a Principal on
+`flask.g` (401 without a live token, 403 without the scope); an operation under /v1 that
+declares nothing needs `admin`. Starts, signals and backfills (`limited=True`) share one
+per-token rate limit (flask-limiter; 429 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import flask
+import flask_smorest
+import limits
+from flask_limiter import ApplicationLimit, Limiter
+from saga.api import problems
+
+from saga.settings import Settings
+from saga.store.tokens import SCOPES, Principal, TokenStore
+
+__all__ = ["requires", "public", "actor", "install", "spec_options"]
+
+log = logging.getLogger("saga.api.auth")
+
+F = TypeVar("F", bound=Callable[..., Any])
+PREFIX = "/v1/"
+SCHEME = "bearerAuth"
+SCOPE_ATTR = "_saga_scope"
+LIMITED_ATTR = "_saga_rate_limited"
+PUBLIC = "public"
+DOCS_BLUEPRINT = "api-docs"  # flask-smorest's own: serves /v1/openapi.json, which lists no data
+TOKENS = "saga_tokens"
+ANONYMOUS = Principal(None, "admin")  # SAGA_AUTH=off
+
+
+def spec_options() -> dict[str, Any]:
+    """The OpenAPI document's bearer scheme, needed by every operation not marked public."""
+    return {
+        "security": [{SCHEME: []}],
+        "components": {"securitySchemes": {SCHEME: {
+            "type": "http", "scheme": "bearer",
+            "description": "An API token from `saga token create NAME --scope "
+                           "read|operate|admin`. `read` reads runs, events, sagas, schedules "
+                           "and backfills; `operate` also starts runs and sends signals; "
+                           "`admin` also cancels, retries and backfills. Each operation names "
+                           "its scope in `x-required-scope`."}}},
+    }
+
+
+def requires(scope: str, *, limited: bool = False) -> Callable[[F], F]:
+    """The least scope an operation needs; `limited`: it counts against the token's rate."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope {scope!r} is not one of {SCOPES}")
+    responses = {"401": "UNAUTHORIZED", "403": "FORBIDDEN"}
+    if limited:
+        responses["429"] = "TOO_MANY_REQUESTS"
+    return _declare(scope, limited, security=[{SCHEME: []}], responses=responses,
+                    **{"x-required-scope": scope})
+
+
+def public(view: F) -> F:
+    """An operation anyone may call: it shows no data (the health check)."""
+    return _declare(PUBLIC, False, security=[])(view)
+
+
+def _declare(scope: str, limited: bool, **doc: Any) -> Callable[[F], F]:
+    def decorate(view: F) -> F:
+        documented = flask_smorest.Blueprint.doc(**doc)(view)
+        setattr(documented, SCOPE_ATTR, scope)
+        setattr(documented, LIMITED_ATTR, limited)
+        return documented
+
+    return decorate
+
+
+def actor() -> str | None:
+    """The calling token's name, recorded on the events a request writes (None: auth off)."""
+    return flask.g.principal.name
+
+
+# -- the hooks ------------------------------------------------------------------------------
+
+def install(app: flask.Flask, settings: Settings, system: Any) -> None:
+    """Resolve tokens before every request, then apply the rate limit; warn if auth is off."""
+    app.extensions[TOKENS] = TokenStore(system.engine.store.engine)
+    app.config["SAGA_AUTH"] = settings.auth
+    app.before_request(_authenticate)
+    limiter = _limiter(settings)
+    # after_request hooks run last-registered first: this one runs after the limiter's.
+    app.after_request(lambda response: _retry_after(response, limiter))
+    limiter.init_app(app)  # its before_request runs after _authenticate: the key is the token
+    if settings.auth == "off" and not settings.is_sqlite:
+        log.warning("SAGA_AUTH=off on a shared database: every /v1 operation is open to anyone "
+                    "who reaches this port; it is meant for the embedded demo only")
+
+
+def _authenticate() -> flask.Response | None:
+    request = flask.request
+    if not (request.path.startswith(PREFIX) or request.path == PREFIX.rstrip("/")):
+        return None  # routes outside /v1 (a saga module's own) are theirs to guard
+    view = flask.current_app.view_functions.get(request.endpoint or "")
+    needed = getattr(view, SCOPE_ATTR, "admin")  # an undeclared operation: the most careful
+    if needed == PUBLIC or (request.blueprint or "") == DOCS_BLUEPRINT:
+        return None
+    if flask.current_app.config["SAGA_AUTH"] == "off":
+        flask.g.principal = ANONYMOUS
+        return None
+    token = _bearer(request.headers.get("Authorization", ""))
+    if token is None:
+        return _unauthorized("This operation needs an `Authorization: Bearer <token>` header; "
+                             "an admin creates tokens with `saga token create`.", invalid=False)
+    principal = flask.current_app.extensions[TOKENS].resolve(token)
+    if principal is None:  # unknown and revoked alike: the answer tells them apart for no one
+        return _unauthorized("The bearer token is not valid: it is unknown or revoked.",
+                             invalid=True)
+    flask.g.principal = principal
+    if view is not None and not principal.allows(needed):
+        return problems.response(
+            403, f"This operation needs a token with the {needed!r} scope; token "
+                 f"{principal.name!r} has {principal.scope!r}.", "insufficient-scope",
+            headers={"WWW-Authenticate": f'Bearer realm="saga", error="insufficient_scope", '
+                                         f'scope="{needed}"'})
+    return None
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _unauthorized(detail: str, invalid: bool) -> flask.Response:
+    challenge = 'Bearer realm="saga"' + (', error="invalid_token"' if invalid else "")
+    return problems.response(401, detail, headers={"WWW-Authenticate": challenge})
+
+
+# -- the rate limit -------------------------------------------------------------------------
+
+def _limiter(settings: Settings) -> Limiter:
+    try:
+        limits.parse_many(settings.rate_limit)
+    except ValueError:
+        raise ValueError(f"SAGA_RATE_LIMIT={settings.rate_limit!r} is not a rate limit such as "
+                         "'200/second' or '200/second;5000/minute'") from None
+    storage = settings.rate_limit_storage or (
+        settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://"))
+        else "memory://")
+    options = {"socket_connect_timeout": 2, "socket_timeout": 2} \
+        if storage.startswith(("redis://", "rediss://")) else {}
+    return Limiter(
+        _caller,
+        application_limits=[ApplicationLimit(
+            settings.rate_limit, scope="writes", exempt_when=_not_limited,
+            error_message=lambda: _limit_message(settings.rate_limit))],
+        storage_uri=storage, storage_options=options,
+        # Counters are per deployment, as its queue is: another one on the same Redis
+        # (or another test) has its own.
+        key_prefix=f"saga:{settings.default_queue}",
+        # If the counters' store is down, count in this process rather than refuse work.
+        in_memory_fallback_enabled=True, swallow_errors=True,
+        headers_enabled=False)  # Retry-After is set by _retry_after, on a 429 only
+
+
+def _caller() -> str:
+    principal = flask.g.get("principal")
+    if principal is not None and principal.name is not None:
+        return principal.name
+    return f"address:{flask.request.remote_addr}"
+
+
+def _not_limited() -> bool:
+    view = flask.current_app.view_functions.get(flask.request.endpoint or "")
+    return not getattr(view, LIMITED_ATTR, False)
+
+
+def _limit_message(rate: str) -> str:
+    return (f"Too many starts, signals and backfills for {_caller()!r}: at most {rate} "
+            "(SAGA_RATE_LIMIT). Try again after Retry-After seconds.")
+
+
+def _retry_after(response: flask.Response, limiter: Limiter) -> flask.Response:
+    if response.status_code != 429:
+        return response
+    try:
+        wait = limiter.current_limit.reset_at - time.time()
+    except Exception:  # the counters' store went away since: any short wait will do
+        wait = 1
+    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+    return response

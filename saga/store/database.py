@@ -1,0 +1,100 @@
+"""The connection to the saga log: one SQLAlchemy engine per process, and the database clock.
+
+PostgreSQL locks rows and its clock times leases; SQLite, the embedded default, takes
+its single write lock up front (`BEGIN IMMEDIATE`) instead, so the lock clauses and
+`SKIP LOCKED` fall away there.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from saga.clock import Clock
+
+
+class Database:
+    """The engine (made again in a forked child) and the clock. Safe to share between threads."""
+
+    def __init__(self, url: str, clock: Clock | None = None, echo: bool = False) -> None:
+        self.url = url
+        self.clock = clock or Clock()
+        self._echo = echo
+        self._engine: sa.Engine | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> sa.Engine:
+        # A forked worker child must not share its parent's connections.
+        if self._engine is None or self._pid != os.getpid():
+            with self._lock:
+                if self._engine is None or self._pid != os.getpid():
+                    self._engine = make_engine(self.url, self._echo)
+                    self._pid = os.getpid()
+        return self._engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def now(self, conn: sa.Connection | None = None) -> datetime:
+        """The database's clock (SQLite: this machine's), which times every lease and wait."""
+        if self.is_sqlite:
+            return self.clock.read(None)
+        if conn is None:
+            with self.engine.connect() as own:
+                return self.now(own)
+        return self.clock.read(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+
+    def clock_column(self) -> sa.ColumnElement:
+        """The clock as a column, to read it in a query made anyway (then `clock.read` it)."""
+        if self.is_sqlite:
+            return sa.literal(None).label("db_now")
+        return sa.func.clock_timestamp().label("db_now")
+
+    @contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+
+def make_engine(url: str, echo: bool = False) -> sa.Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, echo=echo, connect_args={"check_same_thread": False,
+                                                               "timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            # SQLite has no row locks: take the one write lock before reading.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    # Pre-ping costs a round trip per checkout, but without it a database restart fails
+    # every in-flight commit on a dead pooled connection, and each step waits out its lease.
+    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_recycle=1800,
+                            pool_size=5, max_overflow=10)

@@ -1,0 +1,324 @@
+"""Schemathesis fuzzes every operation of the API's own OpenAPI document on real PostgreSQL.
+
+Each answer must be documented (status and, where it has one, schema), never a 5xx, and
+never show internals (a traceback, the driver's name, the database's URL or address).
+The broker is Kombu's in-memory transport: nothing runs steps, which fuzzing needs not.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+
+import flask
+import hypothesis
+import marshmallow as ma
+import pytest
+import schemathesis
+from hypothesis import strategies as st
+from marshmallow import fields, validate
+from saga.api import create_app
+from schemathesis.engine import Status, events
+
+from saga import Saga, Step, WaitForSignal
+from saga.registry import Registry
+from saga.settings import Settings
+from saga.system import System, build
+
+
+class OrderInput(ma.Schema):
+    order_id = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    amount_cents = fields.Integer(strict=True, validate=validate.Range(min=1, max=10**9))
+
+
+class LabelPayload(ma.Schema):
+    carrier = fields.String(required=True, validate=validate.OneOf(["ups", "dhl"]))
+    tracking = fields.String(validate=validate.Length(max=50))
+
+
+def record(ctx) -> dict:
+    return {"step": ctx.step}
+
+
+SIGNED = Saga("signed", input=OrderInput, steps=[
+    Step("reserve", record, compensate=record),
+    WaitForSignal("label", timeout=timedelta(days=2), schema=LabelPayload),
+    Step("ship", record),
+])
+PLAIN = Saga("plain", steps=[  # no schemas at all: what the API lets through reaches the log
+    Step("only", record),
+    WaitForSignal("poke", timeout=timedelta(days=2)),
+])
+SEEDED_RUNS = 3
+MAX_EXAMPLES = 50  # per operation and generation mode: about 30 s in all
+
+
+@pytest.fixture
+def api_headers() -> dict[str, str]:
+    """Headers every fuzzed request carries.
+
+    Empty until authentication lands; then `Authorization: Bearer <admin token>`, so the
+    fuzzing reaches the views and not only the 401 of a missing token.
+    """
+    return {}
+
+
+@pytest.fixture
+def fuzz_settings(database_url: str, api_headers: dict[str, str]) -> Settings:
+    # Without a token to send, authentication is off, so the requests still reach the views.
+    return Settings(database_url=database_url, broker_url="memory://", inline_steps=0,
+                    auth="on" if "Authorization" in api_headers else "off")
+
+
+@pytest.fixture
+def fuzz_system(fuzz_settings: Settings) -> Iterator[System]:
+    built = build(fuzz_settings, Registry([SIGNED, PLAIN]))
+    yield built
+    built.store.close()
+
+
+@pytest.fixture
+def fuzz_app(fuzz_settings: Settings, fuzz_system: System) -> flask.Flask:
+    return create_app(fuzz_settings, fuzz_system)
+
+
+def api_schema(app: flask.Flask, system: System, headers: dict[str, str]):
+    """The app's own document, loaded over WSGI; path parameters at times name real things."""
+    config = schemathesis.Config.from_dict({
+        "headers": headers,
+        "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "database": "none"},
+        # Saga inputs and signal payloads are checked by each saga's own schema, which the
+        # document cannot show: a request valid by the document may well be a 422.
+        "checks": {"positive_data_acceptance": {"enabled": False},
+                   "shows_no_internals": {"enabled": True}},
+    })
+    loaded = schemathesis.openapi.from_wsgi("/v1/openapi.json", app, config=config,
+                                            headers=dict(headers))
+    runs = [system.engine.start("signed", {"order_id": f"o-{n}", "amount_cents": 100})[0]
+            for n in range(SEEDED_RUNS)]
+    real = {"run_id": runs, "name": ["signed", "plain", "label", "poke"]}
+
+    if "Authorization" not in headers:
+        @loaded.hook
+        def filter_failure(context, failure, case, response) -> bool:
+            # Authentication is off (see fuzz_settings): a request without a token is served.
+            return "Authorization" not in f"{failure.title} {failure.message}" and \
+                "authentication" not in failure.title
+
+    @loaded.hook
+    def flatmap_path_parameters(context, path_parameters: dict | None) -> st.SearchStrategy:
+        return st.fixed_dictionaries({key: st.sampled_from([value, *real.get(key, [])])
+                                      for key, value in (path_parameters or {}).items()})
+
+    return loaded
+
+
+# What must never reach a client: a stack trace, the database driver, its address.
+INTERNALS = re.compile(
+    r"Traceback \(most recent call last\)|File \"[^\"]+\.py\", line|sqlalchemy|psycopg"
+    r"|postgres(ql)?(\+\w+)?://|127\.0\.0\.1|localhost|:5432\b|\buser \"postgres\"",
+    re.IGNORECASE)
+
+
+@schemathesis.check
+def shows_no_internals(ctx, response, case) -> None:
+    """The body names no traceback, driver, database URL, host or port."""
+    text = response.content.decode("utf-8", "replace") if response.content else ""
+    found = INTERNALS.search(text)
+    if found:
+        raise AssertionError(f"the response shows internals ({found.group(0)!r}): {text[:300]}")
+
+
+def failures(schema) -> tuple[list[str], int]:
+    """Run every phase of schemathesis on `schema`; (one line per distinct failure, cases)."""
+    found: dict[tuple[str, str, str], str] = {}
+    cases = 0
+    for event in schemathesis.engine.from_schema(schema).execute():
+        if isinstance(event, (events.NonFatalError, events.FatalError)):
+            found[("error", "", str(event))] = f"schemathesis could not run: {event}"
+        if not isinstance(event, events.ScenarioFinished):
+            continue
+        cases += len(event.recorder.cases)
+        for case_id, checks in event.recorder.checks.items():
+            for check in checks:
+                if check.status != Status.FAILURE or check.failure_info is None:
+                    continue
+                failure = check.failure_info.failure
+                key = (check.name, event.recorder.label, failure.title)
+                case = event.recorder.cases[case_id].value
+                found.setdefault(key, f"{check.name} on {event.recorder.label}: {failure.title}: "
+                                      f"{failure.message[:400]}\n    {case.as_curl_command()[:600]}")
+    return sorted(found.values()), cases
+
+
+def test_no_operation_answers_5xx_an_undocumented_status_or_internals(api_headers, fuzz_app,
+                                                                        fuzz_system):
+    """Given generated requests, valid and not, When sent to every operation, Then each answer
+    is documented (status, content type, schema) and is never a 5xx nor shows internals."""
+    found, cases = failures(api_schema(fuzz_app, fuzz_system, api_headers))
+    assert cases > 300, f"only {cases} requests were generated"
+    assert not found, "\n".join(found)
+
+
+def test_the_internals_check_catches_what_it_should():
+    """The check fails on a traceback, a driver name or a database URL (so it can fail)."""
+    for text in ['Traceback (most recent call last):\n  File "x.py", line 1',
+                 "(psycopg.errors.NumericValueOutOfRange)", "postgresql+psycopg://postgres@h/db",
+                 "connection to server at \"127.0.0.1\", port 5432 failed"]:
+        assert INTERNALS.search(text), text
+    assert not INTERNALS.search('{"detail": "No run has id \'x\'"}')
+
+
+# -- the edges the fuzzing may miss: each known way in to a 5xx, tried on purpose ------------
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def client(fuzz_app: flask.Flask):
+    return fuzz_app.test_client()
+
+
+@pytest.fixture
+def waiting_run(fuzz_system: System) -> str:
+    return fuzz_system.engine.start("signed", {"order_id": "o-1", "amount_cents": 100})[0]
+
+
+def problem(response, status: int) -> dict:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.headers["Content-Type"] == PROBLEM
+    body = response.get_json(force=True)
+    assert body["status"] == status
+    assert not INTERNALS.search(response.get_data(as_text=True))
+    return body
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"carrier": "ups", "tracking": "a\u0000b"}, "payload.tracking"),
+    ({"carrier": "ups", "tracking": "\ud800"}, "payload.tracking"),
+    ({"carrier": "ups", "note\u0000": 1}, "payload.note\u0000"),
+])
+def test_signal_payload_text_postgresql_cannot_store_is_a_422(client, api_headers, waiting_run,
+                                                              payload, field):
+    """Given a NUL or a lone surrogate in a signal payload, When sent, Then 422 naming it."""
+    response = client.post(f"/v1/runs/{waiting_run}/signals/label", json={"payload": payload},
+                           headers=api_headers)
+    assert field in problem(response, 422)["errors"]
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"note": "a\u0000b"}, "payload.note"),
+    ({"note": ["\udfff"]}, "payload.note[0]"),
+])
+def test_schemaless_signal_payload_postgresql_cannot_store_is_a_422(client, api_headers,
+                                                                    fuzz_system, payload, field):
+    """Given a signal without a schema, When its payload holds NUL or a surrogate, Then 422."""
+    run_id = fuzz_system.engine.start("plain", {})[0]
+    response = client.post(f"/v1/runs/{run_id}/signals/poke", json={"payload": payload},
+                           headers=api_headers)
+    assert field in problem(response, 422)["errors"]
+
+
+@pytest.mark.parametrize("order_id", ["a\u0000b", "\ud800", "x\udc00y"])
+def test_order_ids_postgresql_cannot_store_are_a_422(client, api_headers, order_id):
+    """Given an order id with a NUL or a lone surrogate, When a run is started, Then 422."""
+    response = client.post("/v1/sagas/signed/runs", headers=api_headers,
+                           json={"input": {"order_id": order_id, "amount_cents": 1}})
+    assert "input.order_id" in problem(response, 422)["errors"]
+
+
+@pytest.mark.parametrize("query, field", [
+    ("started_after=10000-01-01T00:00:00Z", "started_after"),
+    ("started_before=9999-12-31T23:59:59-23:59", "started_before"),
+    ("finished_after=0001-01-01T00:00:00%2B23:59", "finished_after"),
+    ("finished_before=2024-01-01T00:00:00%2B99:00", "finished_before"),
+    ("started_after=-2024-01-01T00:00:00Z", "started_after"),
+    ("cursor=" + base64.urlsafe_b64encode(b"10000-01-01T00:00:00+00:00|x").decode(), "cursor"),
+    ("cursor=" + base64.urlsafe_b64encode(b"0001-01-01T00:00:00+23:59|x").decode(), "cursor"),
+    ("cursor=" + base64.urlsafe_b64encode(b"9999-12-31T23:59:59-23:59|x").decode(), "cursor"),
+    ("cursor=" + base64.urlsafe_b64encode(b"2024-01-01T00:00:00+00:00|" + b"x" * 400).decode(),
+     "cursor"),
+    ("version=2147483648&saga=signed", "version"),
+    ("version=9223372036854775808&saga=signed", "version"),
+    ("version=" + "9" * 30 + "&saga=signed", "version"),
+    ("limit=18446744073709551616", "limit"),
+])
+def test_times_and_numbers_beyond_range_are_a_422_naming_them(client, api_headers, query, field):
+    """Given a time or number past what PostgreSQL or Python holds, When listed, Then 422."""
+    response = client.get(f"/v1/runs?{query}", headers=api_headers)
+    assert field in problem(response, 422)["errors"]
+
+
+@pytest.mark.parametrize("version", [2**31, 2**63, 2**64, 10**40])
+def test_versions_beyond_64_bits_are_a_4xx(client, api_headers, version):
+    """Given a version past 32 or 64 bits, When a run is started, Then a 4xx naming it."""
+    response = client.post("/v1/sagas/signed/runs", headers=api_headers, json={
+        "input": {"order_id": "o", "amount_cents": 1}, "version": version})
+    assert "version" in problem(response, 422)["errors"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"inputs": [{}], "max_running": 2**63}, "max_running"),
+    ({"inputs": [{"key": 2**70, "input": {}}]}, "inputs[0]"),
+    ({"inputs": [{"key": "k", "input": {"n": "\u0000"}}]}, "inputs[0].input.n"),
+    ({"from": "10000-01-01T00:00:00Z", "to": "10000-01-02T00:00:00Z"}, "from"),
+    ({"inputs": "not a list"}, "inputs"),
+    ({"inputs": [], "dry_run": "yes please"}, "inputs"),
+    ({"inputs": [{}], "surprise": 1}, "surprise"),
+    ([], "body"),
+])
+def test_a_malformed_backfill_is_a_documented_4xx(client, api_headers, body, field):
+    """Given a backfill body the API refuses, When POSTed, Then 422 naming the field."""
+    response = client.post("/v1/sagas/plain/backfills", json=body, headers=api_headers)
+    errors = problem(response, 422).get("errors") or {}
+    assert any(name.startswith(field) for name in errors), errors
+
+
+def test_a_backfill_body_that_is_not_json_is_a_400(client, api_headers):
+    response = client.post("/v1/sagas/plain/backfills", data=b'{"inputs": [', headers=api_headers,
+                           content_type="application/json")
+    assert "JSON" in problem(response, 400)["detail"]
+
+
+def test_a_10_kb_idempotency_key_is_a_400_naming_the_header(client, api_headers, waiting_run):
+    """Given a 10 KB Idempotency-Key (the column holds 255), When used, Then 400 naming it."""
+    headers = {**api_headers, "Idempotency-Key": "k" * 10_000}
+    for path, body in [("/v1/sagas/signed/runs", {"input": {"order_id": "o"}}),
+                       (f"/v1/runs/{waiting_run}/signals/label", {"payload": {"carrier": "ups"}})]:
+        response = client.post(path, json=body, headers=headers)
+        assert "Idempotency-Key" in problem(response, 400)["errors"]
+
+
+@pytest.mark.parametrize("depth", [200, 900, 5000, 100_000])
+def test_deeply_nested_json_is_a_4xx(client, api_headers, waiting_run, depth):
+    """Given JSON nested thousands deep, When sent as input or payload, Then a 4xx problem."""
+    nested = "[" * depth + "]" * depth
+    for path, raw in [("/v1/sagas/plain/runs", '{"input": {"n": %s}}' % nested),
+                      (f"/v1/runs/{waiting_run}/signals/label",
+                       '{"payload": {"carrier": "ups", "n": %s}}' % nested)]:
+        response = client.post(path, data=raw, content_type="application/json",
+                               headers=api_headers)
+        assert response.status_code in (400, 422), response.get_data(as_text=True)
+        problem(response, response.status_code)
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_never_truncated(fuzz_app, fuzz_system,
+                                                                api_headers):
+    """Given a chunked body (no Content-Length) over max_body_bytes, When POSTed, Then 413."""
+    limit = fuzz_app.config["MAX_CONTENT_LENGTH"]
+    # Valid JSON up to the limit, then more: a truncating server would start this run.
+    raw = b'{"input": {"order_id": "o", "pad": "' + b"x" * limit + b'"}}'
+    client = fuzz_app.test_client()
+    response = client.post("/v1/sagas/plain/runs", input_stream=io.BytesIO(raw),
+                           headers={**api_headers, "Content-Type": "application/json",
+                                    "Transfer-Encoding": "chunked"})
+    assert "limit" in problem(response, 413)["detail"]
+    assert fuzz_system.engine.store.list_runs("plain")[0] == []
+    small = b'{"input": {"order_id": "o"}}'
+    response = client.post("/v1/sagas/plain/runs", input_stream=io.BytesIO(small),
+                           headers={**api_headers, "Content-Type": "application/json",
+                                    "Transfer-Encoding": "chunked"})
+    assert response.status_code == 201, response.get_data(as_text=True)
