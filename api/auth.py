@@ -193,7 +193,7 @@ def _retry_after(response: flask.Response, limiter: Limiter) -> flask.Response:
     if response.status_code != 429:
         return response
     try:
-        wait = limiter.current_limit.reset_at - time.time()
+        wait = limiter.current_limit.window[0] - time.time()  # (reset time, remaining)
     except Exception:  # the counters' store went away since: any short wait will do
         wait = 1
     response.headers["Retry-After"] = str(max(1, math.ceil(wait)))

@@ -7,7 +7,7 @@ from typing import Any
 import marshmallow as ma
 from marshmallow import fields
 from saga.api.auth import actor, requires
-from saga.api.parsing import Blueprint
+from saga.api.parsing import Blueprint, storable
 from saga.api.problems import Problem, ProblemSchema, flatten
 from saga.api.runs import _checked, system
 from saga.api.schemas import IdempotencySchema, RunSchema
@@ -19,7 +19,7 @@ PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
 
 
 class SignalSchema(ma.Schema):
-    payload = fields.Dict(load_default=dict, metadata={
+    payload = fields.Dict(load_default=dict, validate=storable, metadata={
         "description": "becomes the waiting step's output; validated by its schema if it has one"})
 
 

@@ -86,7 +86,7 @@ def flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     if isinstance(messages, dict):
         for key, value in messages.items():
-            path = prefix if key == "_schema" else f"{prefix}.{key}" if prefix else str(key)
+            path = prefix if key == "_schema" else _join(prefix, str(key))
             for name, texts in flatten(value, path).items():
                 found.setdefault(name, []).extend(texts)
     elif isinstance(messages, (list, tuple)):
@@ -96,6 +96,12 @@ def flatten(messages: Any, prefix: str = "") -> dict[str, list[str]]:
     else:
         found.setdefault(prefix, []).append(str(messages))
     return found
+
+
+def _join(prefix: str, key: str) -> str:
+    if not prefix:
+        return key
+    return prefix + key if key.startswith("[") else f"{prefix}.{key}"  # inputs[0], not inputs.[0]
 
 
 def describe(errors: dict[str, list[str]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from typing import Any
 
 import flask
@@ -134,16 +135,28 @@ def run_events(query: dict[str, Any], run_id: str):
 
 
 def _cursor(cursor: str | None) -> str | None:
-    # The store's cursor decoder lets a NUL through to PostgreSQL, which then fails the
-    # query (a 500); a cursor the store made never holds one.
+    # The store's cursor decoder lets through a NUL (PostgreSQL then fails the query) and
+    # a time Python cannot convert to UTC (OverflowError): both would be a 500, and a
+    # cursor the store made holds neither.
     try:
         raw = base64.urlsafe_b64decode((cursor or "") + "=" * (-len(cursor or "") % 4))
     except ValueError:
         return cursor  # the store refuses it with its own message
-    if b"\x00" in raw:
+    if b"\x00" in raw or not _utc_time(raw.partition(b"|")[0]):
         raise Problem(422, f"cursor {cursor!r} is not one this API returned",
                       errors={"cursor": [CURSOR_ERROR]})
     return cursor
+
+
+def _utc_time(text: bytes) -> bool:
+    """False only for a time that parses but has no UTC equivalent Python can hold."""
+    try:
+        datetime.fromisoformat(text.decode()).astimezone(UTC)
+    except (ValueError, UnicodeDecodeError):
+        return True  # not a time at all: the store refuses it with its own message
+    except OverflowError:
+        return False
+    return True
 
 
 def _checked(run_id: str) -> str:

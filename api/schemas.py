@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import marshmallow as ma
@@ -12,12 +12,14 @@ from saga.api.parsing import printable, storable
 from saga.run import Role, RunStatus, StepStatus
 
 MAX_PAGE = 200
+MAX_VERSION = 2**31 - 1  # runs.version is a PostgreSQL integer
 
 
 class StartSchema(ma.Schema):
     input = fields.Dict(required=True, validate=storable,
                         metadata={"description": "the run's input, checked by the saga's schema"})
-    version = fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=1),
+    version = fields.Integer(strict=True, allow_none=True,
+                             validate=validate.Range(min=1, max=MAX_VERSION),
                              metadata={"description": "a loaded version; default the newest"})
 
 
@@ -28,8 +30,17 @@ class IdempotencySchema(ma.Schema):
                                  "first run (200); the same key with another body is a 422"})
 
 
+def in_utc_range(moment: datetime) -> None:
+    """Python cannot hold 9999-12-31T23:59-01:00 in UTC, where the saga log compares it."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise ma.ValidationError("is out of range: it must fall between years 1 and 9999 "
+                                 "in UTC") from None
+
+
 def _moment(description: str) -> fields.AwareDateTime:
-    return fields.AwareDateTime(default_timezone=UTC, metadata={
+    return fields.AwareDateTime(default_timezone=UTC, validate=in_utc_range, metadata={
         "description": f"{description}; ISO 8601, UTC unless it carries an offset"})
 
 
@@ -37,7 +48,7 @@ class RunQuerySchema(ma.Schema):
     """Filters of the runs listing; they combine, and time ranges are half-open."""
 
     saga = fields.String(validate=[validate.Length(max=200), printable])
-    version = fields.Integer(validate=validate.Range(min=1),
+    version = fields.Integer(validate=validate.Range(min=1, max=MAX_VERSION),
                              metadata={"description": "the pinned version; needs `saga`"})
     status = fields.String(validate=validate.OneOf([s.value for s in RunStatus]))
     started_after = _moment("runs created at or after this")

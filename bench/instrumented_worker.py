@@ -87,22 +87,24 @@ def experiments(names: set[str]) -> None:
 
     import sqlalchemy as sa
 
-    from saga import context, store
+    from saga import store
+    from saga.store import database
+    from saga.worker import heartbeat
 
     if "no_preping" in names:
-        original = store._make_engine
+        original = database.make_engine
 
         def make_engine(url: str, echo: bool) -> sa.Engine:
             if url.startswith("sqlite"):
                 return original(url, echo)
             return sa.create_engine(url, echo=echo, pool_size=5, max_overflow=10)
 
-        store._make_engine = make_engine
+        database.make_engine = make_engine
     if "py_clock" in names:
         store.Store.now = lambda self, conn=None: datetime.now(UTC)
     if "no_heartbeat" in names:
-        context.Heartbeat.__enter__ = lambda self: self
-        context.Heartbeat.__exit__ = lambda self, *exc: None
+        heartbeat.Heartbeat.__enter__ = lambda self: self
+        heartbeat.Heartbeat.__exit__ = lambda self, *exc: None
 
 
 def install() -> None:
@@ -112,19 +114,20 @@ def install() -> None:
     from celery import signals
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 
-    from saga.context import Heartbeat
     from saga.engine import Engine
     from saga.store import Store
     from saga.tasks import CeleryDispatcher
+    from saga.worker import Worker
+    from saga.worker.heartbeat import Heartbeat
 
-    wrap(Engine, "run_step", "engine.run_step (whole task body)")
-    wrap(Engine, "handle", "engine.handle (advance tx + publish)")
+    wrap(Worker, "run_step", "worker.run_step (whole task body)")
+    wrap(Engine, "advance", "engine.advance (advance tx + publish)")
+    wrap(Engine, "claim", "engine.claim (claim tx)")
+    wrap(Engine, "start", "engine.start (start tx + publish)")
     wrap(Engine, "publish", "engine.publish (broker send)")
-    wrap(Engine, "_call", "engine._call (the step's action)")
-    wrap(Store, "claim", "store.claim (claim tx)")
-    wrap(Store, "create_run", "store.create_run (start tx)")
+    wrap(Worker, "_call", "worker._call (the step's action)")
     wrap(Store, "now", "store.now (SELECT clock_timestamp)")
-    wrap_context(Store, "locked_run", "store.locked_run (advance tx)")
+    wrap_context(Store, "transaction", "store.transaction (one run's tx)")
     wrap(Heartbeat, "__enter__", "heartbeat thread start")
     wrap(Heartbeat, "__exit__", "heartbeat thread stop+join")
     wrap(CeleryDispatcher, "send", "dispatcher.send")

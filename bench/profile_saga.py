@@ -71,7 +71,7 @@ def report_cprofile(folder: Path, steps: int, top: int = 35) -> None:
         return
     stats = pstats.Stats(*files)
     runs = [calls for (file, _l, func), (_cc, calls, *_rest) in stats.stats.items()
-            if func == "run_step" and file.endswith("engine.py")]
+            if func == "run_step" and file.endswith("worker/__init__.py")]
     steps = sum(runs) or steps  # the profile is dumped every 50 tasks: count what it saw
     rows = []
     for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():
@@ -89,7 +89,7 @@ def report_cprofile(folder: Path, steps: int, top: int = 35) -> None:
 
 
 def report_py_spy(path: Path, top: int = 40) -> None:
-    """Shares of the samples taken inside a step task (below Engine.run_step).
+    """Shares of the samples taken inside a step task (below Worker.run_step).
 
     Sampled with --gil: only a thread holding the GIL counts, so waiting on a socket
     (psycopg, the broker) does not: this is roughly where the worker's CPU goes.
@@ -107,7 +107,7 @@ def report_py_spy(path: Path, top: int = 40) -> None:
         n = int(count)
         frames = stack.split(";")
         total += n
-        task = [i for i, f in enumerate(frames) if f.startswith("Engine.run_step")]
+        task = [i for i, f in enumerate(frames) if f.startswith("Worker.run_step")]
         if not task:
             continue
         in_task += n

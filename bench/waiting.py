@@ -216,7 +216,7 @@ class Population:
     indexes: list[tuple[str, int]] = field(default_factory=list)  # (name, bytes), largest first
     events_per_run: float = 0.0
     sweep_due: list[float] = field(default_factory=list)
-    advancing: list[float] = field(default_factory=list)  # of each sweep_due: in engine.handle
+    advancing: list[float] = field(default_factory=list)  # of each sweep_due: in engine.advance
     sweep_empty: list[float] = field(default_factory=list)
     plans: list[str] = field(default_factory=list)
     wakeup_plan: str = ""
@@ -494,25 +494,24 @@ def sweep_queries(store: Any, captured: list[tuple[str, Any]]) -> list[tuple[str
 
 
 def timed_advances(engine: Any) -> list[float]:
-    """Wrap this engine's `handle` (a sweep's advance of one due run); [seconds spent in it]."""
+    """Wrap this engine's `advance` (a sweep's advance of one due run); [seconds spent in it]."""
     spent = [0.0]
-    handle = engine.handle
+    advance = engine.advance
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         try:
-            return handle(*args, **kwargs)
+            return advance(*args, **kwargs)
         finally:
             spent[0] += time.perf_counter() - began
 
-    engine.handle = timed
+    engine.advance = timed
     return spent
 
 
 def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int) -> None:
     """Median in-process `sweep_once` with `due` due and with none, alternating the databases."""
     from saga.settings import Settings
-    from saga.sweeper import sweep_once
     from saga.system import build
 
     systems = []
@@ -526,13 +525,13 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
         try:
             for system in systems:  # warm: pools connected, plans cached, pages read
                 for _ in range(3):
-                    sweep_once(system.engine)
+                    system.sweeper.sweep_once()
             for r in range(rounds):
                 order = range(len(dbs)) if r % 2 == 0 else reversed(range(len(dbs)))
                 for i in order:
                     (db, result), system, conn = dbs[i], systems[i], conns[i]
                     began = time.perf_counter()
-                    empty = sweep_once(system.engine)
+                    empty = system.sweeper.sweep_once()
                     result.sweep_empty.append(time.perf_counter() - began)
                     if empty.total:
                         raise RuntimeError(f"{db.label}: an empty sweep found work: {empty}")
@@ -541,7 +540,7 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
                         raise RuntimeError(f"{db.label}: made {made} steps due, not {due}")
                     advancing[i][0] = 0.0
                     began = time.perf_counter()
-                    swept = sweep_once(system.engine)
+                    swept = system.sweeper.sweep_once()
                     result.sweep_due.append(time.perf_counter() - began)
                     result.advancing.append(advancing[i][0])
                     if swept.wakeups != due or swept.total != due:
@@ -549,7 +548,7 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
             for (_db, result), system, conn in zip(dbs, systems, conns, strict=True):
                 store = system.store
                 with Capture(store.engine) as capture:
-                    sweep_once(system.engine)
+                    system.sweeper.sweep_once()
                 result.plans = [f"{what}: {index}" for what, index
                                 in sweep_queries(store, capture.statements)]
                 make_due(conn, due)
@@ -566,7 +565,7 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
                 sa.event.listen(store.engine, "checkout", checkout)
                 try:
                     with Capture(store.engine) as capture:
-                        sweep_once(system.engine)  # wake them, counting what that takes
+                        system.sweeper.sweep_once()  # wake them, counting what that takes
                 finally:
                     sa.event.remove(store.engine, "checkout", checkout)
                 result.due_statements, result.due_checkouts = len(capture.statements), len(checkouts)

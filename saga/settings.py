@@ -33,7 +33,10 @@ class Settings:
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     worker_concurrency: int = 2
     inline_steps: int = 50  # steps a worker runs on from one message, without publishing each
-    default_queue: str = "saga"
+    # The broker queue of step messages. "": one per database, `saga.<deployment id>`, so
+    # two deployments on one broker never share a queue (saga/tasks, README).
+    queue: str = ""
+    default_queue: str = ""  # the older name of `queue` (SAGA_DEFAULT_QUEUE), still read
     result_backend: str = ""  # only for RemoteTask steps, which wait for another worker's result
     alert_webhook: str = ""  # POSTed a JSON alert on every timeout and every run needing a person
     alert_hook: str = ""  # "module:function" called with the same alert
@@ -71,6 +74,7 @@ class Settings:
                              f"not {self.retention_days}")
         object.__setattr__(self, "database_url", database_url(self.database_url))
         check_urls(self)
+        check_queue(self)
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -78,6 +82,11 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def explicit_queue(self) -> str:
+        """SAGA_QUEUE (or its older name SAGA_DEFAULT_QUEUE); "" when the database names it."""
+        return self.queue or self.default_queue
 
 
 def _parse(name: str, kind: Any, raw: str) -> Any:
@@ -177,3 +186,22 @@ def _known_result_backend(scheme: str | None) -> bool:
     from celery.app.backends import BACKEND_ALIASES
 
     return scheme is not None and scheme.lower().partition("+")[0] in BACKEND_ALIASES
+
+
+# -- the queue ----------------------------------------------------------------------------
+
+QUEUE_MAX = 200  # RabbitMQ takes 255 bytes; room for Redis's priority suffixes
+
+
+def check_queue(settings: Settings) -> None:
+    """Refuse a queue name the broker would refuse, or two names for the one queue."""
+    if settings.queue and settings.default_queue and settings.queue != settings.default_queue:
+        raise ValueError(f"{PREFIX}QUEUE={settings.queue!r} and {PREFIX}DEFAULT_QUEUE="
+                         f"{settings.default_queue!r} disagree: set only {PREFIX}QUEUE "
+                         "(SAGA_DEFAULT_QUEUE is its older name)")
+    name = settings.explicit_queue
+    variable = f"{PREFIX}QUEUE" if settings.queue else f"{PREFIX}DEFAULT_QUEUE"
+    if name and (name != name.strip() or len(name) > QUEUE_MAX or name.startswith("amq.")):
+        raise ValueError(f"{variable}={name!r} cannot name a queue: use at most {QUEUE_MAX} "
+                         "characters, no surrounding spaces, not starting with 'amq.' "
+                         "(RabbitMQ reserves it); or unset it for one queue per database")

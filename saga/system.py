@@ -16,8 +16,9 @@ from saga.engine import Engine
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.store import Store
+from saga.store.deployment import deployment_id
 from saga.sweeper import Sweeper
-from saga.tasks import CeleryDispatcher, make_celery
+from saga.tasks import CeleryDispatcher, Namespace, make_celery
 from saga.testing import clock as test_clock
 from saga.worker import Worker
 
@@ -44,8 +45,10 @@ def build(settings: Settings, registry: Registry | None = None,
     store = Store(settings.database_url, clock or test_clock.from_env(),
                   redispatch_s=settings.redispatch_s)
     parts: dict[str, Worker] = {}
-    celery = make_celery(settings, engine=lambda: parts["worker"])
-    dispatcher = CeleryDispatcher(celery, settings.default_queue)
+    # The queue and id of this deployment, read from its database on first use (saga/tasks).
+    namespace = Namespace(settings, lambda: deployment_id(store.engine))
+    celery = make_celery(settings, engine=lambda: parts["worker"], namespace=namespace)
+    dispatcher = CeleryDispatcher(celery, namespace)
     alerts = Alerts(settings.alert_webhook, settings.alert_hook)
     engine = Engine(registry, store, dispatcher, alerts, lease_s=settings.lease_s)
     engine.settings = settings  # type: ignore[attr-defined]  # TEMPORARY: schedules.firing

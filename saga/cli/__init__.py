@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from saga.cli.common import Group
+from saga.cli.common import Group, refuse
 from saga.cli.common import registry as _registry
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
@@ -69,6 +69,10 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
             bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 in brackets
             options = {"bind": bind, "workers": workers, "threads": threads,
                        "when_ready": when_ready}
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn >= 25.1 opens one control socket per user ($HOME/.gunicorn):
+                # several `saga api` on one host would take it from each other.
+                options["control_socket_disable"] = True
             for name, value in options.items():
                 self.cfg.set(name, value)
 
@@ -85,15 +89,21 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(concurrency: int | None, pool: str, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker for the saga steps; extra arguments go to Celery."""
-    from saga.tasks import broker_limit_problems
+    from saga.store.deployment import NoDeploymentId
+    from saga.tasks import broker_limit_problems, prepare_worker
 
     settings = _settings()
-    system = _system(settings)
-    problems = broker_limit_problems(settings, system.engine.registry)
-    if problems:
-        raise click.ClickException("refusing to start: " + "; ".join(problems))
+    sagas = _registry(settings)
+    refuse(broker_limit_problems(settings, sagas))  # before connecting to anything
+    system = _system(settings, loaded=sagas)
+    # This deployment's queue (SAGA_QUEUE, or one per database): read now, kept by the pool.
+    try:
+        queue = prepare_worker(system.celery, system.dispatcher.namespace)
+    except NoDeploymentId as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"saga worker: deployment {system.dispatcher.namespace.id}, queue {queue}", err=True)
     argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency or settings.worker_concurrency}",
-            f"--queues={settings.default_queue}", "--without-gossip", "--without-mingle",
+            f"--queues={queue}", "--without-gossip", "--without-mingle",
             "--loglevel=INFO", *celery_args]
     if not any(a.startswith(("-n", "--hostname")) for a in celery_args):
         # Unique node names: two workers named alike fight over RabbitMQ's pidbox queue.

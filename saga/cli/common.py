@@ -65,12 +65,13 @@ def registry(settings: Settings, serve: bool = True) -> Registry:
     return loaded
 
 
-def system(settings: Settings, serve: bool = True) -> System:
-    """The assembled system, after `registry`'s checks and a database that answers and is
-    migrated. `serve=False` for a command that only writes to the log (start, cancel…)."""
+def system(settings: Settings, serve: bool = True, loaded: Registry | None = None) -> System:
+    """The assembled system, after `registry`'s checks (unless given the `loaded` registry)
+    and a database that answers and is migrated. `serve=False` for a command that only
+    writes to the log (start, cancel…)."""
     from saga.system import build
 
-    built = build(settings, registry(settings, serve))
+    built = build(settings, loaded if loaded is not None else registry(settings, serve))
     check_database(built, settings)
     return built
 

@@ -128,3 +128,11 @@ tokens = sa.Table(
     sa.Column("last_used_at", When),  # updated at most once a minute per token
     sa.Index("tokens_hash", "token_hash", unique=True),
 )
+
+# One row, written by migration 0005: a random id every process that reaches this database
+# reads alike, however its URL is spelt. It names the deployment's queue (saga/store/deployment.py).
+deployment = sa.Table(
+    "deployment", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # uuid4 hex
+    sa.Column("created_at", When, nullable=False),
+)

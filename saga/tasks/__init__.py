@@ -3,12 +3,17 @@
 Messages carry ids only (run, step, saga, version), so Flower shows what each task is
 about and a lost or doubled message can never lose or double an effect: the saga log
 decides. Settings follow RELIABILITY.md: JSON only, late acks, prefetch 1, no results.
+
+Each deployment (one database) has its own queue, `saga.<deployment id>` unless SAGA_QUEUE
+names one, and stamps its id on every message: a worker ignores another deployment's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -25,10 +30,49 @@ if TYPE_CHECKING:
 STEP_TASK = "saga.step"
 COMPENSATE_TASK = "saga.compensate"
 HARD_LIMIT_GRACE_S = 5.0  # the hard limit kills a step this long after its soft limit
+DEPLOYMENT_HEADER = "saga_deployment"  # a header: workers of older versions ignore it
+IN_PROCESS_QUEUE = "saga"  # the in-memory broker is one process's own: no namespace needed
+
+log = logging.getLogger(__name__)
 
 
-def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) -> Celery:
-    """A Celery app for the saga tasks; `engine` builds the worker's engine (lazily, per process)."""
+def queue_for(deployment_id: str) -> str:
+    """A deployment's default queue: one per database, with no setting."""
+    return f"saga.{deployment_id}"
+
+
+class Namespace:
+    """The deployment this process serves and its queue, read from the database on first use.
+
+    Read once and kept (a failure is not kept: the next use reads again). Lazily, so a
+    process that never publishes never asks, and the embedded stack can migrate first.
+    """
+
+    def __init__(self, settings: Settings, read_id: Callable[[], str]) -> None:
+        self._settings = settings
+        self._read_id = read_id
+
+    @cached_property
+    def id(self) -> str | None:
+        """This deployment's id; None on the in-memory broker, which no other process shares."""
+        if self._settings.broker_url.startswith("memory"):
+            return None
+        return self._read_id()
+
+    @cached_property
+    def queue(self) -> str:
+        explicit = self._settings.explicit_queue
+        if explicit:
+            return explicit
+        return IN_PROCESS_QUEUE if self.id is None else queue_for(self.id)
+
+
+def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None,
+                namespace: Namespace | None = None) -> Celery:
+    """A Celery app for the saga tasks; `engine` builds the worker's engine (lazily, per process).
+
+    With `namespace`, its tasks ignore messages stamped by another deployment.
+    """
     app = Celery("saga", broker=settings.broker_url, set_as_current=False)
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith(("amqp", "pyamqp")):
@@ -48,7 +92,9 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) 
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_ignore_result=True,
-        task_default_queue=settings.default_queue,
+        # Step messages name their queue (CeleryDispatcher); `prepare_worker` sets the
+        # derived one here too, before a worker consumes.
+        task_default_queue=settings.explicit_queue or IN_PROCESS_QUEUE,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -65,15 +111,62 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None) 
 
     @app.task(name=STEP_TASK, bind=True, shared=False)  # this app only, never another
     def step(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
+        if foreign(self.request, namespace):
+            return "foreign"
         return current().run_step(run_id, step, Role.FORWARD, saga, version,
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
     @app.task(name=COMPENSATE_TASK, bind=True, shared=False)
     def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
+        if foreign(self.request, namespace):
+            return "foreign"
         return current().run_step(run_id, step, Role.COMPENSATE, saga, version,
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
     return app
+
+
+_warned: set[str] = set()  # other deployments already named in this process's log
+
+
+def foreign(request: Any, namespace: Namespace | None) -> bool:
+    """Whether another deployment published this message (their queue names are the same).
+
+    It is acknowledged and not run: its own deployment's sweeper publishes the step again
+    (SAGA_REDISPATCH_S), so nothing is lost. Requeueing it instead could loop forever
+    between this deployment's workers while the other's are stopped.
+    """
+    sender = request.get(DEPLOYMENT_HEADER)  # None from versions before the stamp
+    mine = namespace.id if namespace is not None else None
+    if sender is None or mine is None or sender == mine:
+        return False
+    level = logging.DEBUG if sender in _warned else logging.WARNING
+    _warned.add(sender)
+    log.log(level, "ignored a message of deployment %s on queue %r: this worker serves "
+            "deployment %s, another database. Two deployments share this queue because "
+            "SAGA_QUEUE (or SAGA_DEFAULT_QUEUE) names it: give each deployment its own, or "
+            "unset it for a queue per database. The other deployment publishes the step "
+            "again after SAGA_REDISPATCH_S, so nothing is lost, but its runs are slowed.",
+            sender, namespace.queue, mine)
+    return True
+
+
+def prepare_worker(app: Celery, namespace: Namespace) -> str:
+    """The queue a worker consumes, set as the app's default; on Redis, this deployment's
+    own unacked-message keys, so its SAGA_VISIBILITY_TIMEOUT_S alone decides when its
+    unacknowledged messages come back (kombu's default keys are shared by every app on
+    that Redis database, and the shortest timeout among them would win).
+    """
+    queue = namespace.queue
+    app.conf.task_default_queue = queue
+    if app.conf.broker_url.startswith(("redis", "rediss")):
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "unacked_key": f"{queue}.unacked",
+            "unacked_index_key": f"{queue}.unacked_index",
+            "unacked_mutex_key": f"{queue}.unacked_mutex",
+        }
+    return queue
 
 
 def broker_limit_problems(settings: Settings, sagas: Iterable[Saga]) -> list[str]:
@@ -101,11 +194,16 @@ def broker_limit_problems(settings: Settings, sagas: Iterable[Saga]) -> list[str
 
 
 class CeleryDispatcher:
-    """Publishes step hints through Celery; also calls RemoteTask steps and waits."""
+    """Publishes step hints through Celery to this deployment's queue, stamped with its id;
+    also calls RemoteTask steps and waits."""
 
-    def __init__(self, app: Celery, queue: str) -> None:
+    def __init__(self, app: Celery, namespace: Namespace) -> None:
         self.app = app
-        self.queue = queue
+        self.namespace = namespace
+
+    @property
+    def queue(self) -> str:
+        return self.namespace.queue
 
     def send(self, run_id: str, saga: str, version: int, commands: list[Command],
              timeouts: dict[str, float | None]) -> None:
@@ -115,6 +213,8 @@ class CeleryDispatcher:
             options: dict[str, Any] = {}
             if limit:
                 options = {"soft_time_limit": limit, "time_limit": limit + HARD_LIMIT_GRACE_S}
+            if self.namespace.id is not None:
+                options["headers"] = {DEPLOYMENT_HEADER: self.namespace.id}
             self.app.send_task(name, args=[run_id, command.step, saga, version],
                                queue=self.queue, **options)
 

@@ -228,6 +228,7 @@ def test_the_worker_prints_no_password_of_any_url(tmp_path, database_url, broker
         worker.stop()
         output = worker.output()
     assert "transport:" in output and " ready." in output
+    assert SECRET not in output, output
     for secret in secrets:
         assert f":{secret}@" not in output, output
 
