@@ -131,7 +131,7 @@ def failure(exc: BaseException) -> str | None:
 
 def _outcome(url: str, reason: str) -> str:
     if url.startswith("sqlite"):
-        return "cannot be opened"
+        return "cannot be used"  # a file: unable to open it, or locked
     # The server answered and said no (no such database or role, a wrong password).
     return "refused the connection" if "FATAL" in reason else "did not answer"
 
@@ -157,8 +157,3 @@ def _current(name: str) -> str:
 def _first_line(error: object) -> str:
     lines = str(error).strip().splitlines()
     return lines[0].strip() if lines else type(error).__name__
-
-
-def safe_url(url: str) -> str:
-    """The URL without its password, for messages (kept for callers of the old name)."""
-    return redacted(url)

@@ -382,7 +382,7 @@ def second_api(stack: Stack, env: dict[str, str] | None = None) -> str:
 def redis_stack(database_url: str, tmp_path) -> Iterator[Stack]:
     """Real processes on Redis, where the rate limit's counters live too."""
     need("redis", BROKERS["redis"])
-    with Stack(database_url, BROKERS["redis"], tmp_path) as stack:
+    with Stack(database_url, BROKERS["redis"], tmp_path, sagas="examples.fulfillment") as stack:
         yield stack
 
 
