@@ -82,7 +82,7 @@ def check_database(system: System, settings: Settings) -> None:
 
     from saga.store import runs
 
-    store = system.engine.store
+    store = system.store
     store.ping()  # a failure here is told by `failure`, naming SAGA_DATABASE_URL
     if not sa.inspect(store.engine).has_table(runs.name):
         raise click.ClickException(_unmigrated(settings.database_url))

@@ -11,7 +11,7 @@ from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
 
 if TYPE_CHECKING:
-    from saga.engine import Engine
+    from saga.system import System
 
 
 @click.command()
@@ -20,14 +20,13 @@ def cancel(run_id: str) -> None:
     """Cancel a run: let running steps settle, then compensate what was done."""
     from saga.errors import SagaError
 
-    settings = _settings()
-    engine = _system(settings, serve=False).engine
+    system = _system(_settings(), serve=False)
     try:
-        _check_definition(engine, run_id, settings.sagas)
-        engine.cancel(run_id)
+        _check_definition(system, run_id)
+        system.engine.cancel(run_id)
     except SagaError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"run {run_id}: cancelling ({engine.store.get_run(run_id)['status']})")
+    click.echo(f"run {run_id}: cancelling ({system.store.get_run(run_id)['status']})")
 
 
 @click.command()
@@ -45,11 +44,10 @@ def signal(run_id: str, name: str, payload: str, key: str | None) -> None:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--payload") from None
     if not isinstance(body, dict):
         raise click.BadParameter("must be a JSON object", param_hint="--payload")
-    settings = _settings()
-    engine = _system(settings, serve=False).engine
+    system = _system(_settings(), serve=False)
     try:
-        _check_definition(engine, run_id, settings.sagas)
-        signal_id, new = engine.signal(run_id, name, body, key)
+        _check_definition(system, run_id)
+        signal_id, new = system.engine.signal(run_id, name, body, key)
     except SagaError as exc:
         detail = getattr(exc, "errors", None)
         raise click.ClickException(f"{exc}{' ' + json.dumps(detail) if detail else ''}") from None
@@ -62,22 +60,21 @@ def retry(run_id: str) -> None:
     """Resume a failed run from its given-up compensation or parked step."""
     from saga.errors import RunNotFound
 
-    settings = _settings()
-    engine = _system(settings, serve=False).engine
+    system = _system(_settings(), serve=False)
     try:
-        _check_definition(engine, run_id, settings.sagas)
-        run = engine.store.get_run(run_id)
+        _check_definition(system, run_id)
+        run = system.store.get_run(run_id)
         if run["status"] != "failed" and not run["parked"]:
             raise click.ClickException(f"run {run_id} is {run['status']}; only a failed or "
                                        "parked run can be retried")
-        if not engine.retry(run_id):
+        if not system.engine.retry(run_id):
             raise click.ClickException(f"run {run_id} has nothing to resume")
     except RunNotFound as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"run {run_id} resumed: {engine.store.get_run(run_id)['status']}")
+    click.echo(f"run {run_id} resumed: {system.store.get_run(run_id)['status']}")
 
 
-def _check_definition(engine: Engine, run_id: str, modules: tuple[str, ...]) -> None:
+def _check_definition(system: System, run_id: str) -> None:
     """Refuse unless this process loads the run's definition as the run started on it.
 
     Without it the engine would park the run, waiting for a definition that only this
@@ -85,13 +82,13 @@ def _check_definition(engine: Engine, run_id: str, modules: tuple[str, ...]) -> 
     """
     from saga.errors import UnknownSaga
 
-    run = engine.store.load_run(run_id)
+    run = system.store.load_run(run_id)
     try:
-        saga = engine.registry.get(run.saga, run.version)
+        saga = system.registry.get(run.saga, run.version)
     except UnknownSaga as exc:
         raise click.ClickException(
             f"{exc}: run {run_id} needs it; set SAGA_SAGAS as the workers have it "
-            f"(here: {','.join(modules)})") from None
+            f"(here: {','.join(system.settings.sagas)})") from None
     if run.shape and run.shape != saga.shape_hash:
         raise click.ClickException(
             f"saga {run.saga!r} v{run.version} loaded here is not the one run {run_id} started "

@@ -54,6 +54,12 @@ PLAIN = Saga("plain", steps=[  # no schemas at all: what the API lets through re
     WaitForSignal("poke", timeout=timedelta(days=2)),
 ])
 SEEDED_RUNS = 3
+# Operations the fuzzing must see succeed at least once, or it only knocked on the door
+# (a 401 for every request, say).
+REACHED = {"GET /v1/health", "GET /v1/runs", "GET /v1/sagas", "GET /v1/schedules",
+           "POST /v1/sagas/{name}/runs", "GET /v1/runs/{run_id}", "GET /v1/runs/{run_id}/events",
+           "POST /v1/runs/{run_id}/signals/{name}", "POST /v1/runs/{run_id}/cancel",
+           "POST /v1/sagas/{name}/backfills", "GET /v1/backfills/{backfill_id}"}
 MAX_EXAMPLES = 50  # per operation and generation mode: about 30 s in all
 
 
@@ -89,8 +95,12 @@ def fuzz_app(fuzz_settings: Settings, fuzz_system: System) -> flask.Flask:
 def api_schema(app: flask.Flask, system: System, headers: dict[str, str]):
     """The app's own document, loaded over WSGI; path parameters at times name real things."""
     config = schemathesis.Config.from_dict({
+        "seed": 20251203,  # the same requests every run: a failure here is reproducible
         "headers": headers,
         "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "database": "none"},
+        # Error feedback reads `errors` keys such as "input.order_id" as top-level fields,
+        # and then nearly every start is refused for an unknown field.
+        "phases": {"fuzzing": {"error-feedback": {"enabled": False}}},
         # Saga inputs and signal payloads are checked by each saga's own schema, which the
         # document cannot show: a request valid by the document may well be a 422.
         "checks": {"positive_data_acceptance": {"enabled": False},
@@ -100,6 +110,7 @@ def api_schema(app: flask.Flask, system: System, headers: dict[str, str]):
                                             headers=dict(headers))
     runs = [system.engine.start("signed", {"order_id": f"o-{n}", "amount_cents": 100})[0]
             for n in range(SEEDED_RUNS)]
+    runs += [system.engine.start("plain", {"n": n})[0] for n in range(SEEDED_RUNS)]
     real = {"run_id": runs, "name": ["signed", "plain", "label", "poke"]}
 
     if "Authorization" not in headers:
@@ -166,7 +177,9 @@ def test_no_operation_answers_5xx_an_undocumented_status_or_internals(api_header
     is documented (status, content type, schema) and is never a 5xx nor shows internals."""
     found, statuses = failures(api_schema(fuzz_app, fuzz_system, api_headers))
     assert not found, "\n".join(found)
-    print(statuses)
+    served = {operation for operation, codes in statuses.items()
+              if any(200 <= code < 300 for code in codes)}
+    assert REACHED <= served, f"never served: {sorted(REACHED - served)}"
 
 
 def test_the_internals_check_catches_what_it_should():

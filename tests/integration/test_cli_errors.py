@@ -210,6 +210,7 @@ def test_cancel_refuses_a_run_whose_saga_this_shell_does_not_load(tmp_path, modu
     result = saga(tmp_path, ["cancel", run_id.strip()], SAGA_SAGAS=other, **env)
     assert_refused(result, "no saga named 'greet'", "SAGA_SAGAS")
     shown = saga(tmp_path, ["show", run_id.strip()], **env)
+    assert shown.returncode == 0 and "greet v1" in shown.stdout, shown.stderr
     assert "parked" not in shown.stdout.lower(), shown.stdout
 
 
