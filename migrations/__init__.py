@@ -1,10 +1,13 @@
 """Alembic migrations of the saga log; `upgrade(url)` applies them all."""
 
+from functools import lru_cache
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 HERE = Path(__file__).parent
 
@@ -23,3 +26,16 @@ def upgrade(engine_or_url: sa.Engine | str, revision: str = "heads") -> None:
         cfg = config(str(engine.url))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+@lru_cache(maxsize=1)
+def head() -> str:
+    """The newest revision this code has (comma-separated while branches are unmerged)."""
+    return ",".join(sorted(ScriptDirectory.from_config(config("")).get_heads()))
+
+
+def current(engine: sa.Engine) -> str | None:
+    """The revision the database is at; None if it was never migrated."""
+    with engine.connect() as conn:
+        revisions = MigrationContext.configure(conn).get_current_heads()
+    return ",".join(sorted(revisions)) or None

@@ -99,6 +99,10 @@ class Stack:
             "SAGA_BROKER_URL": broker_url,
             "SAGA_DEFAULT_QUEUE": self.queue,
             "SAGA_SAGAS": sagas,
+            # The `remote` test saga calls another service's task: processes that load it
+            # refuse to start without a result backend (contacted only when it runs).
+            "SAGA_RESULT_BACKEND": os.environ.get("SAGA_TEST_REDIS_URL",
+                                                  "redis://127.0.0.1:6379/0"),
             "SAGA_LEASE_S": "3",
             "SAGA_SWEEP_INTERVAL_S": "0.2",
             "SAGA_REDISPATCH_S": "1",

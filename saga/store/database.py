@@ -96,5 +96,6 @@ def make_engine(url: str, echo: bool = False) -> sa.Engine:
         return engine
     # Pre-ping costs a round trip per checkout, but without it a database restart fails
     # every in-flight commit on a dead pooled connection, and each step waits out its lease.
+    # A host that drops packets must fail a connect in seconds, not the OS's two minutes.
     return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_recycle=1800,
-                            pool_size=5, max_overflow=10)
+                            pool_size=5, max_overflow=10, connect_args={"connect_timeout": 10})

@@ -290,7 +290,8 @@ def test_api_killed_between_run_insert_and_first_publish_is_dispatched_by_the_sw
     Then the run found in the database is published by the sweeper and succeeds, each effect
     applied once, and the client's retried POST gets that same run back (200, not a new run).
     """
-    start(stack, api={"SAGA_FAULTS": "after_start_commit:fault_order:once"}, sweeper=None)
+    first = start(stack, api={"SAGA_FAULTS": "after_start_commit:fault_order:once"},
+                  sweeper=None)["api"]
     order = new_order()
     post = {"url": f"{stack.base}/v1/sagas/fault_order/runs", "json": {"input": order},
             "headers": {"Idempotency-Key": order["order_id"]}, "timeout": 10}
@@ -302,6 +303,9 @@ def test_api_killed_between_run_insert_and_first_publish_is_dispatched_by_the_sw
     assert stack.query("SELECT name, status, attempt FROM steps WHERE run_id = :r",
                        r=run_id) == [("validate_order", "queued", 0)]
 
+    # gunicorn replaces a dead worker process; stop the whole server and start a new one,
+    # as after a crash of the machine.
+    first.stop()
     stack.api()
     stack.sweeper()
     lifted = last_event_id(stack)

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import flask
-import hypothesis
 import marshmallow as ma
 import pytest
 import schemathesis
@@ -318,8 +317,8 @@ def test_json_nested_deeper_than_the_limit_is_a_400(client, api_headers, fuzz_sy
     up to the limit it is stored."""
     run_id = fuzz_system.engine.start("plain", {})[0]
     nested = "[" * depth + "]" * depth  # inside {"input": {"n": ...}}: two levels more
-    for path, raw in [("/v1/sagas/plain/runs", '{"input": {"n": %s}}' % nested),
-                      (f"/v1/runs/{run_id}/signals/poke", '{"payload": {"n": %s}}' % nested)]:
+    for path, raw in [("/v1/sagas/plain/runs", '{"input": {"n": ' + nested + "}}"),
+                      (f"/v1/runs/{run_id}/signals/poke", '{"payload": {"n": ' + nested + "}}")]:
         response = client.post(path, data=raw, content_type="application/json",
                                headers=api_headers)
         if depth + 2 <= MAX_DEPTH:
@@ -331,7 +330,7 @@ def test_json_nested_deeper_than_the_limit_is_a_400(client, api_headers, fuzz_sy
 @pytest.mark.parametrize("number", ["1e400", "-1e400", "1" + "0" * 5000])
 def test_numbers_json_holds_but_postgresql_cannot_are_a_400(client, api_headers, number):
     """Given 1e400 (a float overflow) or 5000 digits, When sent as input, Then 400."""
-    response = client.post("/v1/sagas/plain/runs", data='{"input": {"n": %s}}' % number,
+    response = client.post("/v1/sagas/plain/runs", data='{"input": {"n": ' + number + "}}",
                            content_type="application/json", headers=api_headers)
     assert "JSON" in problem(response, 400)["detail"]
 
