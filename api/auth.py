@@ -156,20 +156,24 @@ def _limiter(settings: Settings) -> Limiter:
     storage = settings.rate_limit_storage or (
         settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://"))
         else "memory://")
-    options = {"socket_connect_timeout": 2, "socket_timeout": 2} \
+    options: dict[str, str | int] = {"socket_connect_timeout": 2, "socket_timeout": 2} \
         if storage.startswith(("redis://", "rediss://")) else {}
     return Limiter(
-        _caller,
+        _key,
         application_limits=[ApplicationLimit(
             settings.rate_limit, scope="writes", exempt_when=_not_limited,
             error_message=lambda: _limit_message(settings.rate_limit))],
-        storage_uri=storage, storage_options=options,
-        # Counters are per deployment, as its queue is: another one on the same Redis
-        # (or another test) has its own.
-        key_prefix=f"saga:{settings.default_queue}",
+        storage_uri=storage, storage_options=options, key_prefix="saga",
         # If the counters' store is down, count in this process rather than refuse work.
         in_memory_fallback_enabled=True, swallow_errors=True,
         headers_enabled=False)  # Retry-After is set by _retry_after, on a 429 only
+
+
+def _key() -> str:
+    # Counters are per deployment, as its queue is: another one on the same Redis (or
+    # another test) counts its own tokens, even of the same name.
+    queue = flask.current_app.extensions["saga"].dispatcher.queue
+    return f"{queue}:{_caller()}"
 
 
 def _caller() -> str:
@@ -192,9 +196,11 @@ def _limit_message(rate: str) -> str:
 def _retry_after(response: flask.Response, limiter: Limiter) -> flask.Response:
     if response.status_code != 429:
         return response
+    limit, wait = limiter.current_limit, 1.0
     try:
-        wait = limiter.current_limit.window[0] - time.time()  # (reset time, remaining)
+        if limit is not None:
+            wait = limit.window[0] - time.time()  # (reset time, remaining)
     except Exception:  # the counters' store went away since: any short wait will do
-        wait = 1
+        pass
     response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return response

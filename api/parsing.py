@@ -56,7 +56,7 @@ class StrictParser(FlaskParser):
         raw = _whole_body(req)
         if not raw:
             return core.missing
-        too_deep = f"The request body is nested deeper than {MAX_DEPTH} levels."
+        too_deep = f"The request body's JSON is nested deeper than {MAX_DEPTH} levels."
         try:
             value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
         except RecursionError as exc:

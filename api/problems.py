@@ -136,6 +136,7 @@ def from_saga_error(error: SagaError) -> flask.Response:
     for cls in type(error).__mro__:
         if cls in SAGA_ERRORS:
             status, kind = SAGA_ERRORS[cls]
+            kind = getattr(error, "kind", None) or kind  # a finer type the error names itself
             return response(status, str(error), kind, flatten(getattr(error, "errors", {})))
     return from_unexpected(error)
 

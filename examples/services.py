@@ -4,6 +4,10 @@ Every POST takes an `Idempotency-Key` header and goes through `saga.helpers.idem
 repeated key replays the first response and applies its effect once. Each applied effect
 is a `demo_effects` row, which `GET /demo/effects?order_id=` lists for tests and the demo.
 
+Requests are read as strictly as the orchestrator's API reads them: a body that is not a
+JSON object, a field of the wrong type or range, or text PostgreSQL cannot store (NUL, a
+lone surrogate) is a 400 problem naming what is wrong, never a 500.
+
 Cards: "declined" is refused for good (402); "flaky" fails with 503 on its first
 `FLAKY_FAILURES` attempts per order, then charges. Address "nowhere" is undeliverable (422).
 An undo (release, refund, cancel) applies at most once per order, whatever its key: a
@@ -15,6 +19,8 @@ second one, even with another key, answers 200 with {"released"/"refunded"/"canc
 
 from __future__ import annotations
 
+import json
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +39,10 @@ FLAKY_CARD = "flaky"
 FLAKY_FAILURES = 2
 UNDELIVERABLE_ADDRESS = "nowhere"
 UNDO_ACTIONS = ("release", "refund", "cancel")
+MAX_ORDER_ID = 100  # demo_effects.order_id
+MAX_TEXT = 1000
+MAX_CENTS = 2**31 - 1  # demo_effects.amount_cents is a PostgreSQL integer
+MAX_DEPTH = 20
 
 metadata = sa.MetaData()
 
@@ -71,7 +81,7 @@ def create_tables(engine: sa.Engine) -> None:
 
 
 class InvalidBody(Exception):
-    """The JSON body lacks a field or has one of the wrong type."""
+    """The request is not one these services read: the message says what is wrong."""
 
 
 def make_demo_services(engine: sa.Engine) -> flask.Blueprint:
@@ -81,8 +91,17 @@ def make_demo_services(engine: sa.Engine) -> flask.Blueprint:
 
     @bp.errorhandler(InvalidBody)
     def invalid_body(error: InvalidBody) -> flask.Response:
-        body, status = problem(400, "invalid-body", "Invalid request body", str(error))
+        body, status = problem(400, "invalid-body", "Invalid request", str(error))
         return flask.Response(flask.json.dumps(body), status, mimetype=PROBLEM_JSON)
+
+    @bp.before_request
+    def read_strictly() -> flask.Response | None:
+        # Before the idempotency helper, which stores the key and hashes the body.
+        try:
+            _check_request(flask.request)
+        except InvalidBody as error:
+            return invalid_body(error)
+        return None
 
     @bp.post("/inventory/reserve")
     @idempotent(requests, "inventory.reserve")
@@ -147,15 +166,91 @@ def make_demo_services(engine: sa.Engine) -> flask.Blueprint:
     return bp
 
 
-def _fields(**types: type) -> list[Any]:
-    """The named fields of the JSON body, in order, each checked against its type."""
-    body = flask.request.get_json(silent=True)
+def _check_request(request: flask.Request) -> None:
+    """The Idempotency-Key, the order_id filter and a POST's body: text the tables can hold."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not key.isprintable():
+        raise InvalidBody("Idempotency-Key must not contain control characters")
+    if "order_id" in request.args:
+        _check_field("order_id", request.args["order_id"], str)
+    if request.method == "POST":
+        flask.g.body = _json_object(request.get_data(cache=True))
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """RFC 8259 JSON only (no NaN, no 1e400), an object, at most MAX_DEPTH deep."""
+    try:
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise InvalidBody(f"the body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as error:
+        raise InvalidBody(f"the body is not JSON: {error}") from None
     if not isinstance(body, dict):
         raise InvalidBody("the body must be a JSON object")
-    wrong = [name for name, kind in types.items() if not isinstance(body.get(name), kind)]
-    if wrong:
-        raise InvalidBody(f"missing or invalid: {', '.join(wrong)}")
+    _check_nested(body)
+    return body
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _check_nested(body: dict[str, Any]) -> None:
+    """Every key and string, however deep: no NUL, no lone surrogate; no deeper than MAX_DEPTH."""
+    pending: list[tuple[str, Any, int]] = [("", body, 1)]
+    while pending:  # a loop, not recursion: the depth is the client's choice
+        path, value, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidBody(f"the body is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, child in value.items():
+                where = f"{path}.{key}" if path else key
+                _check_text(where, key)
+                pending.append((where, child, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(value))
+        elif isinstance(value, str):
+            _check_text(path, value)
+
+
+def _check_text(where: str, text: str) -> None:
+    if "\x00" in text or not _encodable(text):
+        raise InvalidBody(f"{where!r}: text must not contain NUL or unpaired surrogates")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _fields(**types: type) -> list[Any]:
+    """The named fields of the JSON body, in order, each checked against its type and range."""
+    body = flask.g.body
+    for name, kind in types.items():
+        _check_field(name, body.get(name), kind)
     return [body[name] for name in types]
+
+
+def _check_field(name: str, value: Any, kind: type) -> None:
+    if kind is str:
+        limit = MAX_ORDER_ID if name == "order_id" else MAX_TEXT
+        if not (isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()):
+            raise InvalidBody(f"{name}: must be 1 to {limit} printable characters")
+    elif kind is int:  # bool is an int to Python, not to a client
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CENTS:
+            raise InvalidBody(f"{name}: must be a whole number from 1 to {MAX_CENTS}")
+    elif not isinstance(value, kind):
+        raise InvalidBody(f"{name}: must be a JSON {'array' if kind is list else kind.__name__}")
 
 
 def _apply(db: sa.Connection, service: str, action: str, order_id: str,

@@ -19,7 +19,7 @@ def config(url: str) -> Config:
     return cfg
 
 
-def upgrade(engine_or_url: sa.Engine | str, revision: str = "heads") -> None:
+def upgrade(engine_or_url: sa.Engine | str, revision: str = "head") -> None:
     """Bring the database to `revision`; safe to run again (Alembic records the version)."""
     engine = sa.create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
     with engine.begin() as conn:

@@ -229,19 +229,32 @@ class Engine:
         """
         with self.store.transaction(run_id) as tx:
             saga = self._definition(tx)
-            if saga is None:
-                raise RunParked(f"run {run_id} is parked: {tx.run.parked}")
-            _check_signal(saga, tx.run, name, payload)
-            earlier = tx.find_signal(name, idempotency_key) if idempotency_key else None
-            if earlier is not None:
-                return earlier, False
-            if tx.run.status is not RunStatus.RUNNING:
-                raise RunStateConflict(_no_signals(tx.run))
-            signal_id = tx.add_signal(name, payload, idempotency_key, actor)
-            new, commands = state.advance(saga, tx.run, SignalReceived(name), tx.now)
-            tx.save(new, extra=_alert_entries(commands), actor=actor)
-        self._after_commit(saga, run_id, commands)
-        return signal_id, True
+            if saga is None:  # the run is flagged parked: commit that, then refuse
+                parked = tx.run.parked
+            else:
+                signal_id, commands = self._deliver(tx, saga, name, payload, idempotency_key,
+                                                    actor)
+        if saga is None:
+            raise RunParked(f"run {run_id} is parked: {parked}")
+        if commands is not None:
+            self._after_commit(saga, run_id, commands)
+        return signal_id, commands is not None
+
+    def _deliver(self, tx: RunTransaction, saga: Saga, name: str, payload: Any,
+                 idempotency_key: str | None, actor: str | None
+                 ) -> tuple[int, list[Command] | None]:
+        """Record the signal and let a waiting step consume it: (its id, the commands), or
+        (the first delivery's id, None) for a key seen before."""
+        _check_signal(saga, tx.run, name, payload)
+        earlier = tx.find_signal(name, idempotency_key) if idempotency_key else None
+        if earlier is not None:
+            return earlier, None
+        if tx.run.status is not RunStatus.RUNNING:
+            raise RunStateConflict(_no_signals(tx.run))
+        signal_id = tx.add_signal(name, payload, idempotency_key, actor)
+        new, commands = state.advance(saga, tx.run, SignalReceived(name), tx.now)
+        tx.save(new, extra=_alert_entries(commands), actor=actor)
+        return signal_id, commands
 
     # -- after the commit -------------------------------------------------------------
 

@@ -1,13 +1,13 @@
 """One word for forward/compensate: the `kind` columns of steps and events become `role`.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 """
 
 from alembic import op
 
 revision = "0006"
-down_revision = "0003"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

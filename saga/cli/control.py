@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from saga.cli.common import cli_actor
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
 
@@ -23,7 +24,7 @@ def cancel(run_id: str) -> None:
     system = _system(_settings(), serve=False)
     try:
         _check_definition(system, run_id)
-        system.engine.cancel(run_id)
+        system.engine.cancel(run_id, actor=cli_actor())
     except SagaError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"run {run_id}: cancelling ({system.store.get_run(run_id)['status']})")
@@ -47,7 +48,7 @@ def signal(run_id: str, name: str, payload: str, key: str | None) -> None:
     system = _system(_settings(), serve=False)
     try:
         _check_definition(system, run_id)
-        signal_id, new = system.engine.signal(run_id, name, body, key)
+        signal_id, new = system.engine.signal(run_id, name, body, key, actor=cli_actor())
     except SagaError as exc:
         detail = getattr(exc, "errors", None)
         raise click.ClickException(f"{exc}{' ' + json.dumps(detail) if detail else ''}") from None
@@ -58,18 +59,13 @@ def signal(run_id: str, name: str, payload: str, key: str | None) -> None:
 @click.argument("run_id")
 def retry(run_id: str) -> None:
     """Resume a failed run from its given-up compensation or parked step."""
-    from saga.errors import RunNotFound
+    from saga.errors import SagaError
 
     system = _system(_settings(), serve=False)
     try:
         _check_definition(system, run_id)
-        run = system.store.get_run(run_id)
-        if run["status"] != "failed" and not run["parked"]:
-            raise click.ClickException(f"run {run_id} is {run['status']}; only a failed or "
-                                       "parked run can be retried")
-        if not system.engine.retry(run_id):
-            raise click.ClickException(f"run {run_id} has nothing to resume")
-    except RunNotFound as exc:
+        system.engine.retry(run_id, actor=cli_actor())
+    except SagaError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"run {run_id} resumed: {system.store.get_run(run_id)['status']}")
 

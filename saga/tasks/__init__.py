@@ -5,7 +5,7 @@ about and a lost or doubled message can never lose or double an effect: the saga
 decides. Settings follow RELIABILITY.md: JSON only, late acks, prefetch 1, no results.
 
 Each deployment (one database) has its own queue, `saga.<deployment id>` unless SAGA_QUEUE
-names one, and stamps its id on every message: a worker ignores another deployment's.
+names one, and stamps its id on every message: a worker hands another deployment's back.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ STEP_TASK = "saga.step"
 COMPENSATE_TASK = "saga.compensate"
 HARD_LIMIT_GRACE_S = 5.0  # the hard limit kills a step this long after its soft limit
 DEPLOYMENT_HEADER = "saga_deployment"  # a header: workers of older versions ignore it
+HAND_BACKS_HEADER = "saga_hand_backs"
+# Then a foreign message is dropped for its own sweeper: bounded work here even while the
+# other deployment has no worker running.
+MAX_HAND_BACKS = 20
 IN_PROCESS_QUEUE = "saga"  # the in-memory broker is one process's own: no namespace needed
 
 log = logging.getLogger(__name__)
@@ -71,7 +75,7 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None,
                 namespace: Namespace | None = None) -> Celery:
     """A Celery app for the saga tasks; `engine` builds the worker's engine (lazily, per process).
 
-    With `namespace`, its tasks ignore messages stamped by another deployment.
+    With `namespace`, its tasks hand back messages stamped by another deployment.
     """
     app = Celery("saga", broker=settings.broker_url, set_as_current=False)
     transport_options: dict[str, Any] = {}
@@ -112,14 +116,14 @@ def make_celery(settings: Settings, engine: Callable[[], Engine] | None = None,
     @app.task(name=STEP_TASK, bind=True, shared=False)  # this app only, never another
     def step(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         if foreign(self.request, namespace):
-            return "foreign"
+            return hand_back(app, self.request, namespace)
         return current().run_step(run_id, step, Role.FORWARD, saga, version,
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
     @app.task(name=COMPENSATE_TASK, bind=True, shared=False)
     def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         if foreign(self.request, namespace):
-            return "foreign"
+            return hand_back(app, self.request, namespace)
         return current().run_step(run_id, step, Role.COMPENSATE, saga, version,
                                   worker=f"{self.request.hostname}/{os.getpid()}").outcome
 
@@ -130,25 +134,35 @@ _warned: set[str] = set()  # other deployments already named in this process's l
 
 
 def foreign(request: Any, namespace: Namespace | None) -> bool:
-    """Whether another deployment published this message (their queue names are the same).
-
-    It is acknowledged and not run: its own deployment's sweeper publishes the step again
-    (SAGA_REDISPATCH_S), so nothing is lost. Requeueing it instead could loop forever
-    between this deployment's workers while the other's are stopped.
-    """
+    """Whether another deployment published this message (a queue name both were given)."""
     sender = request.get(DEPLOYMENT_HEADER)  # None from versions before the stamp
     mine = namespace.id if namespace is not None else None
-    if sender is None or mine is None or sender == mine:
-        return False
+    return sender is not None and mine is not None and sender != mine
+
+
+def hand_back(app: Celery, request: Any, namespace: Namespace) -> str:
+    """Put another deployment's message back on the queue, for its own workers; acked here.
+
+    A requeue (reject) would return it to the head of the queue and could loop forever
+    here; a copy at the tail, counted, cannot: after MAX_HAND_BACKS it is dropped, and its
+    deployment's sweeper publishes the step again (SAGA_REDISPATCH_S). Nothing is lost.
+    """
+    sender = request.get(DEPLOYMENT_HEADER)
     level = logging.DEBUG if sender in _warned else logging.WARNING
     _warned.add(sender)
-    log.log(level, "ignored a message of deployment %s on queue %r: this worker serves "
+    log.log(level, "handed back a message of deployment %s on queue %r: this worker serves "
             "deployment %s, another database. Two deployments share this queue because "
-            "SAGA_QUEUE (or SAGA_DEFAULT_QUEUE) names it: give each deployment its own, or "
-            "unset it for a queue per database. The other deployment publishes the step "
-            "again after SAGA_REDISPATCH_S, so nothing is lost, but its runs are slowed.",
-            sender, namespace.queue, mine)
-    return True
+            "SAGA_QUEUE (or SAGA_DEFAULT_QUEUE) names it for both: give each its own, or unset "
+            "it for a queue per database. Their runs are slowed, not lost.",
+            sender, namespace.queue, namespace.id)
+    hops = int(request.get(HAND_BACKS_HEADER) or 0)
+    if hops >= MAX_HAND_BACKS:
+        return "dropped"
+    hard, soft = request.timelimit or (None, None)
+    app.send_task(request.task, args=request.args, kwargs=request.kwargs, queue=namespace.queue,
+                  headers={DEPLOYMENT_HEADER: sender, HAND_BACKS_HEADER: hops + 1},
+                  time_limit=hard, soft_time_limit=soft)
+    return "handed back"
 
 
 def prepare_worker(app: Celery, namespace: Namespace) -> str:
@@ -160,13 +174,15 @@ def prepare_worker(app: Celery, namespace: Namespace) -> str:
     queue = namespace.queue
     app.conf.task_default_queue = queue
     if app.conf.broker_url.startswith(("redis", "rediss")):
-        app.conf.broker_transport_options = {
-            **app.conf.broker_transport_options,
-            "unacked_key": f"{queue}.unacked",
-            "unacked_index_key": f"{queue}.unacked_index",
-            "unacked_mutex_key": f"{queue}.unacked_mutex",
-        }
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                             **redis_unacked_keys(queue)}
     return queue
+
+
+def redis_unacked_keys(queue: str) -> dict[str, str]:
+    """Kombu's Redis transport options naming where a worker on `queue` keeps unacked messages."""
+    return {"unacked_key": f"{queue}.unacked", "unacked_index_key": f"{queue}.unacked_index",
+            "unacked_mutex_key": f"{queue}.unacked_mutex"}
 
 
 def broker_limit_problems(settings: Settings, sagas: Iterable[Saga]) -> list[str]:

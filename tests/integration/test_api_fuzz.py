@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -17,12 +18,14 @@ import flask
 import marshmallow as ma
 import pytest
 import schemathesis
+import sqlalchemy as sa
 from hypothesis import strategies as st
 from marshmallow import fields, validate
 from saga.api import create_app
 from saga.api.parsing import MAX_DEPTH
 from schemathesis.engine import Status, events
 
+from examples.services import create_tables, make_demo_services
 from saga import Saga, Step, WaitForSignal
 from saga.registry import Registry
 from saga.settings import Settings
@@ -107,10 +110,16 @@ def api_schema(app: flask.Flask, system: System, headers: dict[str, str]):
     })
     loaded = schemathesis.openapi.from_wsgi("/v1/openapi.json", app, config=config,
                                             headers=dict(headers))
-    runs = [system.engine.start("signed", {"order_id": f"o-{n}", "amount_cents": 100})[0]
-            for n in range(SEEDED_RUNS)]
-    runs += [system.engine.start("plain", {"n": n})[0] for n in range(SEEDED_RUNS)]
-    real = {"run_id": runs, "name": ["signed", "plain", "label", "poke"]}
+    signed = [system.engine.start("signed", {"order_id": f"o-{n}", "amount_cents": 100})[0]
+              for n in range(SEEDED_RUNS)]
+    # Runs only signals name (never cancelled, so a signal to them can succeed).
+    plain = [system.engine.start("plain", {"n": n})[0] for n in range(SEEDED_RUNS)]
+    real = {  # by operation path, then parameter: real values to mix in with generated ones
+        "/runs/{run_id}/signals/{name}": {"run_id": plain, "name": ["poke"]},
+        "/runs/{run_id}/cancel": {"run_id": signed},
+        "/sagas/{name}/runs": {"name": ["plain", "signed"]},
+        "/sagas/{name}/backfills": {"name": ["plain", "signed"]},
+    }
 
     if "Authorization" not in headers:
         @loaded.hook
@@ -121,7 +130,9 @@ def api_schema(app: flask.Flask, system: System, headers: dict[str, str]):
 
     @loaded.hook
     def flatmap_path_parameters(context, path_parameters: dict | None) -> st.SearchStrategy:
-        return st.fixed_dictionaries({key: st.sampled_from([value, *real.get(key, [])])
+        path = context.operation.path.removeprefix("/v1")
+        known = real.get(path, {"run_id": signed + plain})
+        return st.fixed_dictionaries({key: st.sampled_from([value, *known.get(key, [])])
                                       for key, value in (path_parameters or {}).items()})
 
     return loaded
@@ -357,7 +368,7 @@ def test_a_chunked_body_over_the_limit_is_a_413_never_truncated(client, fuzz_app
     at_limit = chunked(client, "/v1/sagas/plain/runs", whole.ljust(limit), api_headers,
                        terminated=True)
     assert at_limit.status_code == 201, at_limit.get_data(as_text=True)
-    assert len(fuzz_system.engine.store.list_runs("plain")[0]) == 1  # the one at the limit
+    assert len(fuzz_system.store.list_runs("plain")[0]) == 1  # the one at the limit
     small = b'{"input": {"order_id": "o", "pad": "' + b"y" * 1000 + b'"}}'
     response = chunked(client, "/v1/sagas/plain/runs", small, api_headers, terminated=True)
     assert response.status_code == 201, response.get_data(as_text=True)
@@ -372,5 +383,85 @@ def test_a_chunked_body_the_server_did_not_dechunk_is_a_411_not_an_empty_body(
     response = chunked(client, f"/v1/runs/{run_id}/signals/poke", b'{"payload": {"n": 1}}',
                        api_headers, terminated=False)
     assert "Content-Length" in problem(response, 411)["detail"]
-    events = fuzz_system.engine.store.events(run_id, None, "signal")
+    events = fuzz_system.store.events(run_id, None, "signal")
     assert events == [], events
+
+
+# -- the demo services validate like the API ---------------------------------------------
+
+@pytest.fixture
+def services(database_url: str) -> Iterator[flask.testing.FlaskClient]:
+    engine = sa.create_engine(database_url)
+    create_tables(engine)
+    app = flask.Flask("demo-services")
+    app.register_blueprint(make_demo_services(engine))
+    yield app.test_client()
+    engine.dispose()
+
+
+GOOD = {"order_id": "o-1", "items": [{"sku": "a", "qty": 1}], "amount_cents": 500,
+        "card": "visa", "address": "1 Main St"}
+DEMO_POSTS = ["/demo/inventory/reserve", "/demo/inventory/release", "/demo/payment/charge",
+              "/demo/payment/refund", "/demo/shipping/create", "/demo/shipping/cancel"]
+
+
+@pytest.mark.parametrize("raw", [
+    b"", b"not json", b"[1, 2]", b'{"order_id": NaN}', b'{"n": 1e400}', b"[" * 100_000,
+    b'{"order_id": ' + b"9" * 5000 + b"}", b"\xff\xfe", b'"just a string"',
+    b'{"order_id": "o", "items": ' + b"[" * 50 + b"]" * 50 + b"}",
+])
+def test_demo_services_refuse_bodies_that_are_not_json_objects_with_a_400(services, raw):
+    """Given a body that is not a JSON object, When POSTed to any demo service, Then 400."""
+    for path in DEMO_POSTS:
+        response = services.post(path, data=raw, content_type="application/json",
+                                 headers={"Idempotency-Key": str(uuid.uuid4())})
+        assert response.status_code == 400, (path, response.get_data(as_text=True))
+        assert response.headers["Content-Type"] == PROBLEM
+
+
+@pytest.mark.parametrize("field, value", [
+    ("order_id", "a\u0000b"), ("order_id", "\ud800"), ("order_id", "o" * 101), ("order_id", ""),
+    ("order_id", 7), ("amount_cents", 2**31), ("amount_cents", 2**64), ("amount_cents", True),
+    ("amount_cents", 0), ("amount_cents", 1.5), ("items", [{"sku": "a\u0000"}]),
+    ("items", ["\udfff"]), ("items", "a"), ("card", "\u0000"), ("address", "x\ud800"),
+    ("address", "a" * 1001),
+])
+def test_demo_services_never_answer_a_bad_field_with_a_5xx(services, field, value):
+    """Given a field of the wrong type, range or text, When POSTed to each service, Then a
+    400 problem where the service reads that field, and never a 5xx."""
+    for path in DEMO_POSTS:
+        response = services.post(path, json={**GOOD, field: value},
+                                 headers={"Idempotency-Key": str(uuid.uuid4())})
+        assert response.status_code < 500, (path, response.get_data(as_text=True))
+        if response.status_code >= 400:
+            assert response.headers["Content-Type"] == PROBLEM
+
+
+@pytest.mark.parametrize("path, field, value", [
+    ("/demo/inventory/reserve", "order_id", "a\u0000b"),
+    ("/demo/payment/charge", "amount_cents", 2**31),
+    ("/demo/payment/charge", "amount_cents", True),
+    ("/demo/inventory/reserve", "items", [{"sku": "a\u0000"}]),
+    ("/demo/shipping/create", "address", "x\ud800"),
+])
+def test_demo_services_name_the_bad_field(services, path, field, value):
+    response = services.post(path, json={**GOOD, field: value},
+                             headers={"Idempotency-Key": str(uuid.uuid4())})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert field in response.get_json(force=True)["detail"]
+
+
+@pytest.mark.parametrize("key", ["k\u0000", "k" * 10_000, "k\x7f\x01"])
+def test_demo_services_refuse_an_idempotency_key_the_log_cannot_hold(services, key):
+    response = services.post("/demo/inventory/reserve", json=GOOD,
+                             headers={"Idempotency-Key": key})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert "Idempotency-Key" in response.get_json(force=True)["detail"]
+
+
+@pytest.mark.parametrize("query", ["order_id=a%00b", "order_id=" + "x" * 5000, "order_id=%ff"])
+def test_demo_effects_listing_never_fails_on_a_strange_order_id(services, query):
+    response = services.get(f"/demo/effects?{query}")
+    assert response.status_code in (200, 400), response.get_data(as_text=True)
+    if response.status_code == 200:
+        assert response.get_json() == {"effects": []}
