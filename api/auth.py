@@ -93,7 +93,7 @@ def actor() -> str | None:
 
 def install(app: flask.Flask, settings: Settings, system: Any) -> None:
     """Resolve tokens before every request, then apply the rate limit; warn if auth is off."""
-    app.extensions[TOKENS] = TokenStore(system.engine.store.engine)
+    app.extensions[TOKENS] = TokenStore(system.store.engine)
     app.config["SAGA_AUTH"] = settings.auth
     app.before_request(_authenticate)
     limiter = _limiter(settings)
@@ -109,6 +109,8 @@ def _authenticate() -> flask.Response | None:
     request = flask.request
     if not (request.path.startswith(PREFIX) or request.path == PREFIX.rstrip("/")):
         return None  # routes outside /v1 (a saga module's own) are theirs to guard
+    if request.routing_exception is not None:
+        return None  # no such operation (404, 405): nothing to guard, and the answer says so
     view = flask.current_app.view_functions.get(request.endpoint or "")
     needed = getattr(view, SCOPE_ATTR, "admin")  # an undeclared operation: the most careful
     if needed == PUBLIC or (request.blueprint or "") == DOCS_BLUEPRINT:

@@ -8,11 +8,11 @@
     ])
 """
 
-from saga.worker.context import StepContext
 from saga.definitions import Parallel, RemoteTask, Retry, Saga, Step, Wait, WaitForSignal
 from saga.errors import DefinitionError, LeaseLost, NonRetryable, SagaError
 from saga.schedules.cron import Schedule
 from saga.settings import Settings
+from saga.worker.context import StepContext
 
 __all__ = [
     "Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "StepContext",

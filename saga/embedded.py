@@ -16,6 +16,7 @@ from saga import migrations
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.system import System, build
+from saga.tasks import prepare_worker
 
 
 @contextmanager
@@ -25,11 +26,13 @@ def embedded(settings: Settings, registry: Registry | None = None,
     system = build(settings, registry)
     if migrate:
         migrations.upgrade(system.store.engine)
+    queue = prepare_worker(system.celery, system.dispatcher.namespace)
     stop = threading.Event()
     sweeping = threading.Thread(target=system.sweeper.run_forever, args=(stop,),
                                 name="saga-sweeper", daemon=True)
     with start_worker(system.celery, pool="threads", concurrency=settings.worker_concurrency,
-                      perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30):
+                      perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30,
+                      queues=[queue]):
         sweeping.start()
         try:
             yield system

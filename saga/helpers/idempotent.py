@@ -171,10 +171,14 @@ class _NotStored(Exception):
 
 
 def _request_hash(request: flask.Request) -> str:
-    # The same JSON with other spacing or key order is the same request.
-    payload = request.get_json(silent=True)
-    data = request.get_data() if payload is None else json.dumps(
-        payload, sort_keys=True, separators=(",", ":")).encode()
+    # The same JSON with other spacing or key order is the same request; a body that is not
+    # JSON (or nested too deep to parse) is hashed as the bytes it is.
+    try:
+        payload = request.get_json(silent=True)
+        data = request.get_data() if payload is None else json.dumps(
+            payload, sort_keys=True, separators=(",", ":")).encode()
+    except RecursionError:
+        data = request.get_data()
     return hashlib.sha256(data).hexdigest()
 
 

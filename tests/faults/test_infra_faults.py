@@ -27,6 +27,7 @@ import requests
 from kombu import Connection
 
 from saga.registry import Registry
+from saga.tasks import redis_unacked_keys
 from tests.faults import invariants
 from tests.faults.infra_sagas import SLOW_BACKOFF_S
 from tests.faults.proxy import Proxy
@@ -237,13 +238,13 @@ def queued_messages(stack: Stack) -> int:
 
 
 def unacknowledged(stack: Stack) -> int:
-    """This test's messages delivered but not acknowledged (Redis: Kombu's `unacked` hash;
+    """This test's messages delivered but not acknowledged (Redis: the queue's own unacked hash;
     RabbitMQ does not tell without its management plugin, so 0 there)."""
     if not stack.broker_url.startswith("redis"):
         return 0
     client = redis.Redis.from_url(stack.broker_url)
     try:
-        return sum(stack.queue.encode() in raw for raw in client.hvals("unacked"))
+        return len(client.hvals(redis_unacked_keys(stack.queue)["unacked_key"]))
     finally:
         client.close()
 

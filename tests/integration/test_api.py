@@ -26,7 +26,7 @@ from marshmallow import fields, validate
 from saga.api import create_app
 from werkzeug.serving import make_server
 
-from saga import NonRetryable, Saga, Step
+from saga import NonRetryable, Saga, Step, migrations
 from saga.registry import Registry
 from saga.run import Role
 from saga.settings import Settings
@@ -87,9 +87,7 @@ def database_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    engine = sa.create_engine(url)
-    metadata.create_all(engine)
-    engine.dispose()
+    migrations.upgrade(url)
     yield url
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
