@@ -11,9 +11,10 @@ import importlib
 
 import flask
 import flask_smorest
-from saga.api import auth, control, health, problems, runs, sagas, schedules
 from werkzeug.exceptions import HTTPException
 
+from saga.api import auth, control, health, problems, runs, sagas, schedules
+from saga.api import system as saga_system
 from saga.settings import Settings
 from saga.system import System, build
 
@@ -58,7 +59,7 @@ def create_app(settings: Settings | None = None, system: System | None = None) -
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         API_SPEC_OPTIONS=auth.spec_options(),
     )
-    app.extensions["saga"] = system
+    saga_system.install(app, system)
     api = ProblemApi(app)
     problems.install(app)
     auth.install(app, settings, system)

@@ -24,8 +24,9 @@ import flask
 import flask_smorest
 import limits
 from flask_limiter import ApplicationLimit, Limiter
-from saga.api import problems
 
+from saga.api import problems
+from saga.api.system import current
 from saga.settings import Settings
 from saga.store.tokens import SCOPES, Principal, TokenStore
 
@@ -174,7 +175,7 @@ def _limiter(settings: Settings) -> Limiter:
 def _key() -> str:
     # Counters are per deployment, as its queue is: another one on the same Redis (or
     # another test) counts its own tokens, even of the same name.
-    queue = flask.current_app.extensions["saga"].dispatcher.queue
+    queue = current().dispatcher.queue
     return f"{queue}:{_caller()}"
 
 

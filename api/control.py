@@ -6,12 +6,13 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields
+
 from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint, storable
 from saga.api.problems import Problem, ProblemSchema, flatten
-from saga.api.runs import _checked, system
+from saga.api.runs import _checked
 from saga.api.schemas import IdempotencySchema, RunSchema
-
+from saga.api.system import current
 from saga.errors import InvalidInput
 
 blp = Blueprint("control", __name__, description="Send signals to runs and cancel them")
@@ -46,14 +47,14 @@ def send_signal(headers: dict[str, Any], body: dict[str, Any], run_id: str, name
     A signal sent before the run reaches its wait is kept and consumed there; with an
     `Idempotency-Key`, the same signal sent twice is applied once.
     """
-    engine = system().engine
+    engine = current().engine
     try:
         signal_id, new = engine.signal(_checked(run_id), name, body["payload"],
                                        headers.get("idempotency_key"), actor=actor())
     except InvalidInput as exc:
         raise Problem(422, f"The payload does not match the schema of signal {name!r}.",
                       "invalid-input", flatten(exc.errors, "payload")) from exc
-    return ({"signal_id": signal_id, "duplicate": not new, "run": engine.store.get_run(run_id)},
+    return ({"signal_id": signal_id, "duplicate": not new, "run": current().store.get_run(run_id)},
             202 if new else 200)
 
 
@@ -65,6 +66,6 @@ def send_signal(headers: dict[str, Any], body: dict[str, Any], run_id: str, name
 @blp.alt_response(409, description="The run is finished or already compensating", **PROBLEM)
 def cancel_run(run_id: str):
     """Cancel a run"""
-    engine = system().engine
+    engine = current().engine
     engine.cancel(_checked(run_id), actor=actor())
-    return engine.store.get_run(run_id)
+    return current().store.get_run(run_id)

@@ -8,13 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flask
+from saga import migrations
 from saga.api.auth import public
 from saga.api.parsing import Blueprint
 from saga.api.problems import Problem, ProblemSchema
 from saga.api.schemas import HealthSchema
-
-from saga import migrations
+from saga.api.system import current
 
 log = logging.getLogger("saga.api.health")
 blp = Blueprint("health", __name__, description="Liveness of the database and the broker")
@@ -31,9 +30,9 @@ CHECK_TIMEOUT_S = 3.0
                               "schema is not the newest (run `saga migrate`); `errors` names which")
 def health():
     """Whether the database and the broker answer, and the schema is migrated (within 3 s)"""
-    engine = flask.current_app.extensions["saga"].engine
-    failures = _failures({"database": lambda: _database(engine.store),
-                          "broker": lambda: engine.dispatcher.ping()})
+    system = current()
+    failures = _failures({"database": lambda: _database(system.store),
+                          "broker": lambda: system.dispatcher.ping()})
     if failures:
         raise Problem(503, "; ".join(f"{name}: {text}" for name, text in sorted(failures.items())),
                       errors={name: [text] for name, text in failures.items()})

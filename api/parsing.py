@@ -9,10 +9,11 @@ from typing import Any
 import flask
 import flask_smorest
 import marshmallow as ma
-from saga.api.problems import MEDIA_TYPE, ProblemSchema
 from webargs import core
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import RequestEntityTooLarge
+
+from saga.api.problems import MEDIA_TYPE, ProblemSchema
 
 # Deeper than this is no saga's input; past it, what breaks first (Python's recursion, a
 # thread's stack, PostgreSQL's max_stack_depth) would depend on the deployment.

@@ -6,7 +6,6 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-import flask
 from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint
 from saga.api.problems import Problem, ProblemSchema, flatten
@@ -19,7 +18,7 @@ from saga.api.schemas import (
     RunSchema,
     StartSchema,
 )
-
+from saga.api.system import current
 from saga.errors import InvalidInput, RunNotFound
 
 blp = Blueprint("runs", __name__, description="Start, inspect and list saga runs")
@@ -28,10 +27,6 @@ CURSOR_ERROR = "not a cursor this API returned"
 FILTERS = ("version", "started_after", "started_before", "finished_after", "finished_before",
            "step", "step_status", "error")
 PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
-
-
-def system() -> Any:
-    return flask.current_app.extensions["saga"]
 
 
 @blp.post("/sagas/<name>/runs")
@@ -51,7 +46,7 @@ def start_run(headers: dict[str, Any], body: dict[str, Any], name: str):
 
     Validates everything before writing anything, so an error leaves no trace.
     """
-    engine = system().engine
+    engine = current().engine
     try:
         run_id, created = engine.start(name, body["input"], headers.get("idempotency_key"),
                                        body.get("version"), actor=actor())
@@ -59,7 +54,7 @@ def start_run(headers: dict[str, Any], body: dict[str, Any], name: str):
         errors = flatten(exc.errors, "input")
         raise Problem(422, f"The input does not match the schema of saga {name!r}.", "invalid-input",
                       errors) from exc
-    return engine.store.get_run(run_id), 201 if created else 200, {"Location": f"/v1/runs/{run_id}"}
+    return current().store.get_run(run_id), 201 if created else 200, {"Location": f"/v1/runs/{run_id}"}
 
 
 @blp.get("/runs/<run_id>")
@@ -68,7 +63,7 @@ def start_run(headers: dict[str, Any], body: dict[str, Any], name: str):
 @blp.alt_response(404, description="No run has this id", **PROBLEM)
 def get_run(run_id: str):
     """One run with its steps and compensations"""
-    return system().engine.store.get_run(_checked(run_id))
+    return current().store.get_run(_checked(run_id))
 
 
 @blp.get("/runs")
@@ -88,7 +83,7 @@ def list_runs(query: dict[str, Any]):
     """
     filters = {name: query[name] for name in FILTERS if name in query}
     try:
-        page, cursor = system().engine.store.list_runs(
+        page, cursor = current().store.list_runs(
             query.get("saga"), query.get("status"), query["limit"], _cursor(query.get("cursor")),
             **filters)
     except ValueError as exc:  # the store refuses a cursor it did not make
@@ -108,8 +103,8 @@ def retry_run(run_id: str):
     under `on_timeout="park"`) gets a fresh attempt budget for that compensation or step,
     once its cause is fixed.
     """
-    system().engine.retry(_checked(run_id), actor=actor())
-    return system().store.get_run(run_id)
+    current().engine.retry(_checked(run_id), actor=actor())
+    return current().store.get_run(run_id)
 
 
 @blp.get("/runs/<run_id>/events")
@@ -123,7 +118,7 @@ def run_events(query: dict[str, Any], run_id: str):
     `step` keeps one step's events (its compensation's too); `type` keeps one event type
     (`step.failed`) or a family (`compensation.` or `compensation`).
     """
-    return {"events": system().engine.store.events(_checked(run_id), query.get("step"),
+    return {"events": current().store.events(_checked(run_id), query.get("step"),
                                                    query.get("type"))}
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import flask
 from saga.api.auth import requires
 from saga.api.parsing import Blueprint
 from saga.api.schemas import SagaListSchema
+from saga.api.system import current
 
 blp = Blueprint("sagas", __name__, description="The saga definitions this process has loaded")
 
@@ -15,5 +15,5 @@ blp = Blueprint("sagas", __name__, description="The saga definitions this proces
 @blp.response(200, SagaListSchema)
 def list_sagas():
     """Every loaded saga, each version with its steps and runs in flight"""
-    engine = flask.current_app.extensions["saga"].engine
-    return {"sagas": engine.registry.describe(engine.store.active_versions())}
+    system = current()
+    return {"sagas": system.registry.describe(system.store.active_versions())}

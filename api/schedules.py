@@ -7,19 +7,14 @@ from typing import Any
 import flask
 import marshmallow as ma
 from marshmallow import fields, validate
+
 from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint, storable
 from saga.api.problems import Problem, ProblemSchema
-
-from saga.schedules.firing import (
-    DEFAULT_MAX_RUNNING,
-    MAX_ITEMS,
-    MAX_RUNNING,
-    InvalidBackfill,
-    plan_backfill,
-    scheduled,
-    start_backfill,
-)
+from saga.api.system import current
+from saga.errors import InvalidBackfill
+from saga.schedules.backfill import DEFAULT_MAX_RUNNING, MAX_ITEMS, MAX_RUNNING
+from saga.schedules.firing import scheduled
 
 blp = Blueprint("schedules", __name__, description="Schedules and backfills")
 PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
@@ -90,13 +85,9 @@ class ScheduleListSchema(ma.Schema):
     schedules = fields.List(fields.Nested(ScheduleStateSchema))
 
 
-def _engine() -> Any:
-    return flask.current_app.extensions["saga"].engine
-
-
 def _within_cap(count: int, max_runs: int | None) -> None:
     """One request may start at most SAGA_BACKFILL_CAP runs, unless it says it means more."""
-    cap = flask.current_app.extensions["saga"].settings.backfill_cap
+    cap = current().settings.backfill_cap
     if max_runs is not None and count > max_runs:
         raise Problem(400, f"This backfill would start {count} runs, more than its max_runs "
                       f"of {max_runs}; nothing was written.", "backfill-over-cap",
@@ -128,11 +119,11 @@ def create_backfill(body: dict[str, Any], name: str):
     sweeper starts the rest as they finish. One backfill starts at most the server's cap
     of runs (SAGA_BACKFILL_CAP) unless `max_runs` says it means more.
     """
-    engine = _engine()
+    system = current()
     inputs = body.get("inputs")
     try:
-        plan = plan_backfill(
-            engine, name, start=body.get("start"), end=body.get("end"),
+        plan = system.scheduler.plan_backfill(
+            name, start=body.get("start"), end=body.get("end"),
             inputs=None if inputs is None else [(f"inputs[{i}]", v) for i, v in enumerate(inputs)],
             max_running=body["max_running"])
     except InvalidBackfill as exc:
@@ -142,8 +133,8 @@ def create_backfill(body: dict[str, Any], name: str):
             "saga": plan.saga, "dry_run": True, "existing": plan.existing,
             "would_start": [{"idempotency_key": k, "input": v} for k, v in plan.items]}))
     _within_cap(len(plan.items), body.get("max_runs"))
-    backfill_id = start_backfill(engine, plan, created_by=actor())
-    return (engine.store.get_backfill(backfill_id), 201,
+    backfill_id = system.scheduler.start_backfill(plan, created_by=actor())
+    return (system.store.get_backfill(backfill_id), 201,
             {"Location": f"/v1/backfills/{backfill_id}"})
 
 
@@ -153,7 +144,7 @@ def create_backfill(body: dict[str, Any], name: str):
 @blp.alt_response(404, description="No backfill has this id", **PROBLEM)
 def get_backfill(backfill_id: str):
     """A backfill's progress: items total, started, running, finished"""
-    found = None if "\x00" in backfill_id else _engine().store.get_backfill(backfill_id)
+    found = None if "\x00" in backfill_id else current().store.get_backfill(backfill_id)
     if found is None:
         raise Problem(404, f"no backfill has id {backfill_id!r}", "backfill-not-found")
     return found
@@ -164,12 +155,12 @@ def get_backfill(backfill_id: str):
 @blp.response(200, ScheduleListSchema)
 def list_schedules():
     """The loaded schedules with their next and last firing"""
-    engine = _engine()
-    stored = {row["saga"]: row for row in engine.store.schedule_rows()}
+    system = current()
+    stored = {row["saga"]: row for row in system.store.schedule_rows()}
     return {"schedules": [
         {"saga": saga, "cron": schedule.cron, "timezone": schedule.timezone,
          "catch_up": schedule.catch_up,
          "next_fire_at": stored.get(saga, {}).get("next_fire_at"),
          "last_fire_at": stored.get(saga, {}).get("last_fire_at")}
-        for saga, schedule in sorted(scheduled(engine.registry).items())]}
+        for saga, schedule in sorted(scheduled(system.registry).items())]}
 

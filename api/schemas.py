@@ -7,8 +7,8 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
-from saga.api.parsing import printable, storable
 
+from saga.api.parsing import printable, storable
 from saga.run import Role, RunStatus, StepStatus
 
 MAX_PAGE = 200

@@ -15,9 +15,9 @@ import time
 import uuid
 
 import requests
-from saga.api import create_app
 from werkzeug.serving import make_server
 
+from saga.api import create_app
 from saga.embedded import embedded
 from saga.settings import Settings
 from saga.timeline import render

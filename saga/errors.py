@@ -6,6 +6,7 @@
     ├── RunNotFound          no run has that id
     ├── IdempotencyConflict  an Idempotency-Key reused with another request body
     ├── InvalidInput         the input fails the saga's schema
+    ├── InvalidBackfill      a backfill request is wrong (nothing was written)
     ├── UnknownSignal        the run's saga declares no signal of that name
     ├── RunStateConflict     the run's status does not allow this (cancel a finished run…)
     │   ├── RunParked        no loaded definition fits the run (version gone or changed)
@@ -49,6 +50,15 @@ class InvalidInput(SagaError):
     def __init__(self, errors: dict[str, Any]) -> None:
         fields = ", ".join(sorted(errors)) or "input"
         super().__init__(f"invalid input: {fields}")
+        self.errors = errors
+
+
+class InvalidBackfill(SagaError):
+    """The backfill request is invalid; nothing was written."""
+
+    def __init__(self, errors: dict[str, list[str]]) -> None:
+        shown = "; ".join(f"{where}: {' '.join(texts)}" for where, texts in errors.items())
+        super().__init__(f"invalid backfill: {shown}")
         self.errors = errors
 
 

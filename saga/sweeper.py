@@ -23,7 +23,7 @@ from saga.events import (
     dispatch,
 )
 from saga.registry import Registry
-from saga.schedules.firing import feed_backfills, fire_schedules
+from saga.schedules.firing import Scheduler
 from saga.settings import Settings
 from saga.store import Store
 
@@ -51,10 +51,12 @@ class Sweep:
 class Sweeper:
     """One pass over everything due (`sweep_once`), or passes forever (`run_forever`)."""
 
-    def __init__(self, engine: Engine, store: Store, registry: Registry, settings: Settings) -> None:
+    def __init__(self, engine: Engine, store: Store, registry: Registry, scheduler: Scheduler,
+                 settings: Settings) -> None:
         self.engine = engine
         self.store = store
         self.registry = registry
+        self.scheduler = scheduler
         self.settings = settings
 
     def sweep_once(self) -> Sweep:
@@ -89,8 +91,8 @@ class Sweeper:
                    if self._advance(run_id, DeadlinePassed())]
         if self.settings.retention_days:
             self._prune()
-        schedule_runs = sum(f.created for f in fire_schedules(self.engine))
-        backfill_runs = feed_backfills(self.engine)
+        schedule_runs = sum(f.created for f in self.scheduler.fire())
+        backfill_runs = self.scheduler.feed()
         return Sweep(len(republished), len(expired), len(fired), len(unstarted), len(overdue),
                      len(woken), schedule_runs, backfill_runs)
 

@@ -14,6 +14,7 @@ from saga.alerts import Alerts
 from saga.clock import Clock
 from saga.engine import Engine
 from saga.registry import Registry
+from saga.schedules.firing import Scheduler
 from saga.settings import Settings
 from saga.store import Store
 from saga.store.deployment import deployment_id
@@ -31,6 +32,7 @@ class System:
     dispatcher: CeleryDispatcher
     engine: Engine
     worker: Worker
+    scheduler: Scheduler
     sweeper: Sweeper
     celery: Celery
 
@@ -51,7 +53,8 @@ def build(settings: Settings, registry: Registry | None = None,
     dispatcher = CeleryDispatcher(celery, namespace)
     alerts = Alerts(settings.alert_webhook, settings.alert_hook)
     engine = Engine(registry, store, dispatcher, alerts, lease_s=settings.lease_s)
-    engine.settings = settings  # type: ignore[attr-defined]  # TEMPORARY: schedules.firing
     worker = parts["worker"] = Worker(engine, registry, dispatcher, settings.inline_steps)
-    sweeper = Sweeper(engine, store, registry, settings)
-    return System(settings, registry, store, dispatcher, engine, worker, sweeper, celery)
+    scheduler = Scheduler(engine, store, registry, settings.sweep_batch)
+    sweeper = Sweeper(engine, store, registry, scheduler, settings)
+    return System(settings, registry, store, dispatcher, engine, worker, scheduler, sweeper,
+                  celery)

@@ -58,7 +58,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
     # Built once, before gunicorn forks, so a bad setting stops here with a clear message.
     app = create_app(settings, system)
     # No connection crosses the fork: each worker opens its own (the store re-opens by pid).
-    system.engine.store.close()
+    system.store.close()
 
     def when_ready(server) -> None:
         bound_port = server.LISTENERS[0].sock.getsockname()[1]  # the real one, even for 0

@@ -7,6 +7,7 @@ from typing import IO
 
 import click
 
+from saga.cli.common import cli_actor
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
 
@@ -35,17 +36,17 @@ def backfill(saga_name: str, start: str | None, end: str | None, inputs: IO[str]
     starts the rest as earlier runs finish; GET /v1/backfills/ID shows the progress.
     """
     from saga.errors import SagaError
-    from saga.schedules.firing import parse_lines, plan_backfill, start_backfill
+    from saga.schedules.backfill import parse_lines
 
     if inputs is None and start is None and end is None:
         raise click.UsageError("give --from and --to (a scheduled saga) or --inputs FILE")
     if inputs is not None and (start is not None or end is not None):
         raise click.UsageError("give either --from/--to or --inputs, not both")
-    engine = _system(_settings(), serve=False).engine
+    system = _system(_settings(), serve=False)
     try:
         entries = parse_lines(inputs) if inputs is not None else None
-        plan = plan_backfill(engine, saga_name, start=start, end=end, inputs=entries,
-                             max_running=max_running)
+        plan = system.scheduler.plan_backfill(saga_name, start=start, end=end, inputs=entries,
+                                              max_running=max_running)
     except SagaError as exc:
         raise click.ClickException(_describe(exc)) from None
     if dry_run:
@@ -54,8 +55,8 @@ def backfill(saga_name: str, start: str | None, end: str | None, inputs: IO[str]
         click.echo(f"dry run: would start {len(plan.items)} runs of {plan.saga} "
                    f"({plan.existing} exist already); nothing written", err=True)
         return
-    backfill_id = start_backfill(engine, plan)
-    progress = engine.store.get_backfill(backfill_id)
+    backfill_id = system.scheduler.start_backfill(plan, created_by=cli_actor())
+    progress = system.store.get_backfill(backfill_id)
     click.echo(backfill_id)
     click.echo(f"backfill {backfill_id}: {len(plan.items)} runs of {plan.saga} to start, at most "
                f"{plan.max_running} at once ({plan.existing} exist already); "

@@ -23,10 +23,10 @@ import pytest
 import requests
 import sqlalchemy as sa
 from marshmallow import fields, validate
-from saga.api import create_app
 from werkzeug.serving import make_server
 
 from saga import NonRetryable, Saga, Step, migrations
+from saga.api import create_app
 from saga.registry import Registry
 from saga.run import Role
 from saga.settings import Settings

@@ -21,12 +21,12 @@ import schemathesis
 import sqlalchemy as sa
 from hypothesis import strategies as st
 from marshmallow import fields, validate
-from saga.api import create_app
-from saga.api.parsing import MAX_DEPTH
 from schemathesis.engine import Status, events
 
 from examples.services import create_tables, make_demo_services
 from saga import Saga, Step, WaitForSignal
+from saga.api import create_app
+from saga.api.parsing import MAX_DEPTH
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.system import System, build

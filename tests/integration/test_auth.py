@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import requests
 from click.testing import CliRunner
-from saga.api import create_app
 
 from saga import NonRetryable, Retry, Saga, Step, WaitForSignal
+from saga.api import create_app
 from saga.cli import main
 from saga.embedded import embedded
 from saga.registry import Registry

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import flask
 import pytest
 import sqlalchemy as sa
-from saga.api import create_app
-from saga.api.problems import RETRY_AFTER_S, UNAVAILABLE
 
 from saga import Saga, Step, WaitForSignal, migrations
+from saga.api import create_app
+from saga.api.problems import RETRY_AFTER_S, UNAVAILABLE
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.system import System, build

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from saga.api import create_app
 from werkzeug.serving import make_server
 
+from saga.api import create_app
 from saga.embedded import embedded
 from saga.settings import Settings
 from saga.system import System

@@ -17,9 +17,9 @@ import flask
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from saga.api import create_app
 
 from saga import NonRetryable, Parallel, Retry, Saga, Step, WaitForSignal
+from saga.api import create_app
 from saga.cli import main
 from saga.events import LeaseExpired, RetryDue, StepSucceeded
 from saga.registry import Registry

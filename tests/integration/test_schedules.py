@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from saga.api import create_app
 
 from saga import Saga, Step
+from saga.api import create_app
 from saga.cli import main
 from saga.registry import Registry
 from saga.run import Role
 from saga.schedules.cron import Schedule, iso, schedule_key
-from saga.schedules.firing import CLAIM_S, feed_backfills, fire_schedules
+from saga.schedules.firing import CLAIM_S
 from saga.settings import Settings
 from saga.system import System, build
 from saga.testing.clock import ShiftedClock
@@ -112,19 +112,19 @@ def finish(system: System, run_id: str, saga_name: str) -> None:
 def test_a_new_schedule_starts_from_now_without_history(system: System):
     """Given a saga never scheduled before, When a sweep sees it, Then nothing from the past fires."""
     now = system.store.now()
-    assert fire_schedules(system.engine) == []
+    assert system.scheduler.fire() == []
     assert runs_of(system, "nightly") == []
     assert next_fire_at(system, "nightly") == nightly.schedule.next_after(now)
 
 
 def test_a_due_firing_starts_one_run_keyed_by_its_logical_time(system: System, clock: Stack):
     """Given a schedule, When the clock passes its firing, Then one run with that logical time."""
-    fire_schedules(system.engine)
+    system.scheduler.fire()
     due = next_fire_at(system, "every10_skip")
     move_clock_to(system, clock, due + timedelta(seconds=5))
 
-    fired = [f for f in fire_schedules(system.engine) if f.saga == "every10_skip"]
-    again = [f for f in fire_schedules(system.engine) if f.saga == "every10_skip"]
+    fired = [f for f in system.scheduler.fire() if f.saga == "every10_skip"]
+    again = [f for f in system.scheduler.fire() if f.saga == "every10_skip"]
 
     assert [(f.logical_time, f.created) for f in fired] == [(due, True)]
     assert again == []
@@ -147,11 +147,11 @@ def test_after_downtime_the_catch_up_policy_applies(database_url, clock, policy,
     registry = Registry([EVERY_10[policy]])
     system = make_system(database_url, registry, clock, sweep_batch=2)
     name = f"every10_{policy}"
-    fire_schedules(system.engine)
+    system.scheduler.fire()
     first = next_fire_at(system, name)
     move_clock_to(system, clock, first + timedelta(minutes=42, seconds=30))
 
-    sweeps = [fire_schedules(system.engine) for _ in range(4)]
+    sweeps = [system.scheduler.fire() for _ in range(4)]
 
     started = [f.logical_time for sweep in sweeps for f in sweep]
     assert started == [first + timedelta(minutes=m) for m in expected]
@@ -168,10 +168,10 @@ def test_two_schedulers_never_start_one_firing_twice(systems: list[System], clai
     Then each logical time has exactly one run, created by exactly one of them; even
     when claims expire at once and both sweepers start it, the key keeps it to one."""
     monkeypatch.setattr("saga.schedules.firing.CLAIM_S", claim_s)
-    engines = [s.engine for s in systems]
+    schedulers = [s.scheduler for s in systems]
     registry = Registry([EVERY_10["all"]])
     start = datetime(2030, 1, 1, tzinfo=UTC)
-    fire_schedules(engines[0], registry, now=start)
+    schedulers[0].fire(registry=registry, now=start)
     first = next_fire_at(systems[0], "every10_all")
     created: list[list] = []
     for i in range(40):
@@ -181,7 +181,7 @@ def test_two_schedulers_never_start_one_firing_twice(systems: list[System], clai
 
         def sweep(k: int, now: datetime = now, barrier=barrier, results=results) -> None:
             barrier.wait()
-            results[k] = fire_schedules(engines[k], registry, now=now)
+            results[k] = schedulers[k].fire(registry=registry, now=now)
 
         threads = [threading.Thread(target=sweep, args=(k,)) for k in range(2)]
         for t in threads:
@@ -199,15 +199,15 @@ def test_two_schedulers_never_start_one_firing_twice(systems: list[System], clai
 def test_a_firing_repeated_after_a_lost_update_starts_nothing_new(systems: list[System]):
     """Given a firing started but its schedule row not moved on (the sweeper died),
     When two sweepers fire it again, Then the existing run is found, none created."""
-    engines = [s.engine for s in systems]
+    schedulers = [s.scheduler for s in systems]
     registry = Registry([EVERY_10["skip"]])
     start = datetime(2030, 1, 1, tzinfo=UTC)
-    fire_schedules(engines[0], registry, now=start)
+    schedulers[0].fire(registry=registry, now=start)
     due = next_fire_at(systems[0], "every10_skip")
-    [firing] = fire_schedules(engines[0], registry, now=due)
+    [firing] = schedulers[0].fire(registry=registry, now=due)
     query_update(systems[0], "UPDATE schedules SET next_fire_at = :due", due=due)
 
-    again = [fire_schedules(e, registry, now=due + timedelta(seconds=2)) for e in engines]
+    again = [sch.fire(registry=registry, now=due + timedelta(seconds=2)) for sch in schedulers]
 
     assert [(f.run_id, f.created) for sweep in again for f in sweep] == [(firing.run_id, False)]
     assert len(runs_of(systems[0], "every10_skip")) == 1
@@ -216,18 +216,18 @@ def test_a_firing_repeated_after_a_lost_update_starts_nothing_new(systems: list[
 def test_a_dead_sweepers_claim_runs_out_and_another_fires(systems: list[System]):
     """Given a sweeper that claimed a due firing and died, When its claim runs out,
     Then another sweeper fires it, not before, and still on time."""
-    engines = [s.engine for s in systems]
+    schedulers = [s.scheduler for s in systems]
     registry = Registry([EVERY_10["skip"]])
     start = datetime(2030, 1, 1, tzinfo=UTC)
-    fire_schedules(engines[0], registry, now=start)
+    schedulers[0].fire(registry=registry, now=start)
     due = next_fire_at(systems[0], "every10_skip")
     specs = {"every10_skip": EVERY_10["skip"].schedule.spec}
-    claimed = engines[0].store.claim_due_schedules(specs, due, 10, CLAIM_S)
+    claimed = systems[0].store.claim_due_schedules(specs, due, 10, CLAIM_S)
     assert claimed == [("every10_skip", due)]
 
-    early = fire_schedules(engines[1], registry, now=due + timedelta(seconds=1))
-    late = fire_schedules(engines[1], registry, now=due + timedelta(seconds=CLAIM_S - 1))
-    expired = fire_schedules(engines[1], registry, now=due + timedelta(seconds=CLAIM_S + 1))
+    early = schedulers[1].fire(registry=registry, now=due + timedelta(seconds=1))
+    late = schedulers[1].fire(registry=registry, now=due + timedelta(seconds=CLAIM_S - 1))
+    expired = schedulers[1].fire(registry=registry, now=due + timedelta(seconds=CLAIM_S + 1))
 
     assert early == [] and late == []
     assert [(f.logical_time, f.created) for f in expired] == [(due, True)]
@@ -288,7 +288,7 @@ def test_backfill_starts_missing_runs_at_most_n_at_once(system, cli_env, client)
                                  "finished": 0, "refused": 0}
     assert progress["from"].startswith("2024-03-27T23:00:00")
     assert progress["done"] is False
-    assert feed_backfills(system.engine) == 0  # two still running: no room
+    assert system.scheduler.feed() == 0  # two still running: no room
 
     drive_to_the_end(system, "nightly", backfill_id, max_running=2)
 
@@ -308,10 +308,10 @@ def drive_to_the_end(system: System, saga_name: str, backfill_id: str, max_runni
                                    "AND r.status = 'running' ORDER BY r.id", b=backfill_id)
         assert len(unfinished) <= max_running
         if not unfinished:
-            assert feed_backfills(system.engine) == 0
+            assert system.scheduler.feed() == 0
             return
         finish(system, unfinished[0].id, saga_name)
-        feed_backfills(system.engine)
+        system.scheduler.feed()
         running = query(system, "SELECT count(*) FROM runs WHERE saga = :s AND status = "
                                 "'running'", s=saga_name)
         assert running[0][0] <= max_running
@@ -320,15 +320,13 @@ def drive_to_the_end(system: System, saga_name: str, backfill_id: str, max_runni
 
 def test_a_backfill_and_the_schedule_never_double_a_firing(system, clock):
     """Given a schedule that fired, When a backfill covers that firing, Then it skips it."""
-    fire_schedules(system.engine)
+    system.scheduler.fire()
     due = next_fire_at(system, "every10_all")
     move_clock_to(system, clock, due + timedelta(seconds=1))
-    fire_schedules(system.engine)
+    system.scheduler.fire()
 
-    from saga.schedules.firing import plan_backfill
-
-    plan = plan_backfill(system.engine, "every10_all", start=due - timedelta(minutes=20),
-                         end=due + timedelta(hours=5))
+    plan = system.scheduler.plan_backfill("every10_all", start=due - timedelta(minutes=20),
+                                          end=due + timedelta(hours=5))
     assert [key for key, _ in plan.items] == [
         schedule_key(due - timedelta(minutes=20)), schedule_key(due - timedelta(minutes=10))]
     assert plan.existing == 1  # and the times after now are left to the schedule
@@ -371,7 +369,7 @@ def test_api_backfill_of_a_range_and_its_dry_run(client, system):
     ("/v1/sagas/nightly/backfills", {"from": "2024-01-01"}, 422, "to"),
     ("/v1/sagas/reindex/backfills", {"from": "2024-01-01", "to": "2024-01-02"}, 422, "from"),
     ("/v1/sagas/reindex/backfills", {"inputs": [], "max_running": 1}, 422, "inputs"),
-    ("/v1/sagas/reindex/backfills", {"inputs": [{"a": "\u0000"}]}, 422, "inputs.[0].a"),
+    ("/v1/sagas/reindex/backfills", {"inputs": [{"a": "\u0000"}]}, 422, "inputs[0].a"),
     ("/v1/sagas/reindex/backfills", {"inputs": [1], "max_running": 0}, 422, "max_running"),
     ("/v1/sagas/reindex/backfills", {"inputs": [{"key": "k", "input": 1},
                                                 {"key": "k", "input": 2}]}, 422, "inputs[1]"),
@@ -394,7 +392,7 @@ def test_api_unknown_backfill_is_a_404(client):
 
 
 def test_api_lists_schedules_with_their_next_firing(client, system):
-    fire_schedules(system.engine)
+    system.scheduler.fire()
     listed = {s["saga"]: s for s in client.get("/v1/schedules").get_json()["schedules"]}
     assert listed["nightly"]["cron"] == "0 3 * * *"
     assert listed["nightly"]["timezone"] == "Europe/Paris"
@@ -440,12 +438,10 @@ def test_inputs_backfill_from_json_lines_is_idempotent(system, cli_env, tmp_path
 
 def test_inputs_backfill_feeds_n_at_a_time(system):
     """Given 7 inputs and max_running 3, When runs finish one by one, Then never more than 3."""
-    from saga.schedules.firing import plan_backfill, start_backfill
-
-    plan = plan_backfill(system.engine, "reindex", max_running=3,
-                         inputs=[(f"inputs[{i}]", {"key": f"u{i}", "input": {"user": i}})
-                                 for i in range(7)])
-    backfill_id = start_backfill(system.engine, plan)
+    plan = system.scheduler.plan_backfill(
+        "reindex", max_running=3,
+        inputs=[(f"inputs[{i}]", {"key": f"u{i}", "input": {"user": i}}) for i in range(7)])
+    backfill_id = system.scheduler.start_backfill(plan)
     assert len(runs_of(system, "reindex")) == 3
 
     drive_to_the_end(system, "reindex", backfill_id, max_running=3)

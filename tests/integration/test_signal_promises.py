@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import flask
 import pytest
-from saga.api import create_app
 
 from saga import NonRetryable, Saga, Step, WaitForSignal
+from saga.api import create_app
 from saga.registry import Registry
 from saga.run import Role
 from saga.settings import Settings

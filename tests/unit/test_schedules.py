@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saga import DefinitionError, Saga, Step
+from saga.errors import InvalidBackfill
 from saga.registry import Registry
+from saga.schedules.backfill import parse_lines
 from saga.schedules.cron import Schedule, iso, schedule_key
-from saga.schedules.firing import InvalidBackfill, parse_lines, scheduled
+from saga.schedules.firing import scheduled
 
 
 def utc(text: str) -> datetime:
