@@ -9,7 +9,6 @@ from typing import Any
 
 import flask
 import marshmallow as ma
-import sqlalchemy as sa
 from werkzeug.exceptions import HTTPException
 
 from saga.errors import (
@@ -22,6 +21,7 @@ from saga.errors import (
     UnknownSaga,
     UnknownSignal,
 )
+from saga.store import DatabaseError, unreachable
 
 log = logging.getLogger("api")
 
@@ -141,17 +141,9 @@ def from_saga_error(error: SagaError) -> flask.Response:
     return from_unexpected(error)
 
 
-def unavailable(error: sa.exc.SQLAlchemyError) -> bool:
-    """Whether the database failed to answer (down, restarting, every connection busy),
-    rather than refused the statement: the request may succeed if sent again."""
-    if isinstance(error, (sa.exc.TimeoutError, sa.exc.OperationalError, sa.exc.InterfaceError)):
-        return True  # TimeoutError: no pooled connection came free in time
-    return isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
-
-
-def from_database_error(error: sa.exc.SQLAlchemyError) -> flask.Response:
+def from_database_error(error: DatabaseError) -> flask.Response:
     """A 503 with Retry-After while the database is unreachable; any other SQL error is a bug."""
-    if not unavailable(error):
+    if not unreachable(error):
         return from_unexpected(error)
     # One line, not a traceback: an outage makes every request fail the same way.
     log.warning("database unavailable in %s %s: %s", flask.request.method, flask.request.path,
@@ -170,5 +162,5 @@ def install(app: flask.Flask) -> None:
     """Answer every error with a problem; HTTPException is the Api's (see api.ProblemApi)."""
     app.register_error_handler(Problem, from_problem)
     app.register_error_handler(SagaError, from_saga_error)
-    app.register_error_handler(sa.exc.SQLAlchemyError, from_database_error)
+    app.register_error_handler(DatabaseError, from_database_error)
     app.register_error_handler(Exception, from_unexpected)

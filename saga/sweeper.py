@@ -25,7 +25,7 @@ from saga.events import (
 from saga.registry import Registry
 from saga.schedules.firing import Scheduler
 from saga.settings import Settings
-from saga.store import Store
+from saga.store import Outage, Store, unreachable
 
 log = logging.getLogger("saga.sweeper")
 
@@ -104,13 +104,17 @@ class Sweeper:
         `redispatch_s + sweep_interval_s`.
         """
         stop = stop or threading.Event()
+        outage = Outage(log, "sweeper")
         while not stop.is_set():
             try:
                 result = self.sweep_once()
+            except Exception as exc:
+                if not outage.failed(exc):
+                    log.exception("sweep failed; trying again next interval")
+            else:
+                outage.answered()
                 if result.total:
                     log.info("sweep: %s", result)
-            except Exception:
-                log.exception("sweep failed; trying again next interval")
             stop.wait(self.settings.sweep_interval_s)
 
     def _prune(self) -> int:
@@ -125,7 +129,9 @@ class Sweeper:
         """One due item; a failure is logged and left for the next sweep, not fatal to this one."""
         try:
             outcome = self.engine.advance(run_id, event, skip_locked=True)
-        except Exception:
+        except Exception as exc:
+            if unreachable(exc):
+                raise  # the whole sweep stops; run_forever says so once
             log.exception("could not advance run %s on %s", run_id, event)
             return False
         if outcome.parked:

@@ -80,13 +80,11 @@ def system(settings: Settings, serve: bool = True, loaded: Registry | None = Non
 
 def check_database(system: System, settings: Settings) -> None:
     """Refuse to go on against a database that does not answer or has no saga tables."""
-    import sqlalchemy as sa
-
-    from saga.store import runs
+    from saga import migrations
 
     store = system.store
     store.ping()  # a failure here is told by `failure`, naming SAGA_DATABASE_URL
-    if not sa.inspect(store.engine).has_table(runs.name):
+    if migrations.current(store.engine) is None:
         raise click.ClickException(_unmigrated(settings.database_url))
 
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from saga.clock import Clock
 from saga.errors import RunBusy, RunNotFound
 from saga.run import PendingSignal, Role, StepStatus
+from saga.store.database import DatabaseError, Outage, unreachable
 from saga.store.reads import Reads
 from saga.store.rows import to_run, to_step
 from saga.store.schedules import ScheduleStore
@@ -24,7 +25,7 @@ from saga.store.sweeps import Due, Sweeps
 from saga.store.tables import metadata, runs, signals, steps
 from saga.store.transaction import RunTransaction
 
-__all__ = ["Store", "RunTransaction", "Due", "metadata"]
+__all__ = ["Store", "RunTransaction", "Due", "metadata", "DatabaseError", "Outage", "unreachable"]
 
 
 class Store(Sweeps, Reads, ScheduleStore):

@@ -7,6 +7,7 @@ its single write lock up front (`BEGIN IMMEDIATE`) instead, so the lock clauses 
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,45 @@ from typing import Any
 import sqlalchemy as sa
 
 from saga.clock import Clock
+
+# Every error the saga log raises; `unreachable` tells an outage from a refused statement.
+DatabaseError = sa.exc.SQLAlchemyError
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether the database failed to answer (down, restarting, every connection busy),
+    rather than refused the statement: the same work may succeed when it is back."""
+    if isinstance(error, (sa.exc.TimeoutError, sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return True  # TimeoutError: no pooled connection came free in time
+    return isinstance(error, sa.exc.DBAPIError) and bool(error.connection_invalidated)
+
+
+class Outage:
+    """Logs one line when the saga log stops answering and one when it answers again.
+
+    A sweeper or worker that meets an outage tries again by itself; a traceback per
+    attempt would bury everything else in the log.
+    """
+
+    def __init__(self, log: logging.Logger, who: str) -> None:
+        self.log, self.who = log, who
+        self.down = False
+
+    def failed(self, error: BaseException) -> bool:
+        """True (and logged once) if `error` is the database not answering."""
+        if not unreachable(error):
+            return False
+        if not self.down:
+            self.down = True
+            cause = type(getattr(error, "orig", None) or error).__name__
+            self.log.warning("%s: the saga log does not answer (%s); retrying until it does",
+                             self.who, cause)
+        return True
+
+    def answered(self) -> None:
+        if self.down:
+            self.down = False
+            self.log.warning("%s: the saga log answers again; resuming", self.who)
 
 
 class Database:

@@ -20,6 +20,7 @@ from saga.errors import LeaseLost, NonRetryable, UnknownSaga
 from saga.events import Event, StepFailed, StepSucceeded
 from saga.registry import Registry
 from saga.run import Role
+from saga.store import Outage
 from saga.testing.faults import crash_point
 from saga.worker.context import StepContext
 from saga.worker.heartbeat import Heartbeat
@@ -35,7 +36,7 @@ TIMEOUT_ERRORS = frozenset({"SoftTimeLimitExceeded", "TimeoutError"})
 class StepResult:
     """What one delivery of a step message came to (for logs and tests)."""
 
-    outcome: str  # "dropped", "succeeded", "failed", "superseded"
+    outcome: str  # "dropped", "succeeded", "failed", "superseded", "deferred"
     attempt: int = 0
 
 
@@ -51,6 +52,7 @@ class Worker:
         self.registry = registry
         self.dispatcher = dispatcher  # for RemoteTask steps, which another service runs
         self.inline_steps = inline_steps
+        self.outage = Outage(log, "worker")
 
     def run_step(self, run_id: str, step: str, role: Role, saga_name: str, version: int,
                  worker: str | None = None) -> StepResult:
@@ -60,7 +62,20 @@ class Worker:
         in the same commit) instead of publishing it: a sequence of steps costs one commit
         each, not a message, a claim and a commit.
         """
-        worker = worker or worker_name()
+        try:
+            result = self._run_step(run_id, step, role, saga_name, version,
+                                    worker or worker_name())
+        except Exception as exc:
+            # The saga log is away: drop this hint (the step row stays queued, or its lease
+            # runs out) and let the sweeper publish it again once the log answers.
+            if self.outage.failed(exc):
+                return StepResult("deferred")
+            raise
+        self.outage.answered()
+        return result
+
+    def _run_step(self, run_id: str, step: str, role: Role, saga_name: str, version: int,
+                  worker: str) -> StepResult:
         try:
             saga = self.registry.get(saga_name, version)
         except UnknownSaga as exc:  # the sweeper publishes it again; a worker that has it runs it

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -471,6 +472,59 @@ def test_postgres_unreachable_longer_than_a_lease_then_every_run_finishes_once(
         assert actions(stack, order_id) == ["reserve", "charge", "ship"]
     invariants.check(stack, run_ids, REGISTRY)
     report(stack, "PostgreSQL unreachable for lease + 2 s", resume_to_progress=recovery)
+
+
+def test_postgres_stopped_under_load_gives_503s_then_every_run_finishes_once(
+        stack: Stack, pg: Proxy) -> None:
+    """Given every process (API, worker, sweeper) reaching PostgreSQL through a proxy and a
+    client placing orders one after another, retrying a 503 as its Retry-After says,
+    When PostgreSQL goes away and comes back while orders keep coming,
+    Then the API answers 503 with Retry-After (never a 500) meanwhile, every order gets one
+    run that succeeds with each effect applied once, and the worker and the sweeper each say
+    once that the log went and once that it came back, with no traceback.
+    """
+    via = proxied(pg, "SAGA_DATABASE_URL", stack.database_url)
+    started = start(stack, api=via, worker=via, sweeper=via, concurrency=2)
+    orders = [new_order() for _ in range(12)]
+    accepted: dict[str, str] = {}
+    refusals: list[requests.Response] = []
+
+    def place_orders() -> None:
+        for order in orders:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                response = stack.http.post(
+                    f"{stack.base}/v1/sagas/fault_order/runs", json={"input": order},
+                    headers={"Idempotency-Key": order["order_id"]}, timeout=10)
+                if response.status_code in (200, 201):
+                    accepted[order["order_id"]] = response.json()["id"]
+                    break
+                refusals.append(response)
+                # The client's own pacing, as Retry-After asks (capped: the test is short).
+                time.sleep(min(float(response.headers.get("Retry-After", 1)), 0.2))
+
+    client = threading.Thread(target=place_orders, name="orders")
+    client.start()
+    wait_for(lambda: len(accepted) >= 3, 30, "the first orders to be accepted")
+    pg.cut()
+    wait_for(lambda: refusals and "does not answer" in started["sweeper"].output(), 30,
+             "a 503 to a client and the sweeper to notice the outage")
+    pg.resume()
+    client.join(90)
+    assert not client.is_alive() and len(accepted) == len(orders), "every order is accepted"
+
+    assert {r.status_code for r in refusals} == {503}, [r.text for r in refusals]
+    assert all(r.headers.get("Retry-After") for r in refusals)
+    run_ids = list(accepted.values())
+    assert wait_terminal(stack, run_ids, 60) == dict.fromkeys(run_ids, "succeeded")
+    for order in orders:
+        assert actions(stack, order["order_id"]) == ["reserve", "charge", "ship"]
+    invariants.check(stack, run_ids, REGISTRY)
+    sweeper_log = started["sweeper"].output()
+    assert sweeper_log.count("does not answer") == 1, sweeper_log
+    assert sweeper_log.count("answers again") == 1, sweeper_log
+    for name in ("sweeper", "worker", "api"):
+        assert "Traceback" not in started[name].output(), started[name].output()
 
 
 # -- 9. the broker restarted, losing its messages or not, and down during a POST ----------

@@ -229,7 +229,7 @@ def test_health_is_503_without_an_address_while_the_broker_is_down(database_url,
 
 def test_pool_exhaustion_and_invalidated_connections_count_as_unavailable():
     """The classification itself: what a retry may cure is a 503, a refused statement not."""
-    from saga.api.problems import unavailable
+    from saga.store import unreachable as unavailable
 
     assert unavailable(sa.exc.TimeoutError("QueuePool limit reached"))
     assert unavailable(sa.exc.OperationalError("SELECT 1", {}, Exception("refused")))
