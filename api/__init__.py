@@ -13,14 +13,14 @@ import flask
 import flask_smorest
 from werkzeug.exceptions import HTTPException
 
-from saga.api import auth, control, health, problems, runs, sagas, schedules
+from saga.api import auth, control, health, problems, runs, sagas, schedules, tokens
 from saga.api import system as saga_system
 from saga.settings import Settings
 from saga.system import System, build
 
 __all__ = ["create_app"]
 
-BLUEPRINTS = (runs.blp, control.blp, schedules.blp, sagas.blp, health.blp)
+BLUEPRINTS = (runs.blp, control.blp, schedules.blp, sagas.blp, tokens.blp, health.blp)
 
 
 class ProblemApi(flask_smorest.Api):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flask
@@ -12,9 +13,8 @@ from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint, storable
 from saga.api.problems import Problem, ProblemSchema
 from saga.api.system import current
-from saga.errors import InvalidBackfill
+from saga.errors import InvalidBackfill, UnknownSaga
 from saga.schedules.backfill import DEFAULT_MAX_RUNNING, MAX_ITEMS, MAX_RUNNING
-from saga.schedules.firing import scheduled
 
 blp = Blueprint("schedules", __name__, description="Schedules and backfills")
 PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
@@ -77,8 +77,13 @@ class ScheduleStateSchema(ma.Schema):
     cron = fields.String()
     timezone = fields.String()
     catch_up = fields.String()
-    next_fire_at = fields.DateTime(allow_none=True)
+    next_fire_at = fields.DateTime(allow_none=True, metadata={
+        "description": "null while paused, or before a sweeper first saw the schedule"})
     last_fire_at = fields.DateTime(allow_none=True)
+    paused = fields.Boolean(metadata={"description": "true: it starts no runs until resumed"})
+    paused_at = fields.DateTime(allow_none=True)
+    paused_by = fields.String(allow_none=True,
+                              metadata={"description": "the token's name, or cli:<user>"})
 
 
 class ScheduleListSchema(ma.Schema):
@@ -155,12 +160,46 @@ def get_backfill(backfill_id: str):
 @blp.response(200, ScheduleListSchema)
 def list_schedules():
     """The loaded schedules with their next and last firing"""
-    system = current()
-    stored = {row["saga"]: row for row in system.store.schedule_rows()}
-    return {"schedules": [
-        {"saga": saga, "cron": schedule.cron, "timezone": schedule.timezone,
-         "catch_up": schedule.catch_up,
-         "next_fire_at": stored.get(saga, {}).get("next_fire_at"),
-         "last_fire_at": stored.get(saga, {}).get("last_fire_at")}
-        for saga, schedule in sorted(scheduled(system.registry).items())]}
+    return {"schedules": current().scheduler.states()}
+
+
+@blp.post("/schedules/<saga>/pause")
+@requires("admin")
+@blp.response(200, ScheduleStateSchema, description="Paused (or paused already: unchanged)")
+@blp.alt_response(404, description="No saga of this name is loaded, or it has no schedule",
+                  **PROBLEM)
+def pause_schedule(saga: str):
+    """Pause a schedule: it starts no runs until resumed
+
+    Idempotent: pausing a paused schedule changes nothing (`paused_at` and `paused_by`
+    stay those of the first pause). Runs already started go on; a firing a sweeper is
+    starting at this very moment may still start.
+    """
+    scheduler = current().scheduler
+    _on_schedule(lambda: scheduler.pause(saga, by=actor()))
+    return scheduler.state(saga)
+
+
+@blp.post("/schedules/<saga>/resume")
+@requires("admin")
+@blp.response(200, ScheduleStateSchema, description="Resumed (or not paused: unchanged)")
+@blp.alt_response(404, description="No saga of this name is loaded, or it has no schedule",
+                  **PROBLEM)
+def resume_schedule(saga: str):
+    """Resume a paused schedule from now
+
+    Its next firing is the first after now: the firings due while it was paused are not
+    started, whatever its `catch_up` (backfill the paused range to start them).
+    Idempotent: resuming a schedule that is not paused changes nothing.
+    """
+    scheduler = current().scheduler
+    _on_schedule(lambda: scheduler.resume(saga, by=actor()))
+    return scheduler.state(saga)
+
+
+def _on_schedule(change: Callable[[], bool]) -> None:
+    try:
+        change()
+    except UnknownSaga as exc:
+        raise Problem(404, str(exc), "schedule-not-found") from exc
 

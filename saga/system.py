@@ -49,7 +49,7 @@ def build(settings: Settings, registry: Registry | None = None,
     parts: dict[str, Worker] = {}
     # The queue and id of this deployment, read from its database on first use (saga/tasks).
     namespace = Namespace(settings, lambda: deployment_id(store.engine))
-    celery = make_celery(settings, engine=lambda: parts["worker"], namespace=namespace)
+    celery = make_celery(settings, worker=lambda: parts["worker"], namespace=namespace)
     dispatcher = CeleryDispatcher(celery, namespace)
     alerts = Alerts(settings.alert_webhook, settings.alert_hook)
     engine = Engine(registry, store, dispatcher, alerts, lease_s=settings.lease_s)

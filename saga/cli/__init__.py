@@ -169,9 +169,10 @@ def _register() -> None:
     from saga.cli.backfill import backfill
     from saga.cli.control import cancel, retry, signal
     from saga.cli.history import runs, show
+    from saga.cli.schedules import schedule
     from saga.cli.tokens import token
 
-    for command in (show, runs, cancel, signal, retry, backfill, token):
+    for command in (show, runs, cancel, signal, retry, backfill, schedule, token):
         main.add_command(command)
 
 

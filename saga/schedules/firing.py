@@ -73,7 +73,8 @@ class Scheduler:
              registry: Registry | None = None) -> list[Firing]:
         """Start every due firing of the loaded schedules; safe to call from many sweepers.
 
-        A schedule seen for the first time starts from `now`: no history is fired.
+        A schedule seen for the first time starts from `now`: no history is fired. A paused
+        schedule is not claimed, so it starts nothing until resumed.
         """
         store = self.store
         now = (now if now is not None else store.now()).astimezone(UTC)
@@ -96,6 +97,57 @@ class Scheduler:
             store.advance_schedule(name, due, plan.next_fire_at, plan.fire[-1] if plan.fire else None)
             fired.extend(started)
         return fired
+
+    def pause(self, name: str, by: str | None = None) -> bool:
+        """Stop firing the schedule of saga `name` until `resume`; False if paused already.
+
+        `by` (an API token's name, or `cli:<user>`) is kept as `paused_by`. Raises
+        `UnknownSaga` for a saga not loaded here or without a (valid) schedule.
+        """
+        self._stored(name)
+        paused = self.store.pause_schedule(name, by)
+        if paused:
+            log.info("schedule of %s paused by %s", name, by or "anonymous")
+        return paused
+
+    def resume(self, name: str, by: str | None = None) -> bool:
+        """Fire the schedule of `name` again from its first time after now; False if it was
+        not paused. The firings due while it was paused are not started (backfill them)."""
+        schedule = self._stored(name)
+        resumed = self.store.resume_schedule(name, schedule.next_after)
+        if resumed:
+            log.info("schedule of %s resumed by %s", name, by or "anonymous")
+        return resumed
+
+    def states(self) -> list[dict[str, Any]]:
+        """Each loaded schedule and its stored state, by saga; no next firing while paused."""
+        stored = {row["saga"]: row for row in self.store.schedule_rows()}
+        found = []
+        for saga, schedule in sorted(scheduled(self.registry).items()):
+            row = stored.get(saga, {})
+            paused_at = row.get("paused_at")
+            found.append({
+                "saga": saga, "cron": schedule.cron, "timezone": schedule.timezone,
+                "catch_up": schedule.catch_up,
+                "next_fire_at": None if paused_at else row.get("next_fire_at"),
+                "last_fire_at": row.get("last_fire_at"), "paused": paused_at is not None,
+                "paused_at": paused_at, "paused_by": row.get("paused_by")})
+        return found
+
+    def state(self, name: str) -> dict[str, Any]:
+        """One loaded schedule's state, as in `states`; `UnknownSaga` as `pause`."""
+        self._stored(name)
+        return next(s for s in self.states() if s["saga"] == name)
+
+    def _stored(self, name: str) -> Schedule:
+        """The loaded schedule of `name`, its row stored (as a sweep would) if it has none."""
+        schedule = scheduled(self.registry).get(name)
+        if schedule is None:
+            self.registry.get(name)  # UnknownSaga if no saga of that name is loaded
+            raise UnknownSaga(f"saga {name!r} has no schedule")
+        self.store.add_schedules({name: schedule.spec},
+                                 lambda _: schedule.next_after(self.store.now()))
+        return schedule
 
     def _fire(self, name: str, t: datetime) -> Firing | None:
         try:
@@ -227,24 +279,6 @@ def scheduled(registry: Registry) -> dict[str, Schedule]:
         if _valid(saga.name, schedule, saga.input):
             found[saga.name] = schedule
     return found
-
-
-@lru_cache(maxsize=1024)
-def _valid(name: str, schedule: Schedule, schema: Any) -> bool:
-    # Saga definitions check their schedule when built; this guards the sweeper anyway,
-    # and logs a bad one once per process, not every sweep.
-    try:
-        schedule.check(_Named(name, schema))
-    except DefinitionError as exc:
-        log.error("%s; it does not fire", exc)
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class _Named:
-    name: str
-    input: Any
 
 
 @lru_cache(maxsize=1024)

@@ -33,6 +33,8 @@ schedules = sa.Table(
     sa.Column("last_fire_at", When),  # the newest logical time started
     sa.Column("claimed_until", When),  # a sweeper is starting its due firings
     sa.Column("updated_at", When, nullable=False),
+    sa.Column("paused_at", When),  # set: no sweeper claims it until it is resumed
+    sa.Column("paused_by", sa.String(100)),  # an API token's name, or cli:<user>
     sa.Index("schedules_due", "next_fire_at"),
 )
 
@@ -128,7 +130,7 @@ class ScheduleStore:
         with self.begin() as conn:
             rows = conn.execute(
                 sa.select(schedules.c.saga, schedules.c.next_fire_at)
-                .where(schedules.c.next_fire_at <= now,
+                .where(schedules.c.next_fire_at <= now, schedules.c.paused_at.is_(None),
                        sa.or_(*[sa.and_(schedules.c.saga == saga, schedules.c.spec == spec)
                                 for saga, spec in specs.items()]),
                        sa.or_(schedules.c.claimed_until.is_(None),
@@ -159,12 +161,37 @@ class ScheduleStore:
             conn.execute(schedules.update().where(schedules.c.saga == saga)
                          .values(claimed_until=None))
 
+    def pause_schedule(self, saga: str, by: str | None) -> bool:
+        """Stop claiming the stored schedule of `saga`; False if it was paused already
+        (or has no row: `add_schedules` first). A firing being started now still starts."""
+        with self.begin() as conn:
+            now = self.now(conn)
+            done = conn.execute(schedules.update().where(
+                schedules.c.saga == saga, schedules.c.paused_at.is_(None)).values(
+                    paused_at=now, paused_by=by, updated_at=now))
+            return done.rowcount == 1
+
+    def resume_schedule(self, saga: str, next_after: Callable[[datetime], datetime]) -> bool:
+        """Let a paused schedule fire again from `next_after(now)`; False if it was not paused.
+
+        The firings due while it was paused are dropped, whatever its catch-up policy: a
+        resumed schedule never fires late (a backfill of the paused range starts them).
+        """
+        with self.begin() as conn:
+            now = self.now(conn)
+            done = conn.execute(schedules.update().where(
+                schedules.c.saga == saga, schedules.c.paused_at.is_not(None)).values(
+                    paused_at=None, paused_by=None, next_fire_at=next_after(now),
+                    claimed_until=None, updated_at=now))
+            return done.rowcount == 1
+
     def schedule_rows(self) -> list[dict[str, Any]]:
         """Every stored schedule's state, by saga."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(schedules).order_by(schedules.c.saga)).mappings().all()
         return [{"saga": r["saga"], "spec": r["spec"], "next_fire_at": aware(r["next_fire_at"]),
-                 "last_fire_at": aware(r["last_fire_at"])} for r in rows]
+                 "last_fire_at": aware(r["last_fire_at"]), "paused_at": aware(r["paused_at"]),
+                 "paused_by": r["paused_by"]} for r in rows]
 
     # -- backfills ----------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from saga import Saga, Step, WaitForSignal
 from saga.api import create_app
 from saga.api.parsing import MAX_DEPTH
 from saga.registry import Registry
+from saga.schedules.cron import Schedule
 from saga.settings import Settings
 from saga.system import System, build
 from tests.auth import bearer, create_token
@@ -56,13 +57,16 @@ PLAIN = Saga("plain", steps=[  # no schemas at all: what the API lets through re
     Step("only", record),
     WaitForSignal("poke", timeout=timedelta(days=2)),
 ])
+TICK = Saga("tick", steps=[Step("only", record)], schedule=Schedule("0 3 * * *"))  # to pause
 SEEDED_RUNS = 3
 # Operations the fuzzing must see succeed at least once, or it only knocked on the door
 # (a 401 for every request, say).
 REACHED = {"GET /v1/health", "GET /v1/runs", "GET /v1/sagas", "GET /v1/schedules",
            "POST /v1/sagas/{name}/runs", "GET /v1/runs/{run_id}", "GET /v1/runs/{run_id}/events",
            "POST /v1/runs/{run_id}/signals/{name}", "POST /v1/runs/{run_id}/cancel",
-           "POST /v1/sagas/{name}/backfills", "GET /v1/backfills/{backfill_id}"}
+           "POST /v1/sagas/{name}/backfills", "GET /v1/backfills/{backfill_id}",
+           "POST /v1/schedules/{saga}/pause", "POST /v1/schedules/{saga}/resume",
+           "GET /v1/tokens", "POST /v1/tokens", "DELETE /v1/tokens/{name}"}
 MAX_EXAMPLES = 50  # per operation and generation mode: about 30 s in all
 
 
@@ -82,7 +86,7 @@ def fuzz_settings(database_url: str, api_headers: dict[str, str]) -> Settings:
 
 @pytest.fixture
 def fuzz_system(fuzz_settings: Settings) -> Iterator[System]:
-    built = build(fuzz_settings, Registry([SIGNED, PLAIN]))
+    built = build(fuzz_settings, Registry([SIGNED, PLAIN, TICK]))
     yield built
     built.store.close()
 
@@ -114,11 +118,18 @@ def api_schema(app: flask.Flask, system: System, headers: dict[str, str]):
               for n in range(SEEDED_RUNS)]
     # Runs only signals name (never cancelled, so a signal to them can succeed).
     plain = [system.engine.start("plain", {"n": n})[0] for n in range(SEEDED_RUNS)]
+    # Tokens only DELETE names (never the fuzzing's own, which must stay live).
+    doomed = [f"doomed-{n}" for n in range(SEEDED_RUNS)]
+    for name in doomed:
+        create_token(system.store.engine, "read", name)
     real = {  # by operation path, then parameter: real values to mix in with generated ones
         "/runs/{run_id}/signals/{name}": {"run_id": plain, "name": ["poke"]},
         "/runs/{run_id}/cancel": {"run_id": signed},
         "/sagas/{name}/runs": {"name": ["plain", "signed"]},
         "/sagas/{name}/backfills": {"name": ["plain", "signed"]},
+        "/schedules/{saga}/pause": {"saga": ["tick"]},
+        "/schedules/{saga}/resume": {"saga": ["tick"]},
+        "/tokens/{name}": {"name": doomed},
     }
 
     if "Authorization" not in headers:

@@ -49,6 +49,11 @@ SCOPE_OF = {
     ("post", "/v1/runs/{run_id}/cancel"): "admin",
     ("post", "/v1/runs/{run_id}/retry"): "admin",
     ("post", "/v1/sagas/{name}/backfills"): "admin",
+    ("post", "/v1/schedules/{saga}/pause"): "admin",
+    ("post", "/v1/schedules/{saga}/resume"): "admin",
+    ("get", "/v1/tokens"): "admin",
+    ("post", "/v1/tokens"): "admin",
+    ("delete", "/v1/tokens/{name}"): "admin",
 }
 LIMITED = {("post", "/v1/sagas/{name}/runs"), ("post", "/v1/runs/{run_id}/signals/{name}"),
            ("post", "/v1/sagas/{name}/backfills")}

@@ -12,7 +12,8 @@ from celery import Celery
 from celery.app.task import Context
 
 from saga.settings import Settings
-from saga.tasks import (
+from saga.tasks import make_celery
+from saga.tasks.namespace import (
     DEPLOYMENT_HEADER,
     HAND_BACKS_HEADER,
     IN_PROCESS_QUEUE,
@@ -20,7 +21,6 @@ from saga.tasks import (
     Namespace,
     foreign,
     hand_back,
-    make_celery,
     queue_for,
 )
 

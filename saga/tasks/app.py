@@ -1,0 +1,76 @@
+"""`make_celery(settings)`: the Celery app, configured for the saga log, and its two step tasks.
+
+Settings follow what breaks Celery-based orchestration: JSON only, late acks, prefetch 1,
+no results (PostgreSQL is the result store), publisher confirms on RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from saga.run import Role
+from saga.settings import Settings
+from saga.tasks.namespace import IN_PROCESS_QUEUE, Namespace, foreign, hand_back
+
+if TYPE_CHECKING:
+    from saga.worker import Worker
+
+# The task for each role; Flower lists them by these names.
+TASKS = {Role.FORWARD: "saga.step", Role.COMPENSATE: "saga.compensate"}
+
+
+def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
+                namespace: Namespace | None = None) -> Celery:
+    """A Celery app for the saga tasks; `worker` gives the process's Worker (asked lazily).
+
+    With `namespace`, its tasks hand back messages stamped by another deployment.
+    """
+    app = Celery("saga", broker=settings.broker_url, set_as_current=False)
+    transport_options: dict[str, Any] = {}
+    if settings.broker_url.startswith(("amqp", "pyamqp")):
+        transport_options["confirm_publish"] = True  # a publish that is not confirmed raises
+    elif settings.broker_url.startswith(("redis", "rediss")):
+        # Unacknowledged messages come back after this; it must outlast every hard limit.
+        transport_options["visibility_timeout"] = settings.visibility_timeout_s
+    elif settings.broker_url.startswith("memory"):
+        transport_options["polling_interval"] = 0.01  # the in-process broker polls; keep it brisk
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,  # safe: the claim caps attempts in PostgreSQL
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_ignore_result=True,
+        # Step messages name their queue (CeleryDispatcher); `prepare_worker` sets the
+        # derived one here too, before a worker consumes.
+        task_default_queue=settings.explicit_queue or IN_PROCESS_QUEUE,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        result_backend=settings.result_backend or None,
+    )
+
+    def run(task: Any, role: Role, run_id: str, step: str, saga: str, version: int) -> str:
+        if foreign(task.request, namespace):
+            return hand_back(app, task.request, namespace)
+        if worker is None:
+            raise RuntimeError("this Celery app was made without a worker")
+        return worker().run_step(run_id, step, role, saga, version,
+                                 worker=f"{task.request.hostname}/{os.getpid()}").outcome
+
+    @app.task(name=TASKS[Role.FORWARD], bind=True, shared=False)  # this app only, never another
+    def step(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
+        return run(self, Role.FORWARD, run_id, step, saga, version)
+
+    @app.task(name=TASKS[Role.COMPENSATE], bind=True, shared=False)
+    def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
+        return run(self, Role.COMPENSATE, run_id, step, saga, version)
+
+    return app

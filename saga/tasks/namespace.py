@@ -1,0 +1,111 @@
+"""One queue per deployment, and the messages of another deployment handed back.
+
+Each deployment (one database) has its own queue, `saga.<deployment id>` unless SAGA_QUEUE
+names one, and stamps its id on every message: a worker hands another deployment's back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+from celery import Celery
+
+from saga.settings import Settings
+
+DEPLOYMENT_HEADER = "saga_deployment"  # a header: workers of older versions ignore it
+HAND_BACKS_HEADER = "saga_hand_backs"
+# Then a foreign message is dropped for its own sweeper: bounded work here even while the
+# other deployment has no worker running.
+MAX_HAND_BACKS = 20
+IN_PROCESS_QUEUE = "saga"  # the in-memory broker is one process's own: no namespace needed
+
+log = logging.getLogger("saga.tasks")
+
+
+def queue_for(deployment_id: str) -> str:
+    """A deployment's default queue: one per database, with no setting."""
+    return f"saga.{deployment_id}"
+
+
+class Namespace:
+    """The deployment this process serves and its queue, read from the database on first use.
+
+    Read once and kept (a failure is not kept: the next use reads again). Lazily, so a
+    process that never publishes never asks, and the embedded stack can migrate first.
+    """
+
+    def __init__(self, settings: Settings, read_id: Callable[[], str]) -> None:
+        self._settings = settings
+        self._read_id = read_id
+
+    @cached_property
+    def id(self) -> str | None:
+        """This deployment's id; None on the in-memory broker, which no other process shares."""
+        if self._settings.broker_url.startswith("memory"):
+            return None
+        return self._read_id()
+
+    @cached_property
+    def queue(self) -> str:
+        explicit = self._settings.explicit_queue
+        if explicit:
+            return explicit
+        return IN_PROCESS_QUEUE if self.id is None else queue_for(self.id)
+
+
+_warned: set[str] = set()  # other deployments already named in this process's log
+
+
+def foreign(request: Any, namespace: Namespace | None) -> bool:
+    """Whether another deployment published this message (a queue name both were given)."""
+    sender = request.get(DEPLOYMENT_HEADER)  # None from versions before the stamp
+    mine = namespace.id if namespace is not None else None
+    return sender is not None and mine is not None and sender != mine
+
+
+def hand_back(app: Celery, request: Any, namespace: Namespace) -> str:
+    """Put another deployment's message back on the queue, for its own workers; acked here.
+
+    A requeue (reject) would return it to the head of the queue and could loop forever
+    here; a copy at the tail, counted, cannot: after MAX_HAND_BACKS it is dropped, and its
+    deployment's sweeper publishes the step again (SAGA_REDISPATCH_S). Nothing is lost.
+    """
+    sender = request.get(DEPLOYMENT_HEADER)
+    level = logging.DEBUG if sender in _warned else logging.WARNING
+    _warned.add(sender)
+    log.log(level, "handed back a message of deployment %s on queue %r: this worker serves "
+            "deployment %s, another database. Two deployments share this queue because "
+            "SAGA_QUEUE (or SAGA_DEFAULT_QUEUE) names it for both: give each its own, or unset "
+            "it for a queue per database. Their runs are slowed, not lost.",
+            sender, namespace.queue, namespace.id)
+    hops = int(request.get(HAND_BACKS_HEADER) or 0)
+    if hops >= MAX_HAND_BACKS:
+        return "dropped"
+    hard, soft = request.timelimit or (None, None)
+    app.send_task(request.task, args=request.args, kwargs=request.kwargs, queue=namespace.queue,
+                  headers={DEPLOYMENT_HEADER: sender, HAND_BACKS_HEADER: hops + 1},
+                  time_limit=hard, soft_time_limit=soft)
+    return "handed back"
+
+
+def prepare_worker(app: Celery, namespace: Namespace) -> str:
+    """The queue a worker consumes, set as the app's default; on Redis, this deployment's
+    own unacked-message keys, so its SAGA_VISIBILITY_TIMEOUT_S alone decides when its
+    unacknowledged messages come back (kombu's default keys are shared by every app on
+    that Redis database, and the shortest timeout among them would win).
+    """
+    queue = namespace.queue
+    app.conf.task_default_queue = queue
+    if app.conf.broker_url.startswith(("redis", "rediss")):
+        app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                             **redis_unacked_keys(queue)}
+    return queue
+
+
+def redis_unacked_keys(queue: str) -> dict[str, str]:
+    """Kombu's Redis transport options naming where a worker on `queue` keeps unacked messages."""
+    return {"unacked_key": f"{queue}.unacked", "unacked_index_key": f"{queue}.unacked_index",
+            "unacked_mutex_key": f"{queue}.unacked_mutex"}
