@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http
 import importlib
+from typing import Any
 
 import flask
 import flask_smorest
@@ -35,7 +36,7 @@ class ProblemApi(flask_smorest.Api):
         # Replaces flask-smorest's version (same components) only to document the error
         # responses as application/problem+json rather than application/json.
         for status in http.HTTPStatus:
-            response = {"description": status.phrase}
+            response: dict[str, Any] = {"description": status.phrase}
             if status >= 400:
                 response["content"] = {problems.MEDIA_TYPE: {"schema": self.ERROR_SCHEMA}}
             self.spec.components.response(status.name, response, lazy=True)

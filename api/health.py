@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from saga import migrations
+import saga.migrations as migrations
 from saga.api.auth import public
 from saga.api.parsing import Blueprint
 from saga.api.problems import Problem, ProblemSchema
@@ -75,6 +75,6 @@ def _failures(checks: dict[str, Callable[[], str | None]]) -> dict[str, str]:
     for name in checks:
         if name not in results:
             failures[name] = f"did not answer within {CHECK_TIMEOUT_S:g} s"
-        elif results[name] is not None:
-            failures[name] = results[name]
+        elif (failed := results[name]) is not None:
+            failures[name] = failed
     return failures

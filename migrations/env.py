@@ -12,7 +12,7 @@ def run() -> None:
     if connectable is None:
         from sqlalchemy import create_engine
 
-        with create_engine(config.get_main_option("sqlalchemy.url")).connect() as conn:
+        with create_engine(config.get_main_option("sqlalchemy.url") or "").connect() as conn:
             _migrate(conn)
     else:
         _migrate(connectable)

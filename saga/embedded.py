@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from celery.contrib.testing.worker import start_worker
 
-from saga import migrations
+import saga.migrations as migrations
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.system import System, build

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from saga import state
 from saga.alerts import Alerts
-from saga.definitions import RemoteTask, Saga, Step
+from saga.definitions import RemoteTask, Saga, Signal, Step
 from saga.errors import (
     InvalidInput,
     RunBusy,
@@ -328,7 +328,8 @@ def _check_signal(saga: Saga, run: Run, name: str, payload: Any) -> None:
     waits = saga.signal_steps(name)
     if not waits:
         raise UnknownSignal(f"saga {run.saga!r} v{run.version} declares no signal {name!r}")
-    schema = waits[0].wait.schema if waits[0].wait is not None else None
+    wait = waits[0].wait
+    schema = wait.schema if isinstance(wait, Signal) else None
     if schema is not None:
         errors = (schema() if isinstance(schema, type) else schema).validate(payload)
         if errors:

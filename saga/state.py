@@ -222,6 +222,7 @@ def _begin_wait(saga: Saga, run: Run, step: StepState, now: datetime) -> StepSta
     if wait.duration is not None:
         wake_at = now + wait.duration
     else:
+        assert wait.until is not None  # a Wait has a duration or an until (checked when built)
         try:
             wake_at = wait.until(run.input, run.outputs)
             if not isinstance(wake_at, datetime) or wake_at.tzinfo is None:

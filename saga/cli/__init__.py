@@ -30,7 +30,7 @@ def main(log_level: str) -> None:
 @main.command()
 def migrate() -> None:
     """Apply the Alembic migrations to SAGA_DATABASE_URL."""
-    from saga import migrations
+    import saga.migrations as migrations
 
     settings = _settings()
     migrations.upgrade(settings.database_url)

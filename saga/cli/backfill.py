@@ -57,6 +57,7 @@ def backfill(saga_name: str, start: str | None, end: str | None, inputs: IO[str]
         return
     backfill_id = system.scheduler.start_backfill(plan, created_by=cli_actor())
     progress = system.store.get_backfill(backfill_id)
+    assert progress is not None  # just stored
     click.echo(backfill_id)
     click.echo(f"backfill {backfill_id}: {len(plan.items)} runs of {plan.saga} to start, at most "
                f"{plan.max_running} at once ({plan.existing} exist already); "

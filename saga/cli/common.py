@@ -80,7 +80,7 @@ def system(settings: Settings, serve: bool = True, loaded: Registry | None = Non
 
 def check_database(system: System, settings: Settings) -> None:
     """Refuse to go on against a database that does not answer or has no saga tables."""
-    from saga import migrations
+    import saga.migrations as migrations
 
     store = system.store
     store.ping()  # a failure here is told by `failure`, naming SAGA_DATABASE_URL

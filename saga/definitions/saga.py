@@ -100,8 +100,7 @@ class Saga:
                     "action": _action_name(self.by_name[n].action),
                     "compensate": _action_name(self.by_name[n].compensate),
                     "retry_attempts": self.by_name[n].retry.attempts,
-                    "timeout_s": (self.by_name[n].timeout.total_seconds()
-                                  if self.by_name[n].timeout else None),
+                    "timeout_s": _seconds(self.by_name[n].timeout),
                 }
                 for n in self.order
             ],
@@ -163,3 +162,7 @@ def _topological(graph: Mapping[str, frozenset[str]]) -> tuple[str, ...]:
     for name in graph:
         visit(name, [])
     return tuple(order)
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return value.total_seconds() if value is not None else None

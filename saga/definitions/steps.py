@@ -23,9 +23,6 @@ class RemoteTask:
 
 Action = Union[Callable[..., Any], RemoteTask, str]
 
-
-Action = Union[Callable[..., Any], RemoteTask, str]
-
 TIMEOUT_POLICIES = ("retry", "compensate", "park")
 
 

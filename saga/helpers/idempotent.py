@@ -55,7 +55,8 @@ idempotency_responses = sa.Table(
               default=lambda: datetime.now(UTC)),
 )
 
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+# Each dialect's INSERT, for its ON CONFLICT DO NOTHING.
+_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def create_tables(engine: sa.Engine) -> None:
@@ -106,7 +107,7 @@ class IdempotentRequests:
             raw = conn.connection.driver_connection
             # pysqlite starts no transaction before our first statement, and an engine
             # carrying SQLAlchemy's BEGIN IMMEDIATE recipe (as saga.store's does) has begun one.
-            if conn.dialect.name == "sqlite" and not raw.in_transaction:
+            if conn.dialect.name == "sqlite" and not getattr(raw, "in_transaction", True):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             inserted = conn.execute(
                 _INSERTS[conn.dialect.name](idempotency_responses)

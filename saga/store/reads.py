@@ -12,6 +12,7 @@ and reads the same indexes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +21,7 @@ import sqlalchemy as sa
 from saga.clock import aware
 from saga.errors import RunNotFound
 from saga.run import Role, Run, RunStatus
+from saga.store.database import Database
 from saga.store.rows import (
     decode_cursor,
     encode_cursor,
@@ -35,10 +37,8 @@ from saga.store.tables import events, runs, steps
 ERROR_WINDOW_PER_ROW = 20
 
 
-class Reads:
-    """Mixed into Store: everything the API and CLI read. Needs `self.engine`."""
-
-    engine: sa.Engine
+class Reads(Database):
+    """Mixed into Store: everything the API and CLI read."""
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         """One run with its steps and compensations, as plain data."""
@@ -106,6 +106,7 @@ class Reads:
             at, run_id = decode_cursor(cursor)
             # A row comparison is one index condition; the OR of two comparisons is not.
             query = query.where(sa.tuple_(runs.c.created_at, runs.c.id) < (aware(at), run_id))
+        rows: Sequence[sa.RowMapping]
         with self.engine.connect() as conn:
             if error:
                 rows = _search_errors(conn, query, error, limit)
@@ -169,7 +170,8 @@ class Reads:
             return conn.execute(runs.delete().where(runs.c.id.in_(doomed))).rowcount
 
 
-def _search_errors(conn: sa.Connection, query: sa.Select, text: str, limit: int) -> list[Any]:
+def _search_errors(conn: sa.Connection, query: sa.Select, text: str,
+                   limit: int) -> Sequence[sa.RowMapping]:
     """The page of `query` (newest first, `limit` + 1 rows) whose runs match `text`.
 
     A common text matches among the newest runs: test those one by one, a bounded window

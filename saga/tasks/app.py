@@ -58,7 +58,7 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
     )
 
     def run(task: Any, role: Role, run_id: str, step: str, saga: str, version: int) -> str:
-        if foreign(task.request, namespace):
+        if namespace is not None and foreign(task.request, namespace):
             return hand_back(app, task.request, namespace)
         if worker is None:
             raise RuntimeError("this Celery app was made without a worker")

@@ -99,6 +99,7 @@ class Worker:
                 result = StepResult(done if outcome.changed else "superseded", first_attempt)
             claim = outcome.claim
             budget -= 1
+        assert result is not None  # the loop ran at least once: there was a claim
         return result
 
     def _execute(self, saga: Saga, claim: Claim) -> Event:
