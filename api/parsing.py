@@ -14,6 +14,7 @@ from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from saga.api.problems import MEDIA_TYPE, ProblemSchema
+from saga.store.text import unstorable_parts
 
 # Deeper than this is no saga's input; past it, what breaks first (Python's recursion, a
 # thread's stack, PostgreSQL's max_stack_depth) would depend on the deployment.
@@ -139,36 +140,9 @@ class Blueprint(flask_smorest.Blueprint):
 
 def storable(value: Any) -> None:
     """Refuse text JSON carries but PostgreSQL cannot store: NUL and lone surrogates."""
-    problems: dict[str, list[str]] = {}
-    pending: list[tuple[str, Any]] = [("", value)]
-    while pending:  # a loop, not recursion: the nesting depth is the client's choice
-        path, item = pending.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                where = f"{path}.{key}" if path else str(key)
-                _check_text(problems, where, key)
-                pending.append((where, child))
-        elif isinstance(item, list):
-            pending.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
-        elif isinstance(item, str):
-            _check_text(problems, path, item)
-    if problems:
-        raise ma.ValidationError(problems)
-
-
-def _check_text(problems: dict[str, list[str]], path: str, text: str) -> None:
-    if "\x00" in text:
-        problems.setdefault(path, []).append("text must not contain NUL (\\u0000) characters")
-    elif not _encodable(text):
-        problems.setdefault(path, []).append("text must not hold unpaired UTF-16 surrogates")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    found = unstorable_parts(value)
+    if found:
+        raise ma.ValidationError(found)
 
 
 def printable(text: str) -> None:

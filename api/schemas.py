@@ -133,7 +133,8 @@ class EventSchema(ma.Schema):
     at = fields.DateTime()
     type = fields.String(metadata={"description": "e.g. run.started, step.succeeded"})
     step = fields.String(allow_none=True)
-    kind = fields.String(allow_none=True, validate=validate.OneOf([k.value for k in Role]))
+    role = fields.String(allow_none=True, validate=validate.OneOf([r.value for r in Role]),
+                         metadata={"description": "forward, or compensate for a compensation"})
     attempt = fields.Integer(allow_none=True)
     worker = fields.String(allow_none=True)
     data = fields.Raw()

@@ -18,9 +18,15 @@ PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
 NAME_RULE = "1 to 100 letters, digits or . _ @ : - starting with a letter or digit"
 
 
+def _token_name(name: str) -> None:
+    # fullmatch, as the store checks it: a regex's `$` would let a final newline through.
+    if not NAME.fullmatch(name):
+        raise ma.ValidationError(f"must be {NAME_RULE}")
+
+
 class TokenRequestSchema(ma.Schema):
-    name = fields.String(required=True, validate=validate.Regexp(
-        f"^{NAME.pattern}$", error=f"must be {NAME_RULE}"), metadata={
+    name = fields.String(required=True, validate=_token_name, metadata={
+        "pattern": f"^{NAME.pattern}$",
         "description": "recorded on the events its calls write; never reused, even once revoked"})
     scope = fields.String(required=True, validate=validate.OneOf(SCOPES), metadata={
         "description": "read, operate or admin; each includes the ones before it"})

@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from saga.helpers.idempotent import PROBLEM_JSON, IdempotentRequests, idempotent, problem
 from saga.helpers.idempotent import create_tables as create_idempotency_tables
+from saga.store.text import unstorable
 
 __all__ = ["DECLINED_CARD", "FLAKY_CARD", "FLAKY_FAILURES", "UNDELIVERABLE_ADDRESS",
            "create_tables", "demo_effects", "make_demo_services", "metadata"]
@@ -221,16 +222,8 @@ def _check_nested(body: dict[str, Any]) -> None:
 
 
 def _check_text(where: str, text: str) -> None:
-    if "\x00" in text or not _encodable(text):
+    if unstorable(text):
         raise InvalidBody(f"{where!r}: text must not contain NUL or unpaired surrogates")
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _fields(**types: type) -> list[Any]:

@@ -6,7 +6,6 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 HERE = Path(__file__).parent
@@ -36,6 +35,9 @@ def head() -> str:
 
 def current(engine: sa.Engine) -> str | None:
     """The revision the database is at; None if it was never migrated."""
+    # Read directly: Alembic's MigrationContext logs two INFO lines per look.
     with engine.connect() as conn:
-        revisions = MigrationContext.configure(conn).get_current_heads()
-    return ",".join(sorted(revisions)) or None
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        revisions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars()
+        return ",".join(sorted(revisions)) or None

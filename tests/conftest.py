@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 import pytest
@@ -77,6 +78,28 @@ def database_url(pg_template: str) -> Iterator[str]:
     with admin.connect() as conn:
         conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.dispose()
+
+
+@contextmanager
+def template_copies(pg_template: str, prefix: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh migrated databases (copies of the session's template); drops them after."""
+    admin = _admin()
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+        made.append(name)
+        return _db_url(name)
+
+    try:
+        yield make
+    finally:
+        with admin.connect() as conn:
+            for name in made:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 @pytest.fixture(params=sorted(BROKERS))

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from saga.cli.common import Group, refuse
+from saga.cli.common import Group, cli_actor, refuse
 from saga.cli.common import registry as _registry
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
@@ -157,7 +157,8 @@ def start(saga_name: str, input_json: str, key: str | None, version: int | None)
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--input") from None
     system = _system(_settings(), serve=False)
     try:
-        run_id, created = system.engine.start(saga_name, payload, key, version)
+        run_id, created = system.engine.start(saga_name, payload, key, version,
+                                              actor=cli_actor())
     except SagaError as exc:
         detail = getattr(exc, "errors", None)
         raise click.ClickException(f"{exc}{' ' + json.dumps(detail) if detail else ''}") from None

@@ -54,6 +54,9 @@ def registry(settings: Settings, serve: bool = True) -> Registry:
 
     if not settings.sagas:
         raise click.ClickException(NO_SAGAS)
+    # Like `celery -A` and `flask --app`: modules in the directory the command runs from.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         loaded = Registry.from_modules(settings.sagas)
     except SagaError as exc:

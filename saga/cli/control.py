@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -12,6 +13,7 @@ from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
 
 if TYPE_CHECKING:
+    from saga.engine import Engine
     from saga.system import System
 
 
@@ -19,14 +21,7 @@ if TYPE_CHECKING:
 @click.argument("run_id")
 def cancel(run_id: str) -> None:
     """Cancel a run: let running steps settle, then compensate what was done."""
-    from saga.errors import SagaError
-
-    system = _system(_settings(), serve=False)
-    try:
-        _check_definition(system, run_id)
-        system.engine.cancel(run_id, actor=cli_actor())
-    except SagaError as exc:
-        raise click.ClickException(str(exc)) from None
+    system = _steer(run_id, lambda engine: engine.cancel(run_id, actor=cli_actor()))
     click.echo(f"run {run_id}: cancelling ({system.store.get_run(run_id)['status']})")
 
 
@@ -59,15 +54,21 @@ def signal(run_id: str, name: str, payload: str, key: str | None) -> None:
 @click.argument("run_id")
 def retry(run_id: str) -> None:
     """Resume a failed run from its given-up compensation or parked step."""
+    system = _steer(run_id, lambda engine: engine.retry(run_id, actor=cli_actor()))
+    click.echo(f"run {run_id} resumed: {system.store.get_run(run_id)['status']}")
+
+
+def _steer(run_id: str, act: Callable[[Engine], object]) -> System:
+    """Do one thing to a run from this shell; a SagaError becomes its one line."""
     from saga.errors import SagaError
 
     system = _system(_settings(), serve=False)
     try:
         _check_definition(system, run_id)
-        system.engine.retry(run_id, actor=cli_actor())
+        act(system.engine)
     except SagaError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"run {run_id} resumed: {system.store.get_run(run_id)['status']}")
+    return system
 
 
 def _check_definition(system: System, run_id: str) -> None:

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from saga.engine import validate_input
 from saga.errors import InvalidBackfill, InvalidInput
+from saga.store.text import unstorable_parts
 
 MAX_ITEMS = 100_000  # runs one backfill may ask for
 MAX_RUNNING = 10_000
@@ -70,23 +71,9 @@ def item(value: Any) -> tuple[str, Any, str | None]:
 
 
 def _unstorable(value: Any) -> str | None:
-    """Text JSON carries but PostgreSQL cannot store: NUL, unpaired surrogates."""
-    pending = [value]
-    while pending:  # a loop, not recursion: the depth is the file's choice
-        item = pending.pop()
-        if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                return "text must not contain NUL (\\u0000) characters"
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return "text must not hold unpaired UTF-16 surrogates"
-    return None
+    """The first reason PostgreSQL would refuse text in `value`, or None."""
+    found = unstorable_parts(value)
+    return next(iter(found.values()))[0] if found else None
 
 
 def check_input(saga: Any, run_input: Any, where: str) -> None:

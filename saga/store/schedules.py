@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from saga.clock import aware
 from saga.run import RunStatus
-from saga.store.rows import aware
+from saga.store.database import Database
 from saga.store.tables import JSON, When, metadata, runs
 
 TERMINAL = [str(s) for s in RunStatus if s.terminal]
@@ -84,14 +84,8 @@ class Feed:
     created_by: str | None = None  # who asked for the backfill: its runs' actor
 
 
-class ScheduleStore:
-    """Mixed into Store: the SQL of schedules and backfills. Needs the Store's engine and clock."""
-
-    engine: sa.Engine
-    is_sqlite: bool
-    if TYPE_CHECKING:  # the Store's own
-        def now(self, conn: sa.Connection | None = None) -> datetime: ...
-        def _begin(self) -> AbstractContextManager[sa.Connection]: ...
+class ScheduleStore(Database):
+    """Mixed into Store: the SQL of schedules and backfills."""
 
     # -- schedules ----------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from saga.registry import Registry
 from saga.schedules.cron import Schedule, schedule_key
 from saga.store.tokens import hash_token
 from saga.system import System
-from tests.auth import authorize, bearer, create_token
+from tests.auth import bearer, create_token
 from tests.integration.test_schedules import (
     make_settings,
     make_system,
@@ -321,6 +321,7 @@ def test_a_taken_name_is_a_409_and_writes_nothing(api, boss):
     ({"name": "with space", "scope": "read"}, "name"),
     ({"name": "x" * 101, "scope": "read"}, "name"),
     ({"name": "nul\u0000", "scope": "read"}, "name"),
+    ({"name": "newline\n", "scope": "read"}, "name"),
     ({"name": "ok", "scope": "root"}, "scope"),
     ({"name": "ok"}, "scope"),
     ({"scope": "read"}, "name"),

@@ -29,7 +29,7 @@ from saga.store import Store
 from saga.system import System, build
 from saga.timeline import attempts, state_at
 from tests.auth import authorize, create_token
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, template_copies
 
 TERMINAL = {"succeeded", "compensated", "failed"}
 
@@ -80,22 +80,9 @@ def _admin() -> sa.Engine:
 
 @pytest.fixture(scope="module")
 def new_database(pg_template: str) -> Iterator[Callable[[], str]]:
-    """Makes fresh migrated databases (copies of the session's template); drops them after."""
-    made: list[str] = []
-    admin = _admin()
-
-    def make() -> str:
-        name = f"hist_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-        made.append(name)
-        return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-    yield make
-    with admin.connect() as conn:
-        for name in made:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    """Makes fresh migrated databases (copies of the template), dropped after."""
+    with template_copies(pg_template, "hist") as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

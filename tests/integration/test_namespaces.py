@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from saga import migrations
 from saga.store.deployment import deployment_id
 from saga.tasks import queue_for, redis_unacked_keys
-from tests.conftest import BROKERS, PG_ADMIN_URL, need
+from tests.conftest import BROKERS, need, template_copies
 from tests.stack import Stack, wait_for
 
 RUNS = 8  # per deployment
@@ -31,22 +31,9 @@ MESSAGE_PER_STEP = {"SAGA_INLINE_STEPS": "0"}  # every step a message: many chan
 
 @pytest.fixture
 def new_database(pg_template: str) -> Iterator[Callable[[], str]]:
-    """Makes fresh migrated databases (copies of the template), dropped after the test."""
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"saga_ns_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-        made.append(name)
-        return sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-
-    yield make
-    with admin.connect() as conn:
-        for name in made:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    """Makes fresh migrated databases (copies of the template), dropped after."""
+    with template_copies(pg_template, "saga_ns") as make:
+        yield make
 
 
 def read_id(url: str) -> str:
