@@ -54,8 +54,9 @@ def spec_options() -> dict[str, Any]:
             "description": "An API token from `saga token create NAME --scope "
                            "read|operate|admin`. `read` reads runs, events, sagas, schedules "
                            "and backfills; `operate` also starts runs and sends signals; "
-                           "`admin` also cancels, retries and backfills. Each operation names "
-                           "its scope in `x-required-scope`."}}},
+                           "`admin` also cancels, retries, backfills, pauses and resumes "
+                           "schedules and manages tokens. Each operation names its scope in "
+                           "`x-required-scope`."}}},
     }
 
 

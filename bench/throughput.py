@@ -484,7 +484,7 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     finally:
         worker.stop()
         if system is not None:
-            system.engine.store.close()  # broker connections stay in kombu's shared pool
+            system.store.close()  # broker connections stay in kombu's shared pool
         delete_queue(broker_url, queue)
     db.wait_idle()
     after = db.counters()

@@ -30,7 +30,7 @@ def token() -> None:
     \b
     read     runs, events, sagas, schedules and backfills
     operate  read, and start runs and send signals
-    admin    operate, and cancel, retry and backfill
+    admin    operate, and cancel, retry, backfill, pause schedules, manage tokens
     """
 
 

@@ -1,6 +1,6 @@
 """API tokens in the saga log: create one, resolve a presented token, list and revoke them.
 
-    tokens = TokenStore(system.engine.store.engine)
+    tokens = TokenStore(system.store.engine)
     secret = tokens.create("ci", "operate")     # shown once; only its hash is stored
     tokens.resolve(secret)                       # Principal(name="ci", scope="operate")
     tokens.revoke("ci")                          # the next resolve, in any process, is None

@@ -114,7 +114,7 @@ def app(settings: Settings, system: System) -> flask.Flask:
 
 @pytest.fixture(scope="module")
 def token(system: System) -> str:
-    return create_token(system.engine.store.engine, "admin")
+    return create_token(system.store.engine, "admin")
 
 
 @pytest.fixture

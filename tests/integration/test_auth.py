@@ -98,14 +98,14 @@ class Api:
         self.client = self.app.test_client()
 
     def token(self, scope: str, name: str | None = None) -> str:
-        return create_token(self.system.engine.store.engine, scope, name)
+        return create_token(self.system.store.engine, scope, name)
 
     def call(self, method: str, path: str, token: str | None = None, **kwargs: Any):
         headers = {**(bearer(token) if token else {}), **kwargs.pop("headers", {})}
         return self.client.open(path, method=method.upper(), headers=headers, **kwargs)
 
     def close(self) -> None:
-        self.system.engine.store.close()
+        self.system.store.close()
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_a_revoked_token_gets_the_same_401_as_one_that_never_existed(api):
     assert api.call("get", "/v1/runs", token).status_code == 200
     from saga.store.tokens import TokenStore
 
-    TokenStore(api.system.engine.store.engine).revoke("leaver")
+    TokenStore(api.system.store.engine).revoke("leaver")
     revoked = api.call("get", "/v1/runs", token)
     unknown = api.call("get", "/v1/runs", "saga_" + secrets.token_urlsafe(32))
     challenge = 'Bearer realm="saga", error="invalid_token"'
@@ -299,7 +299,7 @@ def test_cancel_signal_and_retry_record_the_token_name_in_the_events(database_ur
                         sweep_interval_s=0.1, worker_concurrency=2)
     with embedded(settings, Registry(SAGAS)) as system:
         client = create_app(settings, system).test_client()
-        engine = system.engine.store.engine
+        engine = system.store.engine
         ops, alice = create_token(engine, "operate", "ops-bot"), create_token(engine, "admin", "alice")
 
         def call(method: str, path: str, token: str, **kwargs: Any):
@@ -357,7 +357,7 @@ def test_the_token_is_never_logged_nor_stored(api, caplog):
     # The lookup's parameter was logged: the check below would see a token there.
     assert hashlib.sha256(token.encode()).hexdigest() in caplog.text
     assert token not in caplog.text
-    with api.system.engine.store.engine.connect() as conn:
+    with api.system.store.engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT * FROM tokens").all()
     assert rows and not any(token in str(value) for row in rows for value in row)
     assert hashlib.sha256(token.encode()).hexdigest() in {row.token_hash for row in rows}

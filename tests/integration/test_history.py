@@ -105,7 +105,7 @@ def app(system: System) -> flask.Flask:
 
 @pytest.fixture
 def client(app: flask.Flask, system: System):
-    return authorize(app.test_client(), create_token(system.engine.store.engine))
+    return authorize(app.test_client(), create_token(system.store.engine))
 
 
 def drive(system: System, run_id: str, actions: int = 50,

@@ -337,7 +337,7 @@ def test_a_backfill_and_the_schedule_never_double_a_firing(system, clock):
 @pytest.fixture
 def client(database_url: str, system: System):
     return authorize(create_app(make_settings(database_url), system).test_client(),
-                     create_token(system.engine.store.engine))
+                     create_token(system.store.engine))
 
 
 def test_api_backfill_of_a_range_and_its_dry_run(client, system):
