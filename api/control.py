@@ -9,14 +9,13 @@ from marshmallow import fields
 
 from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint, storable
-from saga.api.problems import Problem, ProblemSchema, flatten
+from saga.api.problems import PROBLEM, Problem, flatten
 from saga.api.runs import _checked
 from saga.api.schemas import IdempotencySchema, RunSchema
 from saga.api.system import current
 from saga.errors import InvalidInput
 
 blp = Blueprint("control", __name__, description="Send signals to runs and cancel them")
-PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
 
 
 class SignalSchema(ma.Schema):

@@ -56,6 +56,10 @@ class ProblemSchema(ma.Schema):
                             metadata={"description": "messages by field path, e.g. input.amount_cents"})
 
 
+# How an operation documents a problem answer: `@blp.alt_response(404, ..., **PROBLEM)`.
+PROBLEM = {"schema": ProblemSchema, "content_type": MEDIA_TYPE}
+
+
 class Problem(Exception):
     """Raised by a view to answer with a problem."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint
-from saga.api.problems import Problem, ProblemSchema, flatten
+from saga.api.problems import PROBLEM, Problem, flatten
 from saga.api.schemas import (
     EventListSchema,
     EventQuerySchema,
@@ -26,7 +26,6 @@ blp = Blueprint("runs", __name__, description="Start, inspect and list saga runs
 CURSOR_ERROR = "not a cursor this API returned"
 FILTERS = ("version", "started_after", "started_before", "finished_after", "finished_before",
            "step", "step_status", "error")
-PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
 
 
 @blp.post("/sagas/<name>/runs")

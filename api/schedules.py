@@ -11,13 +11,12 @@ from marshmallow import fields, validate
 
 from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint, storable
-from saga.api.problems import Problem, ProblemSchema
+from saga.api.problems import PROBLEM, Problem
 from saga.api.system import current
 from saga.errors import InvalidBackfill, UnknownSaga
 from saga.schedules.backfill import DEFAULT_MAX_RUNNING, MAX_ITEMS, MAX_RUNNING
 
 blp = Blueprint("schedules", __name__, description="Schedules and backfills")
-PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
 
 
 class BackfillRequestSchema(ma.Schema):

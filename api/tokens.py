@@ -9,12 +9,11 @@ from marshmallow import fields, validate
 
 from saga.api.auth import requires
 from saga.api.parsing import Blueprint
-from saga.api.problems import Problem, ProblemSchema
+from saga.api.problems import PROBLEM, Problem
 from saga.api.system import current
 from saga.store.tokens import NAME, SCOPES, TokenError, TokenStore
 
 blp = Blueprint("tokens", __name__, description="API tokens: list, create, revoke")
-PROBLEM = {"schema": ProblemSchema, "content_type": "application/problem+json"}
 NAME_RULE = "1 to 100 letters, digits or . _ @ : - starting with a letter or digit"
 
 

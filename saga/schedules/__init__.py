@@ -1,0 +1,1 @@
+"""Cron schedules (`cron`), their firing and backfills (`firing`), and backfill plans (`backfill`)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from saga.clock import utcnow
 from saga.store.tables import tokens
 
 __all__ = ["SCOPES", "Principal", "TokenError", "TokenStore", "hash_token", "new_token"]
@@ -73,7 +74,7 @@ class TokenStore:
             with self.engine.begin() as conn:
                 conn.execute(tokens.insert().values(
                     name=name, scope=scope, token_hash=hash_token(token),
-                    created_at=datetime.now(UTC)))
+                    created_at=utcnow()))
         except sa.exc.IntegrityError:
             raise TokenError(f"a token named {name!r} exists already (a revoked token keeps "
                              "its name, so that the name in a run's events means one token)"
@@ -111,7 +112,7 @@ class TokenStore:
         with self.engine.begin() as conn:
             done = conn.execute(tokens.update().where(
                 tokens.c.name == name, tokens.c.revoked_at.is_(None)).values(
-                    revoked_at=datetime.now(UTC)))
+                    revoked_at=utcnow()))
             if done.rowcount:
                 return True
             exists = conn.execute(sa.select(tokens.c.name).where(tokens.c.name == name)).first()
@@ -122,7 +123,7 @@ class TokenStore:
     def _touch(self, name: str, last_used_at: datetime | None) -> None:
         # A write per request would cost more than the lookup: one a minute is enough to
         # tell a token in use from a forgotten one.
-        now = datetime.now(UTC)
+        now = utcnow()
         if last_used_at is not None and now - last_used_at < TOUCH_EVERY:
             return
         with self.engine.begin() as conn:
