@@ -89,7 +89,7 @@ def experiments(names: set[str]) -> None:
 
     from saga import store
     from saga.store import database
-    from saga.worker import heartbeat
+    from saga.worker.runner import heartbeat
 
     if "no_preping" in names:
         original = database.make_engine
@@ -117,8 +117,8 @@ def install() -> None:
     from saga.engine import Engine
     from saga.store import Store
     from saga.tasks import CeleryDispatcher
-    from saga.worker import Worker
     from saga.worker.heartbeat import Heartbeat
+    from saga.worker.runner import Worker
 
     wrap(Worker, "run_step", "worker.run_step (whole task body)")
     wrap(Engine, "advance", "engine.advance (advance tx + publish)")

@@ -71,7 +71,7 @@ def report_cprofile(folder: Path, steps: int, top: int = 35) -> None:
         return
     stats = pstats.Stats(*files)
     runs = [calls for (file, _l, func), (_cc, calls, *_rest) in stats.stats.items()
-            if func == "run_step" and file.endswith("worker/__init__.py")]
+            if func == "run_step" and file.endswith("worker/runner.py")]
     steps = sum(runs) or steps  # the profile is dumped every 50 tasks: count what it saw
     rows = []
     for (file, line, func), (_cc, calls, tottime, cumtime, _callers) in stats.stats.items():

@@ -13,6 +13,8 @@
     │   └── RunBusy          another transaction holds the run (a sweep skips it)
     ├── StoreConflict        a row changed under a transaction that locked it; abandoned
     ├── LeaseLost            raised inside a step: another worker owns it now, stop
+    ├── TokenError           an API token cannot be created or revoked as asked
+    ├── NoDeploymentId       the deployment table was emptied by hand
     └── NonRetryable         raised by a step: do not try it again
 """
 
@@ -88,6 +90,14 @@ class StoreConflict(SagaError):
 
 class LeaseLost(SagaError):
     """This attempt lost its lease: another worker owns the step now. Stop at once."""
+
+
+class TokenError(SagaError, ValueError):
+    """A token cannot be created or revoked as asked; the message says why."""
+
+
+class NoDeploymentId(SagaError, LookupError):
+    """The database has the deployment table but no row: it was emptied by hand."""
 
 
 class NonRetryable(SagaError):

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from saga import compensation
-from saga.definitions import Saga, Signal, Timer
+from saga.definitions import OnSignalTimeout, OnTimeout, Saga, Signal, Timer
 from saga.events import (
     Alert,
     CancelRequested,
@@ -106,13 +106,13 @@ def _fail_attempt(saga: Saga, run: Run, step: StepState, error: str, retryable: 
         alerts.append(Alert("timeout", f"{step.role} {step.name!r} attempt {step.attempt} "
                                        f"timed out: {error}", step.name))
         if step.role is Role.FORWARD and run.status is RunStatus.RUNNING:
-            if definition.on_timeout == "park":
+            if definition.on_timeout == OnTimeout.PARK:
                 parked = replace(step, status=StepStatus.PARKED, error=error, finished_at=now,
                                  lease_expires_at=None)
                 reason = f"step {step.name!r} parked after a timeout: {error}"
                 run, commands = plan(saga, replace(run.put(parked), parked=reason), now)
                 return run, [*alerts, Alert("parked", reason, step.name), *commands]
-            retryable = retryable and definition.on_timeout == "retry"
+            retryable = retryable and definition.on_timeout == OnTimeout.RETRY
     policy = definition.for_role(step.role)[1]
     may_retry = (retryable and step.attempt < policy.attempts and not run.status.terminal
                  and (step.role is Role.COMPENSATE or run.status is RunStatus.RUNNING))
@@ -139,7 +139,7 @@ def _wake(saga: Saga, run: Run, step: StepState, now: datetime) -> tuple[Run, li
                        output={"woke_at": step.wake_at.isoformat() if step.wake_at else None})
         return plan(saga, run.put(done), now)
     assert isinstance(wait, Signal)
-    if wait.on_timeout == "continue":
+    if wait.on_timeout == OnSignalTimeout.CONTINUE:
         done = replace(step, status=StepStatus.SUCCEEDED, finished_at=now, wake_at=None,
                        output={"timed_out": True})
         return plan(saga, run.put(done), now)

@@ -21,7 +21,7 @@ from saga.store.deployment import deployment_id
 from saga.sweeper import Sweeper
 from saga.tasks import CeleryDispatcher, Namespace, make_celery
 from saga.testing import clock as test_clock
-from saga.worker import Worker
+from saga.worker.runner import Worker
 
 
 @dataclass

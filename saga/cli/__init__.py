@@ -89,7 +89,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(concurrency: int | None, pool: str, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker for the saga steps; extra arguments go to Celery."""
-    from saga.store.deployment import NoDeploymentId
+    from saga.errors import NoDeploymentId
     from saga.tasks import broker_limit_problems, prepare_worker
 
     settings = _settings()

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 import click
 
 from saga.cli.common import settings as _settings
-from saga.store.tokens import SCOPES, TokenError, TokenStore
+from saga.errors import TokenError
+from saga.store.tokens import SCOPES, TokenStore
 
 
 @contextmanager

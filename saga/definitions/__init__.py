@@ -19,8 +19,17 @@ from __future__ import annotations
 
 from saga.definitions.retry import DEFAULT_COMPENSATE_RETRY, Retry
 from saga.definitions.saga import Node, Parallel, Saga
-from saga.definitions.steps import Action, RemoteTask, Step, Wait, WaitForSignal, resolve_action
-from saga.definitions.waits import Signal, Timer
+from saga.definitions.steps import (
+    Action,
+    OnTimeout,
+    RemoteTask,
+    Step,
+    Wait,
+    WaitForSignal,
+    resolve_action,
+)
+from saga.definitions.waits import OnSignalTimeout, Signal, Timer
 
 __all__ = ["Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "Timer",
-           "Signal", "Node", "Action", "resolve_action", "DEFAULT_COMPENSATE_RETRY"]
+           "Signal", "Node", "Action", "resolve_action", "DEFAULT_COMPENSATE_RETRY", "OnTimeout",
+           "OnSignalTimeout"]

@@ -6,10 +6,11 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any, Union
 
 from saga.definitions.retry import DEFAULT_COMPENSATE_RETRY, Retry
-from saga.definitions.waits import Signal, Timer
+from saga.definitions.waits import OnSignalTimeout, Signal, Timer
 from saga.errors import DefinitionError
 
 
@@ -23,7 +24,15 @@ class RemoteTask:
 
 Action = Union[Callable[..., Any], RemoteTask, str]
 
-TIMEOUT_POLICIES = ("retry", "compensate", "park")
+class OnTimeout(StrEnum):
+    """What a timed-out attempt of a step leads to."""
+
+    RETRY = "retry"  # another attempt, by the step's retry policy
+    COMPENSATE = "compensate"  # the step fails now, and the run compensates
+    PARK = "park"  # stop and flag the run for a person
+
+
+TIMEOUT_POLICIES = tuple(OnTimeout)
 
 
 @dataclass(frozen=True)
@@ -51,10 +60,15 @@ class Step:
     timeout: timedelta | None = None
     heartbeat_timeout: timedelta | None = None
     schedule_to_start: timedelta | None = None
-    on_timeout: str = "retry"
+    on_timeout: OnTimeout | str = OnTimeout.RETRY
     after: tuple[str, ...] = ()
     queue: str | None = None
     wait: Timer | Signal | None = None  # set by Wait / WaitForSignal: a step that holds no worker
+
+    def __post_init__(self) -> None:
+        # A string names the member ("park"); a wrong one is refused, naming the saga, later.
+        if self.on_timeout in TIMEOUT_POLICIES:
+            object.__setattr__(self, "on_timeout", OnTimeout(self.on_timeout))
 
     def for_role(self, role: str) -> tuple[Action | None, Retry]:
         """The action and retry policy of this step's forward action or its compensation."""
@@ -77,7 +91,8 @@ def Wait(name: str, duration: timedelta | None = None,
 
 
 def WaitForSignal(name: str, signal: str | None = None, timeout: timedelta | None = None,
-                  on_timeout: str = "compensate", schema: Any = None,
+                  on_timeout: OnSignalTimeout | str = OnSignalTimeout.COMPENSATE,
+                  schema: Any = None,
                   after: tuple[str, ...] = ()) -> Step:
     """A step that waits for `POST /v1/runs/{id}/signals/{signal}` (the step's name by default).
 
@@ -125,7 +140,7 @@ def _check_wait(step: Step) -> None:
         if not wait.name or not wait.name.replace("_", "").replace("-", "").isalnum():
             raise DefinitionError(f"step {step.name!r}: signal name {wait.name!r} must be "
                                   "letters, digits, _ or -")
-        if wait.on_timeout not in ("compensate", "continue"):
+        if wait.on_timeout not in tuple(OnSignalTimeout):
             raise DefinitionError(f"step {step.name!r}: on_timeout must be 'compensate' or "
                                   f"'continue', not {wait.on_timeout!r}")
         if wait.timeout is not None and wait.timeout <= timedelta(0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 
@@ -14,6 +15,13 @@ class Timer:
 
     duration: timedelta | None = None
     until: Callable[[Any, dict[str, Any]], Any] | None = None
+
+
+class OnSignalTimeout(StrEnum):
+    """What a signal wait that timed out leads to."""
+
+    COMPENSATE = "compensate"  # the step fails and the run compensates
+    CONTINUE = "continue"  # the step succeeds with output {"timed_out": true}
 
 
 @dataclass(frozen=True)
@@ -26,5 +34,9 @@ class Signal:
 
     name: str
     timeout: timedelta | None = None
-    on_timeout: str = "compensate"
+    on_timeout: OnSignalTimeout | str = OnSignalTimeout.COMPENSATE
     schema: Any = None  # a marshmallow Schema (class or instance) validating the payload
+
+    def __post_init__(self) -> None:
+        if self.on_timeout in tuple(OnSignalTimeout):
+            object.__setattr__(self, "on_timeout", OnSignalTimeout(self.on_timeout))

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from itertools import islice
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,9 +22,17 @@ from croniter.croniter import CroniterError
 
 from saga.errors import DefinitionError
 
-__all__ = ["Schedule", "Plan", "CATCH_UP", "iso", "schedule_key"]
+__all__ = ["Schedule", "Plan", "CatchUp", "CATCH_UP", "iso", "schedule_key"]
 
-CATCH_UP = ("skip", "latest", "all")
+class CatchUp(StrEnum):
+    """What the firings missed while no sweeper ran come to."""
+
+    SKIP = "skip"  # none; wait for the next
+    LATEST = "latest"  # the newest one, once
+    ALL = "all"  # each in order, a batch per sweep
+
+
+CATCH_UP = tuple(CatchUp)
 # More than any daylight-saving or zone-rule shift in use, so the order of logical
 # times can be settled that far ahead of the wall clock.
 SHIFT_BOUND = timedelta(hours=3)
@@ -48,8 +57,13 @@ class Schedule:
 
     cron: str
     timezone: str = "UTC"
-    catch_up: str = "latest"
+    catch_up: CatchUp | str = CatchUp.LATEST
     grace: timedelta = timedelta(minutes=1)
+
+    def __post_init__(self) -> None:
+        # A string names the member ("all"); a wrong one is refused by `check`, naming the saga.
+        if self.catch_up in CATCH_UP:
+            object.__setattr__(self, "catch_up", CatchUp(self.catch_up))
 
     @property
     def spec(self) -> str:
@@ -126,10 +140,10 @@ class Schedule:
         due, now = _utc(due), _utc(now)
         if due > now:
             return Plan((), due)
-        if self.catch_up == "all":
+        if self.catch_up == CatchUp.ALL:
             fire = tuple(islice(self.times(due, now), batch))
             return Plan(fire, self.next_after(fire[-1] if fire else now))
-        if self.catch_up == "latest":
+        if self.catch_up == CatchUp.LATEST:
             newest = self.latest(due, now)
             return Plan((newest,) if newest else (), self.next_after(now))
         on_time = self.times(max(due, now - self.grace), now)

@@ -6,13 +6,10 @@ import hashlib
 
 import sqlalchemy as sa
 
+from saga.errors import NoDeploymentId
 from saga.store.tables import deployment
 
 ID_HEX = 12  # 48 bits: a handful of deployments on one broker never collide
-
-
-class NoDeploymentId(LookupError):
-    """The database has the table but no row: it was emptied by hand."""
 
 
 def deployment_id(engine: sa.Engine) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from saga.clock import utcnow
+from saga.errors import TokenError
 from saga.store.tables import tokens
 
 __all__ = ["SCOPES", "Principal", "TokenError", "TokenStore", "hash_token", "new_token"]
@@ -28,10 +29,6 @@ PREFIX = "saga_"  # makes a leaked token recognisable to people and secret scann
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,99}")
 MAX_TOKEN_CHARS = 200  # ours are 48; anything much longer is not worth hashing
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per token
-
-
-class TokenError(ValueError):
-    """A token cannot be created or revoked as asked; the message says why."""
 
 
 @dataclass(frozen=True)

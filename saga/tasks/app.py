@@ -17,7 +17,7 @@ from saga.settings import Settings
 from saga.tasks.namespace import IN_PROCESS_QUEUE, Namespace, foreign, hand_back
 
 if TYPE_CHECKING:
-    from saga.worker import Worker
+    from saga.worker.runner import Worker
 
 # The task for each role; Flower lists them by these names.
 TASKS = {Role.FORWARD: "saga.step", Role.COMPENSATE: "saga.compensate"}

@@ -20,7 +20,7 @@ from saga.registry import Registry
 from saga.run import Role
 from saga.store import Store
 from saga.testing.dispatch import RecordingDispatcher
-from saga.worker import Worker
+from saga.worker.runner import Worker
 
 CALLS: list[str] = []
 
