@@ -137,14 +137,17 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def api(self, env: dict[str, str] | None = None) -> Process:
-        process = self._start("api", ["api", "--port", str(self.api_port)], env)
+    def api(self, env: dict[str, str] | None = None, port: int | None = None) -> Process:
+        """A `saga api` (on this stack's port, or `port`), once it answers /v1/health."""
+        port = port or self.api_port
+        process = self._start("api", ["api", "--port", str(port)], env)
 
         def healthy() -> bool:
             if not process.alive():
                 raise AssertionError(f"api exited:\n{process.output()}")
             try:
-                return requests.get(f"{self.base}/v1/health", timeout=2).status_code == 200
+                return requests.get(f"http://127.0.0.1:{port}/v1/health",
+                                    timeout=2).status_code == 200
             except requests.RequestException:
                 return False
 

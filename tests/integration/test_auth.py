@@ -373,18 +373,8 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
 def second_api(stack: Stack, env: dict[str, str] | None = None) -> str:
     """Another `saga api` on the same database; returns its base URL."""
     port = free_port()
-    process = stack.start_process("api", ["-m", "saga.cli", "api", "--port", str(port)], env)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert process.alive(), process.output()
-        try:
-            return requests.get(f"{base}/v1/health", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_for(healthy, 30, "the second API to answer")
-    return base
+    stack.api(env, port=port)
+    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
