@@ -24,6 +24,7 @@ from saga.settings import Settings
 from saga.system import System, build
 from tests.conftest import PG_ADMIN_URL, need
 from tests.faults.proxy import Proxy
+from tests.stack import wait_for
 
 PROBLEM = "application/problem+json"
 CLOSED_PORT = 1  # nothing listens on port 1: connections are refused at once
@@ -95,16 +96,6 @@ def assert_no_address(text: str, *urls: str) -> None:
                          text, re.IGNORECASE), text
 
 
-def wait_until(check, what: str, timeout: float = RECOVERY_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout:g} s")
-        time.sleep(0.05)
-
 
 # -- the outage ------------------------------------------------------------------------
 
@@ -120,8 +111,8 @@ def test_every_operation_is_a_503_with_retry_after_while_the_database_is_down(
         assert_unavailable(send(client, method, path, body), proxy.url(database_url))
 
     proxy.resume()
-    wait_until(lambda: client.get(f"/v1/runs/{run_id}").status_code == 200,
-               "the API did not serve again after the database came back")
+    wait_for(lambda: client.get(f"/v1/runs/{run_id}").status_code == 200, RECOVERY_S,
+             "the API to serve again after the database came back")
     for method, path, body in requests_of(run_id):
         response = send(client, method, path, body)
         assert 200 <= response.status_code < 300, (path, response.get_data(as_text=True))
@@ -141,8 +132,8 @@ def test_a_database_restart_is_a_503_or_served_never_a_500(app, proxy, database_
                 assert_unavailable(response, proxy.url(database_url))
             else:
                 assert 200 <= response.status_code < 300, response.get_data(as_text=True)
-    wait_until(lambda: client.get(f"/v1/runs/{run_id}").status_code == 200,
-               "the API did not serve again after the restart")
+    wait_for(lambda: client.get(f"/v1/runs/{run_id}").status_code == 200, RECOVERY_S,
+             "the API to serve again after the restart")
 
 
 def test_health_is_503_without_an_address_while_the_database_is_down(app, proxy, database_url):
@@ -157,8 +148,8 @@ def test_health_is_503_without_an_address_while_the_database_is_down(app, proxy,
     assert problem["errors"] == {"database": ["did not answer"]}
     assert_no_address(response.get_data(as_text=True), proxy.url(database_url), database_url)
     proxy.resume()
-    wait_until(lambda: client.get("/v1/health").status_code == 200,
-               "health did not recover after the database came back")
+    wait_for(lambda: client.get("/v1/health").status_code == 200, RECOVERY_S,
+             "health to recover after the database came back")
 
 
 # -- health: broker down, schema not migrated ---------------------------------------------
