@@ -13,6 +13,8 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -32,6 +34,7 @@ from saga.errors import (
 from saga.events import (
     Alert,
     CancelRequested,
+    Change,
     Command,
     Dispatch,
     Event,
@@ -47,6 +50,12 @@ from saga.store import RunTransaction, Store
 from saga.testing.faults import crash_point
 
 log = logging.getLogger("saga.engine")
+
+
+class Observer(Protocol):
+    """Told what each commit did, after it committed: logs, metrics and traces hang here."""
+
+    def committed(self, changes: Sequence[Change]) -> None: ...
 
 
 class Dispatcher(Protocol):
@@ -86,12 +95,14 @@ class Outcome:
 
 class Engine:
     def __init__(self, registry: Registry, store: Store, dispatcher: Dispatcher,
-                 alerts: Alerts | None = None, lease_s: float = 30.0) -> None:
+                 alerts: Alerts | None = None, lease_s: float = 30.0,
+                 observer: Observer | None = None) -> None:
         self.registry = registry
         self.store = store
         self.dispatcher = dispatcher
         self.alerts = alerts or Alerts()
         self.lease_s = lease_s
+        self.observer = observer
 
     # -- starting ---------------------------------------------------------------------
 
@@ -105,7 +116,7 @@ class Engine:
         validate_input(saga, input)
         request_hash = hashlib.sha256(json.dumps(
             {"input": input, "version": version}, sort_keys=True).encode()).hexdigest()
-        with self.store.transaction() as tx:
+        with self._transaction() as tx:
             run, commands = state.start(saga, str(uuid.uuid4()), input, tx.now)
             existing = tx.insert(run, idempotency_key, request_hash, actor)
         crash_point("after_start_commit", saga.name)
@@ -127,7 +138,7 @@ class Engine:
         A run no loaded definition fits is flagged parked and left as it is.
         """
         try:
-            with self.store.transaction(run_id, skip_locked=skip_locked,
+            with self._transaction(run_id, skip_locked=skip_locked,
                                         signals=known is None or known.has_signals) as tx:
                 saga = self._definition(tx)
                 if saga is None:
@@ -157,7 +168,7 @@ class Engine:
         None: a duplicate or stale message, the run moved on, the attempts are used up, or
         no loaded definition fits the run (then it is flagged parked).
         """
-        with self.store.transaction(run_id, signals=False) as tx:
+        with self._transaction(run_id, signals=False) as tx:
             if self._definition(tx, saga) is None:
                 return None
             lease_s = self.lease_for(saga.by_name[step])
@@ -175,7 +186,7 @@ class Engine:
 
     def park(self, run_id: str, reason: str) -> None:
         """Flag a run that no worker here can go on with; kept as it is until that changes."""
-        with self.store.transaction(run_id, signals=False) as tx:
+        with self._transaction(run_id, signals=False) as tx:
             if tx.park(reason):
                 log.error("run %s parked: %s", run_id, reason)
 
@@ -227,7 +238,7 @@ class Engine:
         the wait's schema), `RunStateConflict` (the run is finished, compensating or
         cancelling, so no wait will ever consume it), `RunParked`, `RunNotFound`.
         """
-        with self.store.transaction(run_id) as tx:
+        with self._transaction(run_id) as tx:
             saga = self._definition(tx)
             if saga is None:  # the run is flagged parked: commit that, then refuse
                 parked = tx.run.parked
@@ -277,6 +288,17 @@ class Engine:
                 self.alerts.send(run_id, saga.name, command)
 
     # -- helpers ----------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, run_id: str | None = None, **options: Any) -> Iterator[RunTransaction]:
+        """The store's transaction; once it has committed, the observer hears what it did."""
+        with self.store.transaction(run_id, **options) as tx:
+            yield tx
+        if self.observer is not None and tx.changes:
+            try:
+                self.observer.committed(tx.changes)
+            except Exception:  # seeing must never break doing: the commit stands
+                log.exception("an observer failed on run %s", tx.changes[0].after.id)
 
     def _definition(self, tx: RunTransaction, known: Saga | None = None) -> Saga | None:
         """The definition the locked run started on; None, with the run parked, if none fits."""

@@ -6,7 +6,8 @@ event log, so every change the state machine makes leaves a trace.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Union
 
 from saga.run import Role, Run, StepStatus
@@ -124,6 +125,20 @@ def dispatch(step: str, role: Role) -> Dispatch:
 def prefix(role: Role | str) -> str:
     """How the event log names a role's entries: `step.*` or `compensation.*`."""
     return "step" if role == Role.FORWARD else "compensation"
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one commit did to a run: before (None when it started), after, and the
+    event-log entries it wrote. Observers (logs, metrics, traces) see only these, after
+    the commit, so nothing is reported that did not happen."""
+
+    before: Run | None
+    after: Run
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    worker: str | None = None
+    actor: str | None = None
+    at: datetime | None = None
 
 
 def history(old: Run | None, new: Run) -> list[dict[str, Any]]:

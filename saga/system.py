@@ -13,6 +13,7 @@ from celery import Celery
 from saga.alerts import Alerts
 from saga.clock import Clock
 from saga.engine import Engine
+from saga.observe import Observers
 from saga.registry import Registry
 from saga.schedules.firing import Scheduler
 from saga.settings import Settings
@@ -52,7 +53,9 @@ def build(settings: Settings, registry: Registry | None = None,
     celery = make_celery(settings, worker=lambda: parts["worker"], namespace=namespace)
     dispatcher = CeleryDispatcher(celery, namespace)
     alerts = Alerts(settings.alert_webhook, settings.alert_hook)
-    engine = Engine(registry, store, dispatcher, alerts, lease_s=settings.lease_s)
+    observers = Observers()
+    engine = Engine(registry, store, dispatcher, alerts, lease_s=settings.lease_s,
+                    observer=observers)
     worker = parts["worker"] = Worker(engine, registry, dispatcher, settings.inline_steps)
     scheduler = Scheduler(engine, store, registry, settings.sweep_batch)
     sweeper = Sweeper(engine, store, registry, scheduler, settings)

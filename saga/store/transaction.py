@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from saga.errors import IdempotencyConflict, StoreConflict
-from saga.events import history
+from saga.events import Change, history
 from saga.run import PendingSignal, Run, StepStatus
 from saga.store.tables import events, runs, signals, steps
 
@@ -30,6 +30,7 @@ class RunTransaction:
     def __init__(self, conn: sa.Connection, now: datetime, run: Run | None,
                  redispatch: timedelta, is_sqlite: bool) -> None:
         self.conn, self.now, self._run = conn, now, run
+        self.changes: list[Change] = []  # what this transaction wrote, for observers
         self._redispatch = redispatch
         self._is_sqlite = is_sqlite
 
@@ -104,9 +105,12 @@ class RunTransaction:
     def record(self, type: str, step: str | None = None, role: str | None = None,
                attempt: int | None = None, worker: str | None = None,
                data: dict[str, Any] | None = None) -> None:
-        self.conn.execute(events.insert().values(
-            run_id=self.run.id, at=self.now, type=type, step=step,
-            role=str(role) if role else None, attempt=attempt, worker=worker, data=data or {}))
+        """Write one event-log entry that changes nothing else (a stale result, a signal)."""
+        entry = dict(type=type, step=step, role=str(role) if role else None, attempt=attempt,
+                     data=data or {})
+        self.conn.execute(events.insert().values(run_id=self.run.id, at=self.now,
+                                                 worker=worker, **entry))
+        self.changes.append(Change(self.run, self.run, [entry], worker, None, self.now))
 
     def _write(self, old: Run | None, new: Run, worker: str | None,
                extra: Sequence[dict[str, Any]], actor: str | None) -> None:
@@ -148,6 +152,7 @@ class RunTransaction:
         entries = [*extra, *history(old, new)]
         if actor:  # who asked for this change (an API token's name), on each entry it made
             entries = [{**e, "data": {**(e.get("data") or {}), "by": actor}} for e in entries]
+        self.changes.append(Change(old, new, entries, worker, actor, self.now))
         if entries:
             self.conn.execute(events.insert(), [
                 dict(run_id=new.id, at=self.now, worker=worker, step=e.get("step"),
