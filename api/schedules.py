@@ -14,7 +14,14 @@ from saga.api.parsing import Blueprint, storable
 from saga.api.problems import PROBLEM, Problem
 from saga.api.system import current
 from saga.errors import InvalidBackfill, UnknownSaga
-from saga.schedules.backfill import DEFAULT_MAX_RUNNING, MAX_ITEMS, MAX_RUNNING
+from saga.run import RunStatus
+from saga.schedules.backfill import (
+    DEFAULT_MAX_RUNNING,
+    MAX_ITEMS,
+    MAX_RUNNING,
+    BackfillPlan,
+    Difference,
+)
 
 blp = Blueprint("schedules", __name__, description="Schedules and backfills")
 
@@ -64,11 +71,32 @@ class PlannedRunSchema(ma.Schema):
     input = fields.Raw()
 
 
+class EarlierRunSchema(ma.Schema):
+    id = fields.String()
+    status = fields.String(validate=validate.OneOf([s.value for s in RunStatus]))
+    input = fields.Raw(metadata={"description": "the input it ran with"})
+    error = fields.String(allow_none=True)
+
+
+class SkippedRunSchema(PlannedRunSchema):
+    difference = fields.String(validate=validate.OneOf([d.value for d in Difference]), metadata={
+        "description": "how its run differs from what the backfill asks: input_changed (it "
+                       "ran with another input), running (not finished), failed (ended "
+                       "failed, compensated or cancelled), unchanged (succeeded with this input)"})
+    run = fields.Nested(EarlierRunSchema, metadata={"description": "the run its key started"})
+
+
 class DryRunSchema(ma.Schema):
     saga = fields.String()
     dry_run = fields.Boolean()
-    would_start = fields.List(fields.Nested(PlannedRunSchema))
-    existing = fields.Integer()
+    would_start = fields.List(fields.Nested(PlannedRunSchema),
+                              metadata={"description": "the runs it would start, in order"})
+    existing = fields.Integer(metadata={"description": "windows whose key already started a run"})
+    already_ran = fields.List(fields.Nested(SkippedRunSchema), metadata={
+        "description": "those windows, in order: skipped by their key, and how they differ"})
+    differences = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "how many of them differ in each way (zeros left out)",
+        "example": {"failed": 1, "unchanged": 2}})
 
 
 class ScheduleStateSchema(ma.Schema):
@@ -109,7 +137,8 @@ def _within_cap(count: int, max_runs: int | None) -> None:
 @blp.response(201, BackfillSchema, description="Stored; its first runs started",
               headers={"Location": {"description": "the backfill's URL",
                                     "schema": {"type": "string"}}})
-@blp.alt_response(200, schema=DryRunSchema, description="A dry run: what it would start")
+@blp.alt_response(200, schema=DryRunSchema, description="A dry run: the runs it would start, and how "
+                                                  "the windows that already ran differ")
 @blp.alt_response(404, description="No saga of this name is loaded", **PROBLEM)
 @blp.alt_response(422, description="A bad range or input; nothing was written", **PROBLEM)
 @blp.alt_response(400, description="The body is not JSON, or the backfill would start more runs "
@@ -121,7 +150,9 @@ def create_backfill(body: dict[str, Any], name: str):
     exist already (same logical time or key) are skipped, so repeating a backfill
     starts nothing twice. At most `max_running` of its runs are unfinished at once; the
     sweeper starts the rest as they finish. One backfill starts at most the server's cap
-    of runs (SAGA_BACKFILL_CAP) unless `max_runs` says it means more.
+    of runs (SAGA_BACKFILL_CAP) unless `max_runs` says it means more. A dry run writes
+    nothing and lists the runs it would start (`would_start`) and, for each window whose
+    key already started a run, that run and how it differs (`already_ran`).
     """
     system = current()
     inputs = body.get("inputs")
@@ -133,13 +164,20 @@ def create_backfill(body: dict[str, Any], name: str):
     except InvalidBackfill as exc:
         raise Problem(422, str(exc), "invalid-backfill", exc.errors) from exc
     if body["dry_run"]:
-        return flask.jsonify(DryRunSchema().dump({
-            "saga": plan.saga, "dry_run": True, "existing": plan.existing,
-            "would_start": [{"idempotency_key": k, "input": v} for k, v in plan.items]}))
+        return flask.jsonify(DryRunSchema().dump(_dry_run(plan)))
     _within_cap(len(plan.items), body.get("max_runs"))
     backfill_id = system.scheduler.start_backfill(plan, created_by=actor())
     return (system.store.get_backfill(backfill_id), 201,
             {"Location": f"/v1/backfills/{backfill_id}"})
+
+
+def _dry_run(plan: BackfillPlan) -> dict[str, Any]:
+    return {
+        "saga": plan.saga, "dry_run": True, "existing": plan.existing,
+        "would_start": [{"idempotency_key": k, "input": v} for k, v in plan.items],
+        "already_ran": [{"idempotency_key": w.key, "input": w.input,
+                         "difference": w.difference, "run": w.earlier} for w in plan.ran],
+        "differences": {str(d): n for d, n in plan.counts().items()}}
 
 
 @blp.get("/backfills/<backfill_id>")

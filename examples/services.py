@@ -1,7 +1,9 @@
 """The demo inventory, payment and shipping services that the order-fulfillment saga calls.
 
 Every POST takes an `Idempotency-Key` header and goes through `saga.helpers.idempotent`, so a
-repeated key replays the first response and applies its effect once. Each applied effect
+repeated key replays the first response and applies its effect once, and a `Saga-Fence` below
+one already seen for the key (a superseded attempt) is a 409. A step's `ctx.http` sends both
+headers. Each applied effect
 is a `demo_effects` row, which `GET /demo/effects?order_id=` lists for tests and the demo.
 
 Requests are read as strictly as the orchestrator's API reads them: a body that is not a

@@ -8,13 +8,23 @@
     ])
 """
 
-from saga.definitions import Parallel, RemoteTask, Retry, Saga, Step, Wait, WaitForSignal
+from saga.definitions import (
+    Parallel,
+    RemoteTask,
+    Retry,
+    Saga,
+    Step,
+    Verified,
+    Wait,
+    WaitForSignal,
+)
 from saga.errors import DefinitionError, LeaseLost, NonRetryable, SagaError
 from saga.schedules.cron import Schedule
 from saga.settings import Settings
 from saga.worker.context import StepContext
 
 __all__ = [
-    "Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "StepContext",
+    "Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "Verified",
+    "StepContext",
     "Schedule", "NonRetryable", "LeaseLost", "SagaError", "DefinitionError", "Settings",
 ]

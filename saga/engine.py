@@ -82,6 +82,10 @@ class Claim:
     outputs: dict[str, Any]
     lease_s: float
     lease_expires_at: datetime
+    # A compensation's view of its forward step: its output (None if it never returned)
+    # and its last attempt's error (None if it succeeded).
+    forward_output: Any = None
+    forward_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,11 @@ class Engine:
             tx.save(new, worker=worker)
         return _claim_of(new, step, role, lease_s)
 
+    def must_check(self, saga: Saga, claim: Claim) -> bool:
+        """Whether the claimed attempt asks its step's `verify` first (`state.must_check`)."""
+        run = self.store.load_run(claim.run_id)
+        return state.must_check(saga, run, claim.step, claim.role, claim.fence)
+
     def renew(self, claim: Claim) -> bool:
         """Extend a claim's lease; False when its fence is stale (another worker owns it)."""
         return self.store.heartbeat(claim.run_id, claim.step, claim.role, claim.fence,
@@ -187,8 +196,7 @@ class Engine:
     def park(self, run_id: str, reason: str) -> None:
         """Flag a run that no worker here can go on with; kept as it is until that changes."""
         with self._transaction(run_id, signals=False) as tx:
-            if tx.park(reason):
-                log.error("run %s parked: %s", run_id, reason)
+            tx.park(reason)  # told once per reason, as saga.runs' run.parked line
 
     def lease_for(self, step: Step) -> float:
         if step.heartbeat_timeout is not None:
@@ -218,14 +226,21 @@ class Engine:
     def cancel(self, run_id: str, actor: str | None = None) -> None:
         """Cancel a running run: running steps settle, then what was done is compensated.
 
-        `RunStateConflict` if it is finished or already compensating; `RunNotFound`.
+        `RunStateConflict` if it is finished, already compensating, or past its pivot;
+        `RunNotFound`.
         """
         outcome = self.advance(run_id, CancelRequested(), actor=actor)
         if outcome.parked:
             raise RunParked(f"run {run_id} is parked: {outcome.parked}")
         if not outcome.changed:
-            status = self.store.get_run(run_id)["status"]
-            raise RunStateConflict(f"run {run_id} is {status}; only a running run can be "
+            run = self.store.load_run(run_id)
+            saga = self.registry.get(run.saga, run.version)
+            if run.status is RunStatus.RUNNING and state.past_pivot(saga, run):
+                raise RunStateConflict(
+                    f"run {run_id} is past its point of no return: its pivot {saga.pivot!r} "
+                    "succeeded, so nothing it did may be undone; it goes on to the end",
+                    kind="past-pivot")
+            raise RunStateConflict(f"run {run_id} is {run.status}; only a running run can be "
                                    "cancelled")
 
     def signal(self, run_id: str, name: str, payload: Any, idempotency_key: str | None = None,
@@ -313,8 +328,7 @@ class Engine:
             reason = (f"the definition changed under this version (started as shape "
                       f"{run.shape}, loaded is {saga.shape_hash}): give the new shape a new "
                       "version")
-        if tx.park(reason):
-            log.error("run %s parked: %s", run.id, reason)
+        tx.park(reason)  # told once per reason, as saga.runs' run.parked line
         return None
 
     def _claim_queued(self, saga: Saga, run: Run, commands: list[Command], worker: str,
@@ -369,8 +383,11 @@ def _no_signals(run: Run) -> str:
 def _claim_of(run: Run, step: str, role: Role, lease_s: float) -> Claim:
     claimed = run.steps[(step, role)]
     assert claimed.lease_expires_at is not None
+    forward = run.steps.get((step, Role.FORWARD)) if role is Role.COMPENSATE else None
     return Claim(run.id, step, role, claimed.attempt, claimed.fence, run.input, run.outputs,
-                 lease_s, claimed.lease_expires_at)
+                 lease_s, claimed.lease_expires_at,
+                 forward_output=forward.output if forward else None,
+                 forward_error=forward.error if forward else None)
 
 
 def _alert_entries(commands: list[Command]) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Union
 
-from saga.run import Role, Run, StepStatus
+from saga.run import Checked, Role, Run, StepState, StepStatus
 
 # Events: facts, in the past tense.
 
@@ -32,6 +32,18 @@ class StepFailed:
     retryable: bool = True
     spread: float = 0.5  # where in the retry jitter band the next wait falls, in [0, 1)
     timed_out: bool = False
+
+
+@dataclass(frozen=True)
+class StepChecked:
+    """A step's `verify` answered about an earlier attempt in doubt (or, before its
+    compensation, about the forward step that did not succeed)."""
+
+    step: str
+    role: Role
+    fence: int
+    answer: Checked
+    output: Any = None
 
 
 @dataclass(frozen=True)
@@ -85,8 +97,8 @@ class CancelRequested:
     """Someone asked to cancel the run: settle what runs, then compensate what was done."""
 
 
-Event = Union[StepSucceeded, StepFailed, LeaseExpired, RetryDue, QueueTimedOut, DeadlinePassed,
-              RetryRequested, WakeUpDue, SignalReceived, CancelRequested]
+Event = Union[StepSucceeded, StepFailed, StepChecked, LeaseExpired, RetryDue, QueueTimedOut,
+              DeadlinePassed, RetryRequested, WakeUpDue, SignalReceived, CancelRequested]
 
 
 # Commands: imperatives, carried out after the commit.
@@ -146,6 +158,8 @@ def history(old: Run | None, new: Run) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     for key, step in new.steps.items():
         before = old.steps.get(key) if old else None
+        if step.checked is not None and (before is None or before.checked != step.checked):
+            entries.append(_checked(step))
         if before is not None and (before.status, before.attempt, before.error) == (
                 step.status, step.attempt, step.error):
             continue
@@ -158,6 +172,8 @@ def history(old: Run | None, new: Run) -> list[dict[str, Any]]:
             data["wake_at"] = step.wake_at.isoformat()
         if step.status is StepStatus.RUNNING:
             data["fence"] = step.fence
+        if step.in_doubt and step.status is not StepStatus.RUNNING:
+            data["in_doubt"] = True
         entries.append({"type": f"{prefix(step.role)}.{step.status}", "step": step.name,
                         "role": str(step.role), "attempt": step.attempt, "data": data})
     if old is not None and old.parked != new.parked:
@@ -169,3 +185,13 @@ def history(old: Run | None, new: Run) -> list[dict[str, Any]]:
                  "role": None, "attempt": None, "data": {"error": new.error} if new.error else {}}
         entries.insert(0 if old is None else len(entries), entry)
     return entries
+
+
+def _checked(step: StepState) -> dict[str, Any]:
+    """The entry of a check's answer; a compensation it makes needless is `skipped`."""
+    skipped = step.role is Role.COMPENSATE and step.checked is Checked.NOT_DONE
+    data: dict[str, Any] = {"answer": str(step.checked)}
+    if skipped:
+        data["reason"] = "verify says the step had no effect: nothing to undo"
+    return {"type": "compensation.skipped" if skipped else f"{prefix(step.role)}.checked",
+            "step": step.name, "role": str(step.role), "attempt": step.attempt, "data": data}

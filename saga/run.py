@@ -49,6 +49,14 @@ class StepStatus(StrEnum):
                         StepStatus.RETRY_WAIT)
 
 
+class Checked(StrEnum):
+    """What a step's `verify` answered about an attempt in doubt."""
+
+    DONE = "done"  # it took effect: its output is the step's output, the action is not called
+    NOT_DONE = "not_done"  # it had no effect: call the action (or skip the compensation)
+    UNKNOWN = "unknown"  # no one can tell: a person must look
+
+
 @dataclass(frozen=True)
 class StepState:
     """One step's forward action or its compensation, as recorded."""
@@ -68,6 +76,10 @@ class StepState:
     lease_owner: str | None = None
     start_by: datetime | None = None  # queued longer than this: the schedule-to-start timeout
     wake_at: datetime | None = None  # a waiting timer fires, or a signal wait times out, then
+    # An attempt ended without a known outcome (its lease ran out, it timed out) and no
+    # success or check has told since whether it took effect.
+    in_doubt: bool = False
+    checked: Checked | None = None  # what this attempt's check of an earlier one answered
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 PREFIX = "SAGA_"
 POSITIVE = ("lease_s", "sweep_interval_s", "redispatch_s", "sweep_batch", "max_body_bytes",
             "worker_concurrency", "visibility_timeout_s", "consumer_timeout_s", "backfill_cap")
 AUTH_MODES = ("on", "off")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,17 @@ class Settings:
     rate_limit: str = "200/second;5000/minute"
     rate_limit_storage: str = ""  # the counters' store; "": the broker if Redis, else memory://
     backfill_cap: int = 1000  # runs one API backfill may start unless it sets max_runs higher
+    log_format: str = "text"  # "json": one JSON object per log line (saga/observe/logsetup.py)
+    # "on": each run is an OpenTelemetry trace, sent where the OTEL_* variables say
+    # (needs pip install 'saga-orchestrator[otel]'; saga/observe/traces.py).
+    otel: str = "off"
+    # Prometheus metrics of `saga worker`'s pool and of `saga sweeper`, each on its own port
+    # (0: not served). The API serves its own at /metrics (saga/observe/metrics.py).
+    worker_metrics_port: int = 0
+    sweeper_metrics_port: int = 0
+    task_events: str = "on"  # "off": workers and publishers send no task events (Flower sees none)
+    # `saga flower`'s login: "user:password", comma-separated for several (Flower's basic auth).
+    flower_basic_auth: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
@@ -69,6 +82,14 @@ class Settings:
                 raise ValueError(f"{PREFIX}{name.upper()} must be a positive number, not {value}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"{PREFIX}AUTH must be on or off, not {self.auth!r}")
+        if self.task_events not in ("on", "off"):
+            raise ValueError(f"{PREFIX}TASK_EVENTS must be on or off, not {self.task_events!r}")
+        check_log_format(self.log_format)
+        check_otel(self.otel)
+        for name in ("worker_metrics_port", "sweeper_metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{PREFIX}{name.upper()} must be a port, 1 to 65535 (0: off), "
+                                 f"not {getattr(self, name)}")
         if not math.isfinite(self.retention_days) or self.retention_days < 0:
             raise ValueError(f"{PREFIX}RETENTION_DAYS must be 0 (keep) or more days, "
                              f"not {self.retention_days}")
@@ -186,6 +207,23 @@ def _known_result_backend(scheme: str | None) -> bool:
     from celery.app.backends import BACKEND_ALIASES
 
     return scheme is not None and scheme.lower().partition("+")[0] in BACKEND_ALIASES
+
+
+def check_otel(mode: str) -> None:
+    """Refuse SAGA_OTEL other than on/off, or on without OpenTelemetry installed."""
+    if mode not in ("on", "off"):
+        raise ValueError(f"{PREFIX}OTEL must be on or off, not {mode!r}")
+    # find_spec imports nothing of the SDK itself: a disabled saga never loads it.
+    if mode == "on" and importlib.util.find_spec("opentelemetry.sdk.trace") is None:
+        raise ValueError(f"{PREFIX}OTEL=on needs OpenTelemetry: "
+                         "pip install 'saga-orchestrator[otel]'")
+
+
+def check_log_format(value: str) -> str:
+    """SAGA_LOG_FORMAT as given, if it is one: text (for a person) or json (one object a line)."""
+    if value not in LOG_FORMATS:
+        raise ValueError(f"{PREFIX}LOG_FORMAT must be text or json, not {value!r}")
+    return value
 
 
 # -- the queue ----------------------------------------------------------------------------

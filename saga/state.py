@@ -26,13 +26,14 @@ from saga.events import (
     RetryRequested,
     RunStep,
     SignalReceived,
+    StepChecked,
     StepSucceeded,
     WakeUpDue,
     dispatch,
 )
-from saga.run import Role, Run, RunStatus, StepState, StepStatus, queued
+from saga.run import Checked, Role, Run, RunStatus, StepState, StepStatus, queued
 
-__all__ = ["start", "advance", "plan", "claim"]
+__all__ = ["start", "advance", "plan", "claim", "past_pivot", "must_check", "acts_after"]
 
 
 def start(saga: Saga, run_id: str, input: Any, now: datetime) -> tuple[Run, list[Command]]:
@@ -50,12 +51,16 @@ def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, lis
         if run.status is not RunStatus.RUNNING or run.deadline_at is None or run.deadline_at > now:
             return run, []
         reason = f"the saga's deadline passed at {run.deadline_at.isoformat()}"
+        if past_pivot(saga, run):  # nothing may be undone: say so once, and go on
+            return replace(run, deadline_at=None), [Alert(
+                "timeout", f"{reason}, after its pivot {saga.pivot!r} succeeded: it goes on "
+                           "forward, as nothing may be undone")]
         run, commands = plan(saga, compensation.begin(run, reason, now), now)
         return run, [Alert("timeout", reason), *commands]
     if isinstance(event, RetryRequested):
         return _resume(saga, run, now)
     if isinstance(event, CancelRequested):
-        if run.status is not RunStatus.RUNNING:
+        if run.status is not RunStatus.RUNNING or past_pivot(saga, run):
             return run, []
         run = replace(compensation.begin(run, "cancelled on request", now), cancel_requested=True)
         return plan(saga, run, now)
@@ -70,7 +75,7 @@ def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, lis
         # It never ran, but it counts as an attempt, so the retry policy bounds the loop.
         step = replace(step, attempt=step.attempt + 1)
         return _fail_attempt(saga, run, step, "not started within its schedule-to-start limit",
-                             True, 0.5, now, timed_out=True)
+                             True, 0.5, now, timed_out=True, ran=False)
     if isinstance(event, WakeUpDue):
         if step.status is not StepStatus.WAITING or step.wake_at is None or step.wake_at > now:
             return run, []
@@ -86,8 +91,10 @@ def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, lis
         return run, []
     if isinstance(event, StepSucceeded):
         done = replace(step, status=StepStatus.SUCCEEDED, output=event.output, error=None,
-                       finished_at=now, lease_expires_at=None)
+                       finished_at=now, lease_expires_at=None, in_doubt=False)
         return plan(saga, run.put(done), now)
+    if isinstance(event, StepChecked):
+        return _checked(saga, run, replace(step, checked=event.answer), event, now)
     if isinstance(event, LeaseExpired):
         if step.lease_expires_at is not None and step.lease_expires_at > now:
             return run, []
@@ -99,19 +106,22 @@ def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, lis
 
 
 def _fail_attempt(saga: Saga, run: Run, step: StepState, error: str, retryable: bool,
-                  spread: float, now: datetime, timed_out: bool = False) -> tuple[Run, list[Command]]:
+                  spread: float, now: datetime, timed_out: bool = False,
+                  ran: bool = True) -> tuple[Run, list[Command]]:
+    """One attempt failed. A timed-out one that ran (`ran`) leaves the step in doubt: it
+    may have had its effect, and no one knows."""
     definition = saga.by_name[step.name]
     alerts: list[Command] = []
     if timed_out:
         alerts.append(Alert("timeout", f"{step.role} {step.name!r} attempt {step.attempt} "
                                        f"timed out: {error}", step.name))
+        if ran and step.role is Role.FORWARD:
+            step = replace(step, in_doubt=True)
         if step.role is Role.FORWARD and run.status is RunStatus.RUNNING:
             if definition.on_timeout == OnTimeout.PARK:
-                parked = replace(step, status=StepStatus.PARKED, error=error, finished_at=now,
-                                 lease_expires_at=None)
-                reason = f"step {step.name!r} parked after a timeout: {error}"
-                run, commands = plan(saga, replace(run.put(parked), parked=reason), now)
-                return run, [*alerts, Alert("parked", reason, step.name), *commands]
+                run, commands = _park(saga, run, replace(step, error=error),
+                                      f"step {step.name!r} parked after a timeout: {error}", now)
+                return run, [*alerts, *commands]
             retryable = retryable and definition.on_timeout == OnTimeout.RETRY
     policy = definition.for_role(step.role)[1]
     may_retry = (retryable and step.attempt < policy.attempts and not run.status.terminal
@@ -130,6 +140,47 @@ def _fail_attempt(saga: Saga, run: Run, step: StepState, error: str, retryable: 
                       next_attempt_at=now + wait, lease_expires_at=None, start_by=None)
     run, commands = plan(saga, run.put(waiting), now)
     return run, [*alerts, *commands]
+
+
+def _checked(saga: Saga, run: Run, step: StepState, event: StepChecked,
+             now: datetime) -> tuple[Run, list[Command]]:
+    """What a check's answer means: the step is done, its action (or undo) runs, or it parks.
+
+    Forward, after an attempt in doubt: done records the output without calling the action
+    again, not done lets this attempt call it, unknown parks the run for a person.
+    Compensating a step that did not succeed: not done means nothing to undo, so the
+    compensation is skipped (succeeds at once); done or unknown lets it undo.
+    """
+    if step.role is Role.COMPENSATE:
+        if event.answer is Checked.NOT_DONE:
+            skipped = replace(step, status=StepStatus.SUCCEEDED, finished_at=now, error=None,
+                              lease_expires_at=None,
+                              output={"skipped": "verify says the step had no effect"})
+            return plan(saga, run.put(skipped), now)
+        return run.put(step), []
+    if event.answer is Checked.DONE:
+        done = replace(step, status=StepStatus.SUCCEEDED, output=event.output, in_doubt=False,
+                       finished_at=now, error=None, lease_expires_at=None)
+        return plan(saga, run.put(done), now)
+    if event.answer is Checked.NOT_DONE:
+        return run.put(replace(step, in_doubt=False)), []
+    error = "verify cannot tell whether an earlier attempt took effect"
+    if run.status is not RunStatus.RUNNING:  # settling while compensating: its undo asks again
+        failed = replace(step, status=StepStatus.FAILED, finished_at=now, lease_expires_at=None,
+                         error=error)
+        return plan(saga, run.put(failed), now)
+    return _park(saga, run, replace(step, error=error),
+                 f"step {step.name!r} parked: {error}, so it is neither done again nor undone",
+                 now)
+
+
+def _park(saga: Saga, run: Run, step: StepState, reason: str,
+          now: datetime) -> tuple[Run, list[Command]]:
+    """Stop `step` and flag the run for a person (who resumes it with a retry)."""
+    parked = replace(step, status=StepStatus.PARKED, finished_at=now, lease_expires_at=None,
+                     next_attempt_at=None, start_by=None, wake_at=None)
+    run, commands = plan(saga, replace(run.put(parked), parked=reason), now)
+    return run, [Alert("parked", reason, step.name), *commands]
 
 
 def _wake(saga: Saga, run: Run, step: StepState, now: datetime) -> tuple[Run, list[Command]]:
@@ -161,11 +212,17 @@ def _resume(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
     if not resumed or run.status.terminal and status is not RunStatus.COMPENSATING:
         return run, []
     steps = dict(run.steps)
+    waits = [s for s in resumed if saga.by_name[s.name].wait is not None]
     for s in resumed:  # a fresh attempt budget; the fence keeps growing
-        steps[(s.name, s.role)] = queued(saga, s, now, attempt=0)
+        if s in waits:  # a wait that failed after the pivot waits again
+            steps[(s.name, s.role)] = _begin_wait(saga, run, replace(
+                s, status=StepStatus.WAITING, queued_at=now, started_at=now, finished_at=None,
+                error=None), now)
+        else:
+            steps[(s.name, s.role)] = queued(saga, s, now, attempt=0)
     run = replace(run, steps=steps, status=status, finished_at=None, parked=None)
     run, commands = plan(saga, run, now)
-    return run, [*(dispatch(s.name, s.role) for s in resumed), *commands]
+    return run, [*(dispatch(s.name, s.role) for s in resumed if s not in waits), *commands]
 
 
 def _with_dispatch(saga: Saga, run: Run, step: StepState, now: datetime) -> tuple[Run, list[Command]]:
@@ -180,11 +237,36 @@ def plan(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
     if run.status is RunStatus.RUNNING:
         failed = [s for s in run.steps.values()
                   if s.role is Role.FORWARD and s.status is StepStatus.FAILED]
+        for step in failed:
+            reason = _undoing_forbidden(saga, run, step)
+            if reason is not None:
+                return _park(saga, run, step, reason, now)
         if failed:
             reason = f"step {failed[0].name!r} failed: {failed[0].error}"
             return plan(saga, compensation.begin(run, reason, now), now)
         return _plan_forward(saga, run, now)
     return compensation.plan(saga, run, now)
+
+
+def past_pivot(saga: Saga, run: Run) -> bool:
+    """Whether the run's pivot succeeded: from then on nothing is compensated or cancelled."""
+    if saga.pivot is None:
+        return False
+    pivot = run.step(saga.pivot)
+    return pivot is not None and pivot.status is StepStatus.SUCCEEDED
+
+
+def _undoing_forbidden(saga: Saga, run: Run, step: StepState) -> str | None:
+    """Why a step that failed for good parks the run instead of compensating it, if it does."""
+    if past_pivot(saga, run):
+        return (f"step {step.name!r} failed after the pivot {saga.pivot!r} succeeded, so "
+                f"nothing may be undone; it waits for a person to retry it: {step.error}")
+    if (step.name == saga.pivot and step.in_doubt
+            and saga.by_name[step.name].compensate is None):
+        return (f"the pivot {step.name!r} may have taken effect (an attempt ended in doubt) "
+                f"and has no compensation, so what came before is not undone; it waits for "
+                f"a person to retry it: {step.error}")
+    return None
 
 
 def _plan_forward(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
@@ -270,12 +352,41 @@ def claim(saga: Saga, run: Run, step: str, role: Role, owner: str, now: datetime
     run = run.put(replace(current, status=StepStatus.RUNNING, attempt=current.attempt + 1,
                           fence=current.fence + 1, lease_owner=owner, started_at=now,
                           lease_expires_at=lease_expires_at, start_by=None,
-                          next_attempt_at=None))
+                          next_attempt_at=None, checked=None))
     if run.parked and not any(s.status is StepStatus.PARKED for s in run.steps.values()):
         # Parked for its version, which is loaded again (a parked step waits for a person
         # instead, and keeps the flag).
         run = replace(run, parked=None)
     return run
+
+
+def must_check(saga: Saga, run: Run, step: str, role: Role, fence: int) -> bool:
+    """Whether the attempt holding `fence` asks the step's `verify` before it acts.
+
+    Forward: when an earlier attempt is in doubt. Compensating: when the forward step did
+    not succeed (it failed or is in doubt), to learn whether there is anything to undo.
+    An attempt whose fence is stale checks too: its answer is refused, so it stops there.
+    """
+    definition = saga.by_name.get(step)
+    current = run.steps.get((step, role))
+    if definition is None or definition.verify is None or current is None:
+        return False
+    if current.fence != fence or current.status is not StepStatus.RUNNING:
+        return True
+    if role is Role.FORWARD:
+        return current.in_doubt
+    forward = run.step(step)
+    return forward is not None and forward.status is not StepStatus.SUCCEEDED
+
+
+def acts_after(check: StepChecked) -> bool:
+    """Whether the attempt goes on to call its action (or undo) after this answer.
+
+    The same attempt goes on, under its fence, once the answer is committed; otherwise the
+    answer is the attempt's outcome."""
+    if check.role is Role.FORWARD:
+        return check.answer is Checked.NOT_DONE
+    return check.answer is not Checked.NOT_DONE
 
 
 def _succeeded(step: StepState | None) -> bool:

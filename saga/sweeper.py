@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,6 +24,7 @@ from saga.events import (
     WakeUpDue,
     dispatch,
 )
+from saga.observe.logs import republished as republished_step
 from saga.registry import Registry
 from saga.schedules.firing import Scheduler
 from saga.settings import Settings
@@ -52,12 +55,14 @@ class Sweeper:
     """One pass over everything due (`sweep_once`), or passes forever (`run_forever`)."""
 
     def __init__(self, engine: Engine, store: Store, registry: Registry, scheduler: Scheduler,
-                 settings: Settings) -> None:
+                 settings: Settings,
+                 on_sweep: Callable[[Sweep, float], None] | None = None) -> None:
         self.engine = engine
         self.store = store
         self.registry = registry
         self.scheduler = scheduler
         self.settings = settings
+        self.on_sweep = on_sweep  # told each sweep of `run_forever` and its seconds (metrics)
 
     def sweep_once(self) -> Sweep:
         """One pass over everything due now."""
@@ -68,7 +73,7 @@ class Sweeper:
             try:
                 saga = self.registry.get(due.saga, due.version)
             except Exception as exc:
-                log.error("cannot republish %s of run %s: %s", due.step, due.run_id, exc)
+                _not_loaded(due.saga, due.version, exc)
                 continue
             # Once the broker refuses one, stop trying (each refusal blocks) and keep every
             # step's next try at the base wait, so the backlog goes out as soon as it is back.
@@ -76,11 +81,11 @@ class Sweeper:
                 saga, due.run_id, [dispatch(due.step, due.role)])
             if broker_down:
                 store.redispatch_failed(due)
+            else:
+                republished_step(due.run_id, due.saga, due.version, due.step, due.role)
+        # Each expiry is logged by saga.runs, as the attempt's timed-out line.
         expired = [d for d in store.leases_expired(limit)
                    if self._advance(d.run_id, LeaseExpired(d.step, d.role, d.fence))]
-        for due in expired:
-            log.warning("lease of %s %s in run %s expired; the attempt counts as failed",
-                        due.role, due.step, due.run_id)
         fired = [d for d in store.retries_due(limit)
                  if self._advance(d.run_id, RetryDue(d.step, d.role))]
         woken = [d for d in store.wakeups_due(limit)
@@ -106,6 +111,7 @@ class Sweeper:
         stop = stop or threading.Event()
         outage = Outage(log, "sweeper")
         while not stop.is_set():
+            began = time.monotonic()
             try:
                 result = self.sweep_once()
             except Exception as exc:
@@ -115,6 +121,8 @@ class Sweeper:
                 outage.answered()
                 if result.total:
                     log.info("sweep: %s", result)
+                if self.on_sweep is not None:
+                    self.on_sweep(result, time.monotonic() - began)
             stop.wait(self.settings.sweep_interval_s)
 
     def _prune(self) -> int:
@@ -134,6 +142,18 @@ class Sweeper:
                 raise  # the whole sweep stops; run_forever says so once
             log.exception("could not advance run %s on %s", run_id, event)
             return False
-        if outcome.parked:
-            log.warning("run %s is parked: %s", run_id, outcome.parked)
+        if outcome.parked:  # saga.runs told it once, when it was parked; due again each sweep
+            log.debug("run %s is parked: %s", run_id, outcome.parked)
         return outcome.changed
+
+
+_unloaded: set[tuple[str, int]] = set()  # definitions already named in this process's log
+
+
+def _not_loaded(saga: str, version: int, error: Exception) -> None:
+    """A queued step whose definition this sweeper lacks: said once per definition."""
+    level = logging.DEBUG if (saga, version) in _unloaded else logging.WARNING
+    _unloaded.add((saga, version))
+    log.log(level, "%s v%s is not loaded in this sweeper (%s): its queued steps are not "
+            "republished here; a sweeper that loads it (SAGA_SAGAS) republishes them",
+            saga, version, error)

@@ -14,13 +14,15 @@ from saga.alerts import Alerts
 from saga.clock import Clock
 from saga.engine import Engine
 from saga.observe import Observers
+from saga.observe.logs import RunLog
+from saga.observe.metrics import Metrics, swept
 from saga.registry import Registry
 from saga.schedules.firing import Scheduler
 from saga.settings import Settings
 from saga.store import Store
 from saga.store.deployment import deployment_id
 from saga.sweeper import Sweeper
-from saga.tasks import CeleryDispatcher, Namespace, make_celery
+from saga.tasks import CeleryDispatcher, InlineEvents, Namespace, make_celery
 from saga.testing import clock as test_clock
 from saga.worker.runner import Worker
 
@@ -53,11 +55,17 @@ def build(settings: Settings, registry: Registry | None = None,
     celery = make_celery(settings, worker=lambda: parts["worker"], namespace=namespace)
     dispatcher = CeleryDispatcher(celery, namespace)
     alerts = Alerts(settings.alert_webhook, settings.alert_hook)
-    observers = Observers()
+    observers = Observers(RunLog(), Metrics())
+    if settings.otel == "on":  # imported only then: OpenTelemetry is an optional extra
+        from saga.observe.traces import Traces
+
+        observers.observers.append(Traces.from_env())
     engine = Engine(registry, store, dispatcher, alerts, lease_s=settings.lease_s,
                     observer=observers)
-    worker = parts["worker"] = Worker(engine, registry, dispatcher, settings.inline_steps)
+    # Steps run inline have no message: their task events for Flower are sent by hand.
+    worker = parts["worker"] = Worker(engine, registry, dispatcher, settings.inline_steps,
+                                      attempts=InlineEvents(celery))
     scheduler = Scheduler(engine, store, registry, settings.sweep_batch)
-    sweeper = Sweeper(engine, store, registry, scheduler, settings)
+    sweeper = Sweeper(engine, store, registry, scheduler, settings, on_sweep=swept)
     return System(settings, registry, store, dispatcher, engine, worker, scheduler, sweeper,
                   celery)

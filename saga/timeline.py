@@ -20,7 +20,8 @@ STEP_STATUSES = frozenset(s.value for s in StepStatus)
 RUN_STATUSES = frozenset(s.value for s in RunStatus)
 PREFIXES = {"step": Role.FORWARD.value, "compensation": Role.COMPENSATE.value}
 # What the event closing an attempt says of it; `running` again means a new claim took
-# the step over after this attempt's lease ran out.
+# the step over after this attempt's lease ran out (or, with an error, that it failed and
+# was claimed again at once).
 OUTCOMES = {"succeeded": "succeeded", "failed": "failed", "retry_wait": "failed, will retry",
             "queued": "failed, requeued", "parked": "parked", "cancelled": "cancelled",
             "superseded": "superseded", "running": "lease expired", "waiting": "waiting"}
@@ -111,6 +112,10 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
         if key in open_:
             index = open_.pop(key)
             outcome = OUTCOMES[what]
+            if what == "running" and data.get("error"):
+                # The attempt failed and the worker claimed the next in the same commit,
+                # which writes only the new claim, carrying the failure's error.
+                outcome = "failed, retried"
             if found[index].wait and what in ("running", "waiting"):
                 outcome = "ended"
             found[index] = replace(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 
 import click
 
@@ -13,18 +11,21 @@ from saga.cli.common import Group, cli_actor, refuse
 from saga.cli.common import registry as _registry
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
-from saga.settings import redacted
+from saga.observe.logsetup import configure
+from saga.settings import check_log_format, redacted
 
 
 @click.group(cls=Group)
+@click.version_option(package_name="saga-orchestrator", prog_name="saga")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
 def main(log_level: str) -> None:
     """Durable sagas on Celery. Configure with SAGA_* environment variables (see README)."""
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Alembic announces its plugins at INFO on every import: noise before any message.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    try:  # read alone and first: every line after this is in that format
+        log_format = check_log_format(os.environ.get("SAGA_LOG_FORMAT", "text"))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure(log_level, log_format)
 
 
 @main.command()
@@ -51,6 +52,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
     except ImportError:
         raise click.ClickException(
             "saga api needs gunicorn: pip install 'saga-orchestrator[deploy]'") from None
+    _count_in_files()  # /metrics then counts what every gunicorn worker did
     from saga.api import create_app
 
     settings = _settings()
@@ -86,13 +88,19 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="processes (SAGA_WORKER_CONCURRENCY)")
 @click.option("--pool", default="prefork", show_default=True,
               type=click.Choice(["prefork", "threads", "solo"]))
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="serve the pool's Prometheus metrics here (SAGA_WORKER_METRICS_PORT; 0: off)")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(concurrency: int | None, pool: str, celery_args: tuple[str, ...]) -> None:
+def worker(concurrency: int | None, pool: str, metrics_port: int | None,
+           celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker for the saga steps; extra arguments go to Celery."""
     from saga.errors import NoDeploymentId
     from saga.tasks import broker_limit_problems, prepare_worker
 
     settings = _settings()
+    metrics_port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    if metrics_port:
+        _count_in_files()  # before the sagas' modules import anything: the children inherit it
     sagas = _registry(settings)
     refuse(broker_limit_problems(settings, sagas))  # before connecting to anything
     system = _system(settings, loaded=sagas)
@@ -108,14 +116,42 @@ def worker(concurrency: int | None, pool: str, celery_args: tuple[str, ...]) -> 
     if not any(a.startswith(("-n", "--hostname")) for a in celery_args):
         # Unique node names: two workers named alike fight over RabbitMQ's pidbox queue.
         argv.append(f"--hostname=saga-{os.getpid()}@%h")
+    if metrics_port:
+        _serve_metrics(metrics_port, "worker")
     system.celery.worker_main(argv)
 
 
 @main.command()
-def sweeper() -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="serve its Prometheus metrics here (SAGA_SWEEPER_METRICS_PORT; 0: off)")
+def sweeper(metrics_port: int | None) -> None:
     """Republish lost dispatches, expire dead leases, fire due retries; safe to run many."""
     settings = _settings()
-    _system(settings).sweeper.run_forever()
+    system = _system(settings)
+    metrics_port = settings.sweeper_metrics_port if metrics_port is None else metrics_port
+    if metrics_port:
+        _serve_metrics(metrics_port, "sweeper")
+    system.sweeper.run_forever()
+
+
+def _count_in_files() -> None:
+    """prometheus-client's multiprocess mode, for a command whose processes one scrape shows."""
+    from saga.observe.multiprocess import count_in_files
+
+    try:
+        count_in_files()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _serve_metrics(port: int, what: str) -> None:
+    from saga.observe.metrics import serve
+
+    try:
+        serve(port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve metrics on port {port}: {exc}") from None
+    click.echo(f"saga {what}: metrics on http://0.0.0.0:{port}/metrics", err=True)
 
 
 @main.command()
@@ -134,6 +170,10 @@ def dev(host: str, port: int) -> None:
     with embedded(settings, _registry(settings)) as system:
         app = create_app(settings, system)
         server = make_server(host, port, app, threaded=True)
+        # The demo's steps call the services this process mounts: here, unless set elsewhere.
+        local = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        local = f"[{local}]" if ":" in local else local
+        os.environ.setdefault("SAGA_DEMO_SERVICES_URL", f"http://{local}:{server.server_port}")
         click.echo(f"saga dev on http://{host}:{server.server_port} "
                    f"(database {redacted(settings.database_url)}, auth {settings.auth})", err=True)
         try:
@@ -169,11 +209,14 @@ def _register() -> None:
     # Command groups kept in their own modules, so each stays small.
     from saga.cli.backfill import backfill
     from saga.cli.control import cancel, retry, signal
+    from saga.cli.flower import flower
     from saga.cli.history import runs, show
-    from saga.cli.schedules import schedule
+    from saga.cli.sagas import sagas
+    from saga.cli.schedules import schedule, schedules
     from saga.cli.tokens import token
 
-    for command in (show, runs, cancel, signal, retry, backfill, schedule, token):
+    for command in (show, runs, sagas, cancel, signal, retry, backfill, schedule, schedules,
+                    token, flower):
         main.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""`saga schedule`: list the loaded schedules, pause one, resume one (in SAGA_DATABASE_URL)."""
+"""`saga schedule`: list the loaded schedules (also `saga schedules`), pause one, resume one."""
 
 from __future__ import annotations
 
@@ -27,18 +27,39 @@ def schedule() -> None:
 
 @schedule.command(name="list")
 def list_schedules() -> None:
-    """List the schedules: cron, zone, next and last firing, paused (when, by whom)."""
-    rows = _scheduler().states()
+    """What fires next, soonest first: cron, zone, next firing (and how soon), last firing,
+    paused (when, by whom). The same as `saga schedules`."""
+    from saga.schedules.firing import scheduled
+    from saga.timeline import duration
+
+    scheduler = _scheduler()
+    rows = scheduler.states()
     if not rows:
         click.echo("no saga in SAGA_SAGAS has a schedule", err=True)
         return
+    now = scheduler.store.now()
+    found = scheduled(scheduler.registry)
+    for r in rows:
+        if r["next_fire_at"] is None and not r["paused"]:
+            # No sweeper has seen this schedule yet: its first firing is the first time after
+            # now, as the sweeper will store it.
+            r["next_fire_at"] = found[r["saga"]].next_after(now)
+    rows.sort(key=lambda r: (r["next_fire_at"] is None, r["next_fire_at"] or now, r["saga"]))
     width = max(len("SAGA"), *(len(r["saga"]) for r in rows))
     cron = max(len("CRON"), *(len(f"{r['cron']} {r['timezone']}") for r in rows))
-    click.echo(f"{'SAGA':<{width}}  {'CRON':<{cron}}  {'NEXT':<20}  {'LAST':<20}  PAUSED")
+    click.echo(f"{'SAGA':<{width}}  {'CRON':<{cron}}  {'NEXT':<20}  {'IN':<14}  {'LAST':<20}  "
+               "PAUSED")
     for r in rows:
         paused = f"{_when(r['paused_at'])} by {r['paused_by'] or '-'}" if r["paused"] else "-"
+        due = r["next_fire_at"]
+        soon = "-" if due is None else "due now" if due <= now else duration(due - now)
         click.echo(f"{r['saga']:<{width}}  {r['cron'] + ' ' + r['timezone']:<{cron}}  "
-                   f"{_when(r['next_fire_at']):<20}  {_when(r['last_fire_at']):<20}  {paused}")
+                   f"{_when(due):<20}  {soon:<14}  {_when(r['last_fire_at']):<20}  {paused}")
+
+
+# The top-level name for the listing: `saga schedules`, beside `saga sagas` and `saga runs`.
+schedules = click.Command("schedules", callback=list_schedules.callback,
+                          help=list_schedules.help)
 
 
 @schedule.command()

@@ -15,13 +15,22 @@ from saga.run import Role, StepKey, StepState, StepStatus
 
 
 def needs_compensation(saga: Saga, steps: Mapping[StepKey, StepState], name: str) -> bool:
-    """Whether the step started (so may have had an effect) and has a compensation."""
+    """Whether the step has a compensation and started, so may have had an effect.
+
+    One that did not succeed is compensated unless its `compensate_failed` is False and
+    each of its attempts ended knowing it had no effect (none is in doubt). Whether one
+    with a `verify` check took effect is asked when its compensation runs.
+    """
     forward = steps.get((name, Role.FORWARD))
-    if forward is None or saga.by_name[name].compensate is None:
+    definition = saga.by_name[name]
+    if forward is None or definition.compensate is None:
         return False
     # started_at is set when a worker claims the step: one that only timed out in the
     # queue never ran, so there is nothing to undo.
-    return forward.started_at is not None and not forward.status.active
+    if forward.started_at is None or forward.status.active:
+        return False
+    return (forward.status is StepStatus.SUCCEEDED or definition.compensate_failed
+            or forward.in_doubt)
 
 
 def ready(saga: Saga, steps: Mapping[StepKey, StepState]) -> list[str]:

@@ -24,6 +24,7 @@ from saga.definitions.steps import (
     OnTimeout,
     RemoteTask,
     Step,
+    Verified,
     Wait,
     WaitForSignal,
     resolve_action,
@@ -32,4 +33,4 @@ from saga.definitions.waits import OnSignalTimeout, Signal, Timer
 
 __all__ = ["Saga", "Step", "Parallel", "Retry", "RemoteTask", "Wait", "WaitForSignal", "Timer",
            "Signal", "Node", "Action", "resolve_action", "DEFAULT_COMPENSATE_RETRY", "OnTimeout",
-           "OnSignalTimeout"]
+           "OnSignalTimeout", "Verified"]

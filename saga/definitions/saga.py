@@ -45,6 +45,7 @@ class Saga:
     by_name: Mapping[str, Step] = field(init=False, repr=False)
     order: tuple[str, ...] = field(init=False, repr=False)
     followers: Mapping[str, tuple[str, ...]] = field(init=False, repr=False)
+    pivot: str | None = field(init=False, repr=False)  # the step past which nothing is undone
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
@@ -57,6 +58,7 @@ class Saga:
             self.schedule.check(self)
         try:
             steps, graph, order = _build(self.steps)
+            pivot = _check_pivot(steps, graph)
         except DefinitionError as exc:  # say which saga too: a module may define many
             raise DefinitionError(f"saga {self.name!r} v{self.version}, {exc}") from None
         if not steps:
@@ -66,12 +68,15 @@ class Saga:
         object.__setattr__(self, "order", order)
         object.__setattr__(self, "followers",
                            {n: tuple(m for m in order if n in graph[m]) for n in order})
+        object.__setattr__(self, "pivot", pivot)
 
     @functools.cached_property
     def shape_hash(self) -> str:
         """A digest of the step graph, to notice a definition changed under one version."""
         shape = {n: [sorted(self.graph[n]), self.by_name[n].compensate is not None,
                      _kind(self.by_name[n])] for n in self.order}
+        if self.pivot is not None:  # only then, so sagas without one keep their digest
+            shape[self.pivot].append("pivot")
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     @functools.cached_property
@@ -141,6 +146,59 @@ def _compile(node: Node, deps: frozenset[str], steps: dict[str, Step],
             deps = _compile(member, deps, steps, graph)
         return deps
     raise DefinitionError(f"not a step, Parallel or list: {node!r}")
+
+
+def _check_pivot(steps: Mapping[str, Step], graph: Mapping[str, frozenset[str]]) -> str | None:
+    """The pivot's name, if there is one; refuse a pivot that could not hold its promise.
+
+    Every other step must run wholly before the pivot or wholly after it: one beside it
+    (in a Parallel group, or unordered by `after=`) could fail once the pivot succeeded,
+    when nothing may be undone, or still run while it does. A second pivot would say
+    nothing more: after the first, nothing is compensated anyway.
+    """
+    pivots = [name for name, step in steps.items() if step.pivot]
+    if len(pivots) > 1:
+        raise DefinitionError(f"steps {' and '.join(map(repr, pivots))} are both pivots: a "
+                              "saga has one point of no return (after the first, nothing is "
+                              "compensated anyway)")
+    if not pivots:
+        return None
+    pivot = pivots[0]
+    before, after = _reach(graph, pivot), _reach(_reversed(graph), pivot)
+    beside = [name for name in steps if name != pivot and name not in before | after]
+    if beside:
+        raise DefinitionError(
+            f"step {pivot!r} is the pivot but {', '.join(map(repr, sorted(beside)))} may run "
+            "beside it (a Parallel group, or no after= between them): such a step could fail "
+            "once the pivot succeeded, when nothing can be undone. Put it before the pivot "
+            "or after it")
+    undone = sorted(name for name in after if steps[name].compensate is not None)
+    if undone:
+        raise DefinitionError(
+            f"{', '.join(map(repr, undone))} comes after the pivot {pivot!r}, so it is never "
+            "compensated: remove its compensate= (after the pivot a step that cannot succeed "
+            "parks the run for a person)")
+    return pivot
+
+
+def _reach(graph: Mapping[str, frozenset[str]], start: str) -> set[str]:
+    """Every step reachable from `start` along `graph` (its dependencies, transitively)."""
+    seen: set[str] = set()
+    todo = list(graph[start])
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    return seen
+
+
+def _reversed(graph: Mapping[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    followers: dict[str, set[str]] = {name: set() for name in graph}
+    for name, deps in graph.items():
+        for dep in deps:
+            followers[dep].add(name)
+    return {name: frozenset(found) for name, found in followers.items()}
 
 
 def _topological(graph: Mapping[str, frozenset[str]]) -> tuple[str, ...]:

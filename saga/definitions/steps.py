@@ -12,6 +12,7 @@ from typing import Any, Union
 from saga.definitions.retry import DEFAULT_COMPENSATE_RETRY, Retry
 from saga.definitions.waits import OnSignalTimeout, Signal, Timer
 from saga.errors import DefinitionError
+from saga.run import Checked
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,36 @@ TIMEOUT_POLICIES = tuple(OnTimeout)
 
 
 @dataclass(frozen=True)
+class Verified:
+    """A step's `verify` answer about an earlier attempt whose outcome is unknown.
+
+        def charged(ctx):
+            charge = payments.find(key=ctx.idempotency_key)  # the forward call's key
+            if charge is None:
+                return Verified.not_done()
+            return Verified.done({"charge_id": charge["id"]})
+    """
+
+    answer: Checked
+    output: Any = None  # with done: the step's output, as the action would have returned it
+
+    @classmethod
+    def done(cls, output: Any = None) -> Verified:
+        """It took effect: record `output` as the step's, and do not call the action again."""
+        return cls(Checked.DONE, output)
+
+    @classmethod
+    def not_done(cls) -> Verified:
+        """It had no effect: call the action again (or, compensating, skip the undo)."""
+        return cls(Checked.NOT_DONE)
+
+    @classmethod
+    def unknown(cls) -> Verified:
+        """No one can tell: park the run for a person rather than risk doing it twice."""
+        return cls(Checked.UNKNOWN)
+
+
+@dataclass(frozen=True)
 class Step:
     """One step: an action, its optional compensation, how to retry it, its time limits.
 
@@ -50,6 +81,20 @@ class Step:
 
     `on_timeout` says what a timed-out attempt leads to: "retry" (by `retry`),
     "compensate" (fail the step now), or "park" (stop and flag the run for a person).
+
+    Three options decide what a failure may undo:
+
+    - `compensate_failed` (default True): a step whose forward action failed for good is
+      compensated too, since a call that raised may still have had its effect. False
+      says a raised failure never has one; an attempt that timed out or whose worker
+      died is still compensated, since no one knows what it did.
+    - `pivot`: the point of no return. Until it succeeds a failure compensates as usual;
+      once it has, nothing is compensated and the run cannot be cancelled: later steps
+      are retried, and one that cannot succeed parks the run for a person.
+    - `verify`: `check(ctx) -> Verified`, called before acting again after an attempt
+      whose outcome is unknown (a worker died, a time limit hit), and before compensating
+      a step that did not succeed. Done records its output without calling the action,
+      not done calls it (or skips the undo), unknown parks the run for a person.
     """
 
     name: str
@@ -64,6 +109,9 @@ class Step:
     after: tuple[str, ...] = ()
     queue: str | None = None
     wait: Timer | Signal | None = None  # set by Wait / WaitForSignal: a step that holds no worker
+    compensate_failed: bool = True
+    pivot: bool = False
+    verify: Callable[..., Verified] | str | None = None
 
     def __post_init__(self) -> None:
         # A string names the member ("park"); a wrong one is refused, naming the saga, later.
@@ -125,6 +173,25 @@ def _check_step(step: Step) -> None:
     if step.on_timeout not in TIMEOUT_POLICIES:
         raise DefinitionError(f"step {step.name!r}: on_timeout must be one of "
                               f"{', '.join(TIMEOUT_POLICIES)}, not {step.on_timeout!r}")
+    for flag in ("compensate_failed", "pivot"):
+        if not isinstance(getattr(step, flag), bool):
+            raise DefinitionError(f"step {step.name!r}: {flag} must be True or False")
+    if step.verify is not None:
+        _check_verify(step)
+
+
+def _check_verify(step: Step) -> None:
+    verify = step.verify
+    assert verify is not None
+    if step.wait is not None:
+        raise DefinitionError(f"step {step.name!r}: a wait has no action to verify")
+    if isinstance(verify, RemoteTask):
+        raise DefinitionError(f"step {step.name!r}: verify must be a callable or "
+                              "'module:function' run by the worker, not a RemoteTask")
+    try:
+        resolve_action(verify)
+    except DefinitionError as exc:
+        raise DefinitionError(f"step {step.name!r}: verify {exc}") from None
 
 
 def _check_wait(step: Step) -> None:

@@ -16,6 +16,12 @@ effect, so the caller's next attempt with the same key runs again. The same key 
 another body is a 422. PostgreSQL makes a concurrent duplicate wait on the key's unique
 index until the first commits (READ COMMITTED, its default); SQLite, having one writer,
 takes its write lock up front with `BEGIN IMMEDIATE`.
+
+A request may also carry `Saga-Fence: <n>` (a saga step's `ctx.http` sends it: the fence
+grows with every attempt of the step). The highest fence seen per key is kept in
+`idempotency_fences`, beside the response; a request with a lower one comes from an
+attempt the orchestrator has already replaced, and is refused with a 409 before the view
+runs. A request without the header is not fenced.
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ import flask
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from saga.errors import IdempotencyConflict
+from saga.errors import IdempotencyConflict, SagaError
 
-__all__ = ["IdempotentRequests", "Replay", "Slot", "create_tables", "idempotent",
-           "idempotency_responses", "metadata", "problem"]
+__all__ = ["IdempotentRequests", "Replay", "Slot", "StaleFence", "create_tables", "idempotent",
+           "idempotency_fences", "idempotency_responses", "metadata", "problem"]
 
 PROBLEM_JSON = "application/problem+json"
 MAX_KEY_LENGTH = 255
+MAX_FENCE_DIGITS = 18  # below 2**63: a BIGINT holds it
 View = Callable[..., Any]
 
 metadata = sa.MetaData()
@@ -55,13 +62,31 @@ idempotency_responses = sa.Table(
               default=lambda: datetime.now(UTC)),
 )
 
+# The newest attempt's fence per key. A table of its own, so a database that already holds
+# idempotency_responses gains it from create_tables (create_all) without an ALTER.
+idempotency_fences = sa.Table(
+    "idempotency_fences", metadata,
+    sa.Column("scope", sa.String(100), primary_key=True),
+    sa.Column("key", sa.String(MAX_KEY_LENGTH), primary_key=True),
+    sa.Column("fence", sa.BigInteger, nullable=False),
+)
+
 # Each dialect's INSERT, for its ON CONFLICT DO NOTHING.
 _INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 def create_tables(engine: sa.Engine) -> None:
-    """Create `idempotency_responses`, for a service that has no migrations."""
+    """Create `idempotency_responses` and `idempotency_fences` where missing (no migrations)."""
     metadata.create_all(engine)
+
+
+class StaleFence(SagaError):
+    """A later attempt of this step has called already: this one was superseded."""
+
+    def __init__(self, fence: int, newest: int) -> None:
+        super().__init__(f"a later attempt of this step (fence {newest}) has called already; "
+                         f"this one (fence {fence}) was superseded")
+        self.fence, self.newest = fence, newest
 
 
 class Replay(NamedTuple):
@@ -98,10 +123,12 @@ class IdempotentRequests:
         self.engine = engine
 
     @contextmanager
-    def begin(self, scope: str, key: str, request_hash: str) -> Iterator[Slot]:
+    def begin(self, scope: str, key: str, request_hash: str,
+              fence: int | None = None) -> Iterator[Slot]:
         """Open one transaction holding `key`; commit on exit, roll back (key too) on error.
 
-        Raises IdempotencyConflict if the key was first used with another request_hash.
+        Raises IdempotencyConflict if the key was first used with another request_hash,
+        StaleFence if `fence` is lower than one already seen for the key.
         """
         with self.engine.begin() as conn:
             raw = conn.connection.driver_connection
@@ -114,6 +141,8 @@ class IdempotentRequests:
                 .values(scope=scope, key=key, request_hash=request_hash)
                 .on_conflict_do_nothing()
                 .returning(idempotency_responses.c.key)).first() is not None
+            if fence is not None:  # after the key's insert, which serialises its requests
+                _raise_fence(conn, scope, key, fence)
             if inserted:
                 slot = Slot(conn, scope, key, replay=None)
                 yield slot
@@ -142,8 +171,15 @@ def idempotent(requests: IdempotentRequests, scope: str) -> Callable[[View], Vie
                 return _send(*problem(
                     400, "idempotency-key-required", "Idempotency-Key required",
                     f"send an Idempotency-Key header of 1 to {MAX_KEY_LENGTH} characters"))
+            fence = flask.request.headers.get("Saga-Fence")
+            if fence is not None and not (fence.isascii() and fence.isdigit()
+                                          and len(fence) <= MAX_FENCE_DIGITS):
+                return _send(*problem(
+                    400, "invalid-fence", "Invalid Saga-Fence",
+                    f"Saga-Fence must be a whole number of 1 to {MAX_FENCE_DIGITS} digits"))
             try:
-                with requests.begin(scope, key, _request_hash(flask.request)) as slot:
+                with requests.begin(scope, key, _request_hash(flask.request),
+                                    None if fence is None else int(fence)) as slot:
                     if slot.replay is not None:
                         return _send(slot.replay.body, slot.replay.status_code, replayed=True)
                     body, status = view(*args, db=slot.connection, **kwargs)
@@ -153,6 +189,8 @@ def idempotent(requests: IdempotentRequests, scope: str) -> Callable[[View], Vie
             except IdempotencyConflict as error:
                 return _send(*problem(422, "idempotency-key-reused", "Idempotency-Key reused",
                                       str(error)))
+            except StaleFence as error:
+                return _send(*problem(409, "stale-fence", "Superseded attempt", str(error)))
             except _NotStored as failure:
                 return _send(failure.body, failure.status)
             return _send(body, status)
@@ -163,6 +201,21 @@ def idempotent(requests: IdempotentRequests, scope: str) -> Callable[[View], Vie
 def problem(status: int, slug: str, title: str, detail: str) -> tuple[dict[str, Any], int]:
     """An RFC 9457 problem body and its status, e.g. `return problem(402, "card-declined", ...)`."""
     return {"type": f"/problems/{slug}", "title": title, "status": status, "detail": detail}, status
+
+
+def _raise_fence(conn: sa.Connection, scope: str, key: str, fence: int) -> None:
+    """Keep `fence` as the key's newest; StaleFence if a higher one was seen."""
+    table = idempotency_fences
+    insert = _INSERTS[conn.dialect.name](table).values(scope=scope, key=key, fence=fence)
+    kept = conn.execute(
+        insert.on_conflict_do_update(index_elements=[table.c.scope, table.c.key],
+                                     set_={"fence": insert.excluded.fence},
+                                     where=table.c.fence <= insert.excluded.fence)
+        .returning(table.c.fence)).first()
+    if kept is None:
+        newest = conn.execute(sa.select(table.c.fence).where(
+            table.c.scope == scope, table.c.key == key)).scalar_one()
+        raise StaleFence(fence, newest)
 
 
 class _NotStored(Exception):

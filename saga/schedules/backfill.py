@@ -1,17 +1,24 @@
-"""Backfills as data: the plan of runs one would start, and the checks of its inputs; pure."""
+"""Backfills as data: the plan of runs one would start, how it differs from what ran; pure.
+
+A backfill asks for windows (a schedule's logical times, or lines of inputs), each an
+idempotency key and an input. A window whose key already started a run is skipped, and
+the plan says how that run differs from what the backfill asks (`Difference`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from saga.engine import validate_input
 from saga.errors import InvalidBackfill, InvalidInput
+from saga.run import RunStatus
 from saga.store.text import unstorable_parts
 
 MAX_ITEMS = 100_000  # runs one backfill may ask for
@@ -22,16 +29,95 @@ KEY_CHARS = 255 - len(BACKFILL_PREFIX)  # runs.idempotency_key is 255 characters
 ERRORS_SHOWN = 20
 
 
+class Difference(StrEnum):
+    """Why a window whose key already started a run is skipped, most telling first."""
+
+    INPUT_CHANGED = "input_changed"  # its run had another input (the key keeps it from rerunning)
+    RUNNING = "running"  # its run has not finished (running or compensating)
+    FAILED = "failed"  # its run ended failed, compensated or cancelled
+    UNCHANGED = "unchanged"  # its run succeeded with this very input
+
+
+@dataclass(frozen=True)
+class EarlierRun:
+    """The run a window's key already started, as the store read it."""
+
+    id: str
+    status: str
+    input: Any
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Window:
+    """One run a backfill asks for: its key and input, and the run the key started, if any."""
+
+    key: str
+    input: Any
+    earlier: EarlierRun | None = None
+
+    @property
+    def difference(self) -> Difference | None:
+        """None: the window never ran, so the backfill starts it."""
+        return None if self.earlier is None else difference(self.input, self.earlier)
+
+
+def difference(wanted: Any, earlier: EarlierRun) -> Difference:
+    """How the run a key started differs from the run a backfill asks for under that key."""
+    if not same_json(wanted, earlier.input):
+        return Difference.INPUT_CHANGED
+    if not RunStatus(earlier.status).terminal:
+        return Difference.RUNNING
+    if earlier.status != RunStatus.SUCCEEDED:
+        return Difference.FAILED
+    return Difference.UNCHANGED
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON: 1, 1.0 and true differ, as they do to the run's idempotency check."""
+    return _canonical(a) == _canonical(b)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 @dataclass(frozen=True)
 class BackfillPlan:
-    """The runs a backfill would start: (idempotency key, input) items, in order."""
+    """The windows a backfill asks for, in order: those never run are the runs it starts."""
 
     saga: str
-    items: tuple[tuple[str, Any], ...]
-    existing: int  # asked for, but a run with the key exists already
+    windows: tuple[Window, ...]
     max_running: int
     from_at: datetime | None = None
     to_at: datetime | None = None
+
+    @property
+    def items(self) -> tuple[tuple[str, Any], ...]:
+        """(idempotency key, input) of each run it would start."""
+        return tuple((w.key, w.input) for w in self.windows if w.earlier is None)
+
+    @property
+    def ran(self) -> tuple[Window, ...]:
+        """The windows skipped because their key already started a run."""
+        return tuple(w for w in self.windows if w.earlier is not None)
+
+    @property
+    def existing(self) -> int:
+        return len(self.ran)
+
+    def counts(self) -> dict[Difference, int]:
+        """How many skipped windows differ in each way, in `Difference` order, zeros left out."""
+        found = [w.difference for w in self.ran]
+        return {d: found.count(d) for d in Difference if d in found}
+
+
+def plan_windows(saga: str, wanted: Sequence[tuple[str, Any]], found: Mapping[str, EarlierRun],
+         max_running: int, from_at: datetime | None = None,
+         to_at: datetime | None = None) -> BackfillPlan:
+    """The plan of (key, input) windows, given the runs their keys already started."""
+    windows = tuple(Window(key, value, found.get(key)) for key, value in wanted)
+    return BackfillPlan(saga, windows, max_running, from_at, to_at)
 
 
 def parse_lines(lines: Iterable[str]) -> list[tuple[str, Any]]:

@@ -33,9 +33,11 @@ from saga.schedules.backfill import (
     MAX_ITEMS,
     MAX_RUNNING,
     BackfillPlan,
+    EarlierRun,
     check_input,
     item,
     parse_time,
+    plan_windows,
     shown,
 )
 from saga.schedules.cron import Schedule, iso, schedule_key
@@ -189,8 +191,9 @@ class Scheduler:
 
         Either a range of the saga's schedule (`start`, `end`: ISO 8601, or aware datetimes;
         without an offset, in the schedule's time zone) or `inputs`, each (label, value)
-        where the label ("line 3", "inputs[2]") names it in errors. Raises `UnknownSaga` or
-        `InvalidBackfill`.
+        where the label ("line 3", "inputs[2]") names it in errors. A window whose key already
+        started a run is kept in the plan, not started, with how that run differs. Raises
+        `UnknownSaga` or `InvalidBackfill`.
         """
         saga = self.registry.get(saga_name)
         if not 1 <= max_running <= MAX_RUNNING:
@@ -222,11 +225,9 @@ class Scheduler:
                                           "split it"]})
         if times:
             check_input(saga, {"logical_time": iso(times[0])}, "from")
-        keys = [schedule_key(t) for t in times]
-        existing = self.store.existing_keys(saga.name, keys)
-        items = tuple((key, {"logical_time": iso(t)}) for key, t in zip(keys, times, strict=True)
-                      if key not in existing)
-        return BackfillPlan(saga.name, items, len(existing), max_running, first, last)
+        wanted = [(schedule_key(t), {"logical_time": iso(t)}) for t in times]
+        return plan_windows(saga.name, wanted, self._earlier(saga.name, wanted), max_running,
+                            first, last)
 
     def start_backfill(self, plan: BackfillPlan, created_by: str | None = None) -> str:
         """Store the backfill and start its first items now; the sweeper starts the rest.
@@ -263,10 +264,13 @@ class Scheduler:
             by_key.setdefault(key, (label, run_input))
         if errors:
             raise InvalidBackfill(shown(errors))
-        existing = self.store.existing_keys(saga.name, list(by_key))
-        items = tuple((key, run_input) for key, (_, run_input) in by_key.items()
-                      if key not in existing)
-        return BackfillPlan(saga.name, items, len(existing), max_running)
+        wanted = [(key, run_input) for key, (_, run_input) in by_key.items()]
+        return plan_windows(saga.name, wanted, self._earlier(saga.name, wanted), max_running)
+
+    def _earlier(self, saga_name: str, wanted: Sequence[tuple[str, Any]]) -> dict[str, EarlierRun]:
+        """The runs these windows' keys already started, read in one query (per 1000 keys)."""
+        found = self.store.runs_by_key(saga_name, [key for key, _ in wanted])
+        return {key: EarlierRun(**row) for key, row in found.items()}
 
 
 def scheduled(registry: Registry) -> dict[str, Schedule]:

@@ -6,6 +6,9 @@ runs by the (…, created_at, id) indexes, newest first; the step filter by the 
 `steps_name_status`; the error filter only reads rows that have an error
 (`runs_errored`, `steps_errored`); finished-time ranges and pruning by `runs_finished`.
 
+`gauges` counts what a metrics scrape shows (runs by status, waiting steps, the earliest
+due time of each sweep) by the status indexes and the sweeps' partial ones.
+
 `prune_finished` is the one write: it lives here because it is the history's retention,
 and reads the same indexes.
 """
@@ -13,6 +16,7 @@ and reads the same indexes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +24,7 @@ import sqlalchemy as sa
 
 from saga.clock import aware
 from saga.errors import RunNotFound
-from saga.run import Role, Run, RunStatus
+from saga.run import Role, Run, RunStatus, StepStatus
 from saga.store.database import Database
 from saga.store.rows import (
     decode_cursor,
@@ -35,6 +39,31 @@ from saga.store.tables import events, runs, steps
 
 # An error search first tests this many of the newest candidate runs per row it returns.
 ERROR_WINDOW_PER_ROW = 20
+# Runs the gauges count by status: the unfinished, and the failed (they wait for a person).
+GAUGED_STATUSES = (RunStatus.RUNNING, RunStatus.COMPENSATING, RunStatus.FAILED)
+# Each kind of the sweeper's work: its due time, in the terms of the partial index it reads.
+SWEPT: dict[str, tuple[sa.Column, tuple[sa.ColumnElement[bool], ...]]] = {
+    "redispatch": (steps.c.redispatch_at, (steps.c.status == StepStatus.QUEUED,)),
+    "lease": (steps.c.lease_expires_at, (steps.c.status == StepStatus.RUNNING,)),
+    "retry": (steps.c.next_attempt_at, (steps.c.status == StepStatus.RETRY_WAIT,)),
+    "wakeup": (steps.c.wake_at, (steps.c.status == StepStatus.WAITING,
+                                 steps.c.wake_at.is_not(None))),
+    "schedule_to_start": (steps.c.start_by, (steps.c.status == StepStatus.QUEUED,
+                                             steps.c.start_by.is_not(None))),
+    "deadline": (runs.c.deadline_at, (runs.c.status == RunStatus.RUNNING,
+                                      runs.c.deadline_at.is_not(None))),
+}
+
+
+@dataclass(frozen=True)
+class Gauges:
+    """What the log holds at `at`, for metrics (saga.observe.metrics reads it per scrape)."""
+
+    at: datetime
+    runs: dict[tuple[str, int, str], int]  # (saga, version, status) -> runs, GAUGED_STATUSES
+    parked: dict[tuple[str, int], int]  # (saga, version) -> runs waiting for a person or version
+    waiting: dict[tuple[str, int, str], int]  # (saga, version, step) -> running runs waiting there
+    due: dict[str, datetime | None]  # each kind of sweep work -> its earliest due time, if any
 
 
 class Reads(Database):
@@ -143,6 +172,34 @@ class Reads(Database):
                                 .where(runs.c.status.in_([RunStatus.RUNNING, RunStatus.COMPENSATING]))
                                 .group_by(runs.c.saga, runs.c.version)).all()
         return {(r[0], r[1]): r[2] for r in rows}
+
+    def gauges(self) -> Gauges:
+        """What a metrics scrape shows of the log now, each count read by an index on status
+        (bounded by the unfinished and failed runs) and each due time by its sweep's partial
+        index: cheap enough for every scrape."""
+        parked = runs.c.parked.is_not(None).label("parked")
+        by_status = (sa.select(runs.c.saga, runs.c.version, runs.c.status, parked, sa.func.count())
+                     .where(runs.c.status.in_(GAUGED_STATUSES))
+                     .group_by(runs.c.saga, runs.c.version, runs.c.status, parked))
+        waiting = (sa.select(runs.c.saga, runs.c.version, steps.c.name, sa.func.count())
+                   .join(steps, steps.c.run_id == runs.c.id)
+                   .where(runs.c.status == RunStatus.RUNNING, steps.c.status == StepStatus.WAITING)
+                   .group_by(runs.c.saga, runs.c.version, steps.c.name))
+        earliest = sa.select(*(sa.select(sa.func.min(column)).where(*where).scalar_subquery()
+                               .label(work) for work, (column, where) in SWEPT.items()))
+        with self.engine.connect() as conn:
+            now = self.now(conn)
+            counted = conn.execute(by_status).all()
+            waits = conn.execute(waiting).all()
+            due = conn.execute(earliest).mappings().one()
+        found = Gauges(now, {}, {}, {(r[0], r[1], r[2]): r[3] for r in waits},
+                       {work: aware(due[work]) for work in SWEPT})
+        for saga, version, status, is_parked, count in counted:
+            key = (saga, version, status)
+            found.runs[key] = found.runs.get(key, 0) + count
+            if is_parked:
+                found.parked[(saga, version)] = found.parked.get((saga, version), 0) + count
+        return found
 
     # -- retention ----------------------------------------------------------------------
 

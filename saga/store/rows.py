@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from saga.clock import aware
-from saga.run import PendingSignal, Role, Run, RunStatus, StepState, StepStatus
+from saga.run import Checked, PendingSignal, Role, Run, RunStatus, StepState, StepStatus
 
 
 def to_run(row: Any, step_states: list[StepState],
@@ -29,7 +29,8 @@ def to_step(row: Any) -> StepState:
                      next_attempt_at=aware(row["next_attempt_at"]),
                      lease_expires_at=aware(row["lease_expires_at"]),
                      lease_owner=row["lease_owner"], start_by=aware(row["start_by"]),
-                     wake_at=aware(row["wake_at"]))
+                     wake_at=aware(row["wake_at"]), in_doubt=bool(row["in_doubt"]),
+                     checked=Checked(row["checked"]) if row["checked"] else None)
 
 
 def run_view(row: Any) -> dict[str, Any]:

@@ -189,14 +189,18 @@ class ScheduleStore(Database):
 
     # -- backfills ----------------------------------------------------------------
 
-    def existing_keys(self, saga: str, keys: Sequence[str]) -> set[str]:
-        """Which of these idempotency keys already started a run of `saga`."""
-        found: set[str] = set()
+    def runs_by_key(self, saga: str, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The run each of these idempotency keys already started in `saga`, by key:
+        its id, status, input and error (a backfill compares them with what it asks)."""
+        found: dict[str, dict[str, Any]] = {}
+        r = runs.c
         with self.engine.connect() as conn:
             for at in range(0, len(keys), KEYS_PER_QUERY):
-                found.update(conn.execute(sa.select(runs.c.idempotency_key).where(
-                    runs.c.saga == saga,
-                    runs.c.idempotency_key.in_(keys[at:at + KEYS_PER_QUERY]))).scalars())
+                for row in conn.execute(sa.select(r.idempotency_key, r.id, r.status, r.input,
+                                                  r.error).where(
+                        r.saga == saga, r.idempotency_key.in_(keys[at:at + KEYS_PER_QUERY]))):
+                    found[row.idempotency_key] = {"id": row.id, "status": row.status,
+                                                  "input": row.input, "error": row.error}
         return found
 
     def create_backfill(self, saga: str, items: Sequence[tuple[str, Any]], max_running: int,

@@ -62,6 +62,10 @@ steps = sa.Table(
     sa.Column("queued_at", When),
     sa.Column("started_at", When),
     sa.Column("finished_at", When),
+    # An attempt ended without a known outcome and nothing has told since whether it took
+    # effect; `checked` is what the step's verify answered in the current attempt.
+    sa.Column("in_doubt", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
+    sa.Column("checked", sa.String(12)),
     # Each sweep query reads one of these partial indexes, so its cost follows what is
     # due, never what merely waits.
     sa.Index("steps_redispatch_due", "redispatch_at",

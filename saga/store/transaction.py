@@ -123,7 +123,8 @@ class RunTransaction:
                           queued_at=step.queued_at, started_at=step.started_at,
                           finished_at=step.finished_at, next_attempt_at=step.next_attempt_at,
                           lease_expires_at=step.lease_expires_at, start_by=step.start_by,
-                          wake_at=step.wake_at)
+                          wake_at=step.wake_at, in_doubt=step.in_doubt,
+                          checked=str(step.checked) if step.checked else None)
             if step.status is StepStatus.QUEUED and (before is None or before.status is not step.status):
                 values["redispatch_at"] = self.now + self._redispatch
             elif step.status is not StepStatus.QUEUED:
@@ -139,11 +140,13 @@ class RunTransaction:
             if done.rowcount != 1:
                 raise StoreConflict(f"step {step.name} of run {new.id} changed under the lock")
         if old is not None and (old.status, old.error, old.finished_at, old.cancel_requested,
-                                old.parked) != (new.status, new.error, new.finished_at,
-                                                new.cancel_requested, new.parked):
+                                old.parked, old.deadline_at) != (
+                new.status, new.error, new.finished_at, new.cancel_requested, new.parked,
+                new.deadline_at):
             self.conn.execute(runs.update().where(runs.c.id == new.id).values(
                 status=str(new.status), error=new.error, finished_at=new.finished_at,
-                cancel_requested=new.cancel_requested, parked=new.parked, updated_at=self.now))
+                cancel_requested=new.cancel_requested, parked=new.parked,
+                deadline_at=new.deadline_at, updated_at=self.now))
         before_signals = {s.id: s for s in old.signals} if old else {}
         for signal in new.signals:
             if signal.consumed_by and before_signals.get(signal.id) != signal:

@@ -1,7 +1,8 @@
 """`make_celery(settings)`: the Celery app, configured for the saga log, and its two step tasks.
 
 Settings follow what breaks Celery-based orchestration: JSON only, late acks, prefetch 1,
-no results (PostgreSQL is the result store), publisher confirms on RabbitMQ.
+no results (PostgreSQL is the result store), publisher confirms on RabbitMQ; task events
+on (SAGA_TASK_EVENTS), so Flower shows every attempt as it happens.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from celery import Celery
 
 from saga.run import Role
 from saga.settings import Settings
+from saga.tasks.attempts import AttemptFailed, finish
 from saga.tasks.namespace import IN_PROCESS_QUEUE, Namespace, foreign, hand_back
 
 if TYPE_CHECKING:
     from saga.worker.runner import Worker
 
-# The task for each role; Flower lists them by these names.
+# The task for each role. Flower lists each message by its step instead (`shadow`, set by
+# CeleryDispatcher): `order_fulfillment.charge_card`, `order_fulfillment.charge_card.compensate`.
 TASKS = {Role.FORWARD: "saga.step", Role.COMPENSATE: "saga.compensate"}
 
 
@@ -30,13 +33,14 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
     With `namespace`, its tasks hand back messages stamped by another deployment.
     """
     app = Celery("saga", broker=settings.broker_url, set_as_current=False)
+    in_process = settings.broker_url.startswith("memory")
     transport_options: dict[str, Any] = {}
     if settings.broker_url.startswith(("amqp", "pyamqp")):
         transport_options["confirm_publish"] = True  # a publish that is not confirmed raises
     elif settings.broker_url.startswith(("redis", "rediss")):
         # Unacknowledged messages come back after this; it must outlast every hard limit.
         transport_options["visibility_timeout"] = settings.visibility_timeout_s
-    elif settings.broker_url.startswith("memory"):
+    elif in_process:
         transport_options["polling_interval"] = 0.01  # the in-process broker polls; keep it brisk
     app.conf.update(
         task_serializer="json",
@@ -52,6 +56,10 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
         # derived one here too, before a worker consumes.
         task_default_queue=settings.explicit_queue or IN_PROCESS_QUEUE,
         broker_transport_options=transport_options,
+        # Task events for Flower, from workers and from every publisher ("task-sent"); no
+        # one could watch the in-memory broker's.
+        worker_send_task_events=settings.task_events == "on" and not in_process,
+        task_send_sent_event=settings.task_events == "on" and not in_process,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         result_backend=settings.result_backend or None,
@@ -62,14 +70,21 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
             return hand_back(app, task.request, namespace)
         if worker is None:
             raise RuntimeError("this Celery app was made without a worker")
-        return worker().run_step(run_id, step, role, saga, version,
-                                 worker=f"{task.request.hostname}/{os.getpid()}").outcome
+        running = worker()
+        result = running.run_step(run_id, step, role, saga, version,
+                                  worker=f"{task.request.hostname}/{os.getpid()}")
+        if result.event is None:
+            return result.outcome  # no attempt ran here: "dropped", "deferred"
+        # The attempt it ran, as its task's state: SUCCESS, or raised as FAILURE or RETRY.
+        return finish(running.registry.get(saga, version), role, result)
 
-    @app.task(name=TASKS[Role.FORWARD], bind=True, shared=False)  # this app only, never another
+    # Shared by no other app; a failed attempt is expected (INFO, no traceback: the saga log
+    # and the worker's own line hold the error).
+    @app.task(name=TASKS[Role.FORWARD], bind=True, shared=False, throws=(AttemptFailed,))
     def step(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         return run(self, Role.FORWARD, run_id, step, saga, version)
 
-    @app.task(name=TASKS[Role.COMPENSATE], bind=True, shared=False)
+    @app.task(name=TASKS[Role.COMPENSATE], bind=True, shared=False, throws=(AttemptFailed,))
     def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         return run(self, Role.COMPENSATE, run_id, step, saga, version)
 

@@ -2,6 +2,8 @@
 
 Each deployment (one database) has its own queue, `saga.<deployment id>` unless SAGA_QUEUE
 names one, and stamps its id on every message: a worker hands another deployment's back.
+Its task events and remote control have their own exchanges too, so Flower and `celery
+inspect` on one deployment see its workers and tasks alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,23 @@ log = logging.getLogger("saga.tasks")
 def queue_for(deployment_id: str) -> str:
     """A deployment's default queue: one per database, with no setting."""
     return f"saga.{deployment_id}"
+
+
+def exchanges_for(deployment_id: str) -> dict[str, str]:
+    """Celery's event and control exchanges for one deployment (Celery's own are shared by
+    every app on the broker: `celeryev`, and `celery` for remote control)."""
+    return {"event_exchange": f"saga.{deployment_id}.events",
+            "control_exchange": f"saga.{deployment_id}"}
+
+
+def use_exchanges(app: Celery, namespace: Namespace) -> None:
+    """Give `app` this deployment's event and control exchanges; before its first publish,
+    event or remote-control call (Celery reads them once). None on the in-memory broker."""
+    if namespace.id is None:
+        return
+    wanted = exchanges_for(namespace.id)
+    if app.conf.event_exchange != wanted["event_exchange"]:
+        app.conf.update(wanted)
 
 
 class Namespace:
@@ -87,7 +106,7 @@ def hand_back(app: Celery, request: Any, namespace: Namespace) -> str:
     hard, soft = request.timelimit or (None, None)
     app.send_task(request.task, args=request.args, kwargs=request.kwargs, queue=namespace.queue,
                   headers={DEPLOYMENT_HEADER: sender, HAND_BACKS_HEADER: hops + 1},
-                  time_limit=hard, soft_time_limit=soft)
+                  time_limit=hard, soft_time_limit=soft, shadow=request.shadow)
     return "handed back"
 
 
@@ -99,6 +118,7 @@ def prepare_worker(app: Celery, namespace: Namespace) -> str:
     """
     queue = namespace.queue
     app.conf.task_default_queue = queue
+    use_exchanges(app, namespace)
     if app.conf.broker_url.startswith(("redis", "rediss")):
         app.conf.broker_transport_options = {**app.conf.broker_transport_options,
                                              **redis_unacked_keys(queue)}

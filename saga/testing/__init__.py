@@ -5,4 +5,7 @@
 - `clock`: a clock every process of a test moves forward together (`SAGA_TEST_CLOCK_FILE`).
 - `dispatch`: a dispatcher that records what the engine would publish, for tests with
   no broker.
+- `kit`: the saga test kit for the people who write sagas: run a saga in-process with
+  injected faults (`inject`), move its clock, send it signals, and `explore` every step x
+  fault against an invariant; `plugin` offers it as the pytest fixture `saga_kit`.
 """

@@ -4,7 +4,11 @@
 process SIGKILL itself at those points (`:once` across all processes sharing
 SAGA_FAULTS_DIR, which then holds a marker file `fault-<point>-<step>`). The points:
 after_start_commit:<saga>, before_effect / after_effect / before_commit / after_commit
-:<step> or :<step>.compensate. A crash point costs one check when nothing is armed.
+:<step> or :<step>.compensate. A crash point costs two checks when nothing is armed.
+
+In one process, `injected(hook)` calls `hook(point, step)` at every crash point instead of
+killing anything: the saga test kit (`saga.testing.kit`) raises from it to fail or crash
+an attempt in place.
 """
 
 from __future__ import annotations
@@ -12,11 +16,17 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 _ARMED = frozenset(p.strip() for p in os.environ.get("SAGA_FAULTS", "").split(",") if p.strip())
+Hook = Callable[[str, str | None], None]
+_hook: Hook | None = None
 
 
 def crash_point(point: str, step: str | None = None) -> None:
+    if _hook is not None:
+        _hook(point, step)
     if not _ARMED:
         return
     for name in (point, f"{point}:{step}"):
@@ -33,3 +43,14 @@ def _first_time(name: str) -> bool:
         return False
     os.close(fd)
     return True
+
+
+@contextmanager
+def injected(hook: Hook) -> Iterator[None]:
+    """Call `hook(point, step)` at every crash point of this process while the block runs."""
+    global _hook
+    previous, _hook = _hook, hook
+    try:
+        yield
+    finally:
+        _hook = previous

@@ -1,23 +1,27 @@
 """The worker executes: claim a step, call the user's code under a heartbeat, report the outcome.
 
 What the outcome means for the run is the engine's to decide; the worker only turns a
-call into an event (`StepSucceeded` or `StepFailed`) and hands it back.
+call into an event (`StepSucceeded` or `StepFailed`, or the `StepChecked` answer of a
+step's verify) and hands it back.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import random
 import socket
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
-from saga.definitions import RemoteTask, Retry, Saga, resolve_action
+from saga import state
+from saga.definitions import RemoteTask, Retry, Saga, Verified, resolve_action
 from saga.engine import Claim, Dispatcher, Engine
-from saga.errors import LeaseLost, NonRetryable, UnknownSaga
-from saga.events import Event, StepFailed, StepSucceeded
+from saga.errors import LeaseLost, NonRetryable, RunNotFound, UnknownSaga
+from saga.events import Event, StepChecked, StepFailed, StepSucceeded
+from saga.observe.context import bound as log_fields
 from saga.registry import Registry
 from saga.run import Role
 from saga.store import Outage
@@ -36,8 +40,20 @@ TIMEOUT_ERRORS = frozenset({"SoftTimeLimitExceeded", "TimeoutError"})
 class StepResult:
     """What one delivery of a step message came to (for logs and tests)."""
 
-    outcome: str  # "dropped", "succeeded", "failed", "superseded", "deferred"
+    outcome: str  # "dropped", "succeeded", "failed", "parked", "superseded", "deferred"
     attempt: int = 0
+    event: Event | None = None  # the first attempt's outcome; None when none ran
+    inline: int = 0  # attempts run on inline after it
+
+
+class AttemptListener(Protocol):
+    """Told when each attempt begins and how it ended; `inline` when it came without a
+    message of its own (saga/tasks sends these as task events for Flower). Never raises."""
+
+    def began(self, saga: Saga, claim: Claim, inline: bool) -> None: ...
+
+    def ended(self, saga: Saga, claim: Claim, event: Event, changed: bool,
+              inline: bool) -> None: ...
 
 
 def worker_name() -> str:
@@ -47,11 +63,12 @@ def worker_name() -> str:
 
 class Worker:
     def __init__(self, engine: Engine, registry: Registry, dispatcher: Dispatcher,
-                 inline_steps: int = 50) -> None:
+                 inline_steps: int = 50, attempts: AttemptListener | None = None) -> None:
         self.engine = engine
         self.registry = registry
         self.dispatcher = dispatcher  # for RemoteTask steps, which another service runs
         self.inline_steps = inline_steps
+        self.attempts = attempts
         self.outage = Outage(log, "worker")
 
     def run_step(self, run_id: str, step: str, role: Role, saga_name: str, version: int,
@@ -65,6 +82,9 @@ class Worker:
         try:
             result = self._run_step(run_id, step, role, saga_name, version,
                                     worker or worker_name())
+        except RunNotFound:
+            _unknown_run(run_id)
+            return StepResult("dropped")
         except Exception as exc:
             # The saga log is away: drop this hint (the step row stays queued, or its lease
             # runs out) and let the sweeper publish it again once the log answers.
@@ -89,18 +109,29 @@ class Worker:
             return StepResult("dropped")
         # Steps taken inline run without Celery's time limits, so only after one without.
         budget = self.inline_steps if definition.timeout is None else 0
-        first_attempt, result = claim.attempt, None
+        first_attempt, result, inline = claim.attempt, None, 0
         while claim is not None:
-            event = self._execute(saga, claim)
+            if self.attempts is not None:
+                self.attempts.began(saga, claim, inline > 0)
+            # Every line logged while the attempt runs (the step's own too) names it.
+            with log_fields(run_id=run_id, saga=saga.name, version=saga.version,
+                            step=claim.step, role=str(claim.role), attempt=claim.attempt,
+                            worker=worker):
+                event = self._execute(saga, claim)
             outcome = self.engine.advance(run_id, event, worker=worker, known=saga,
                                           claim_next_for=worker if budget > 0 else None)
+            if self.attempts is not None:
+                self.attempts.ended(saga, claim, event, outcome.changed, inline > 0)
             if result is None:  # the first step's outcome is this message's
-                done = "succeeded" if isinstance(event, StepSucceeded) else "failed"
-                result = StepResult(done if outcome.changed else "superseded", first_attempt)
+                done = _ended(event)
+                result = StepResult(done if outcome.changed else "superseded", first_attempt,
+                                    event)
             claim = outcome.claim
+            if claim is not None:
+                inline += 1  # the next attempt runs on here, without a message of its own
             budget -= 1
         assert result is not None  # the loop ran at least once: there was a claim
-        return result
+        return replace(result, inline=inline)
 
     def _execute(self, saga: Saga, claim: Claim) -> Event:
         """Run one claimed step (or compensation) under a heartbeat; its outcome as an event."""
@@ -108,16 +139,54 @@ class Worker:
         action, policy = definition.for_role(claim.role)
         beat = Heartbeat(lambda: self.engine.renew(claim), claim.lease_s)
         ctx = StepContext(run_id=claim.run_id, step=claim.step, role=str(claim.role),
-                          attempt=claim.attempt, fence=claim.fence, input=claim.input,
+                          attempt=claim.attempt, fence=claim.fence, raw_input=claim.input,
                           outputs=claim.outputs, saga=saga.name, version=saga.version,
-                          _beat=beat.beat)
+                          output=claim.forward_output, forward_error=claim.forward_error,
+                          input_schema=saga.input, _beat=beat.beat)
         timeout = definition.timeout.total_seconds() if definition.timeout else None
-        with beat:
-            event = self._call(action, ctx, claim.role, policy, timeout)
+        with beat, ctx:  # ctx closes what the attempt opened (its http session)
+            event = self._check(saga, claim, ctx, policy)
+            if event is None:
+                event = self._call(action, ctx, claim.role, policy, timeout)
             lost = beat.lost.is_set()
         if lost:  # the commit would be refused by the fence anyway; say why
             return StepFailed(claim.step, claim.role, claim.fence, "lease lost during the attempt")
         return event
+
+    def _check(self, saga: Saga, claim: Claim, ctx: StepContext, policy: Retry) -> Event | None:
+        """Ask the step's `verify` first if the state says so (an earlier attempt in doubt, or
+        an undo of a step that did not succeed): None to go on and act, else the outcome.
+
+        An answer that lets the attempt act is committed first, under its fence.
+        """
+        verify = saga.by_name[claim.step].verify
+        if verify is None or not self.engine.must_check(saga, claim):
+            return None
+        fail = functools.partial(StepFailed, claim.step, claim.role, claim.fence)
+        try:
+            # The check looks up the forward call: its key, whoever asks.
+            check = resolve_action(verify)
+            assert callable(check)  # a RemoteTask is refused when the saga is defined
+            with replace(ctx, role=str(Role.FORWARD)) as forward:
+                answer = check(forward)
+        except LeaseLost as exc:
+            return fail(str(exc))
+        except Exception as exc:  # the attempt failed; the step stays as much in doubt
+            return fail(f"verify failed: {_describe(exc)}", spread=random.random(),
+                        retryable=not isinstance(exc, NonRetryable) and policy.retries(exc),
+                        timed_out=type(exc).__name__ in TIMEOUT_ERRORS)
+        if not isinstance(answer, Verified):
+            return fail(f"verify returned {answer!r}, not a saga.Verified", retryable=False)
+        try:
+            json.dumps(answer.output)
+        except (TypeError, ValueError) as exc:
+            return fail(f"verify's output is not JSON: {exc}", retryable=False)
+        event = StepChecked(claim.step, claim.role, claim.fence, answer.answer, answer.output)
+        if not state.acts_after(event):
+            return event
+        if not self.engine.advance(claim.run_id, event, known=saga).changed:
+            return fail("lease lost during the check")
+        return None
 
     def _call(self, action: Any, ctx: StepContext, role: Role, policy: Retry,
               timeout: float | None) -> Event:
@@ -138,8 +207,8 @@ class Worker:
             if type(exc).__name__ in TIMEOUT_ERRORS:
                 return StepFailed(ctx.step, role, ctx.fence, f"exceeded its {timeout}s time limit",
                                   timed_out=True, spread=random.random())
-            log.info("step %s of run %s attempt %s failed: %s", ctx.step, ctx.run_id,
-                     ctx.attempt, _describe(exc))
+            # saga.runs logs the failure once committed; its traceback is only here.
+            log.debug("attempt failed: %s", _describe(exc), exc_info=exc)
             return StepFailed(ctx.step, role, ctx.fence, _describe(exc),
                               retryable=policy.retries(exc), spread=random.random())
         try:
@@ -154,7 +223,29 @@ def _payload(ctx: StepContext) -> dict[str, Any]:
     # "kind" repeats "role" for services written against the first release.
     return {"run_id": ctx.run_id, "step": ctx.step, "role": ctx.role, "kind": ctx.role,
             "attempt": ctx.attempt, "fence": ctx.fence, "idempotency_key": ctx.idempotency_key,
-            "input": ctx.input, "outputs": ctx.outputs}
+            "input": ctx.raw_input, "outputs": ctx.outputs, "forward_key": ctx.forward_key,
+            "output": ctx.output, "forward_error": ctx.forward_error}
+
+
+_told_unknown_run = False  # whether this process has said why it drops such messages
+
+
+def _unknown_run(run_id: str) -> None:
+    """A message for a run this database does not have: said once, then quietly dropped."""
+    global _told_unknown_run
+    level = logging.DEBUG if _told_unknown_run else logging.WARNING
+    _told_unknown_run = True
+    log.log(level, "dropped a message for run %s, which this database does not have: its run "
+            "was pruned since, or another deployment sent it on this queue (see SAGA_QUEUE)",
+            run_id)
+
+
+def _ended(event: Event) -> str:
+    """How an attempt's outcome names it: a check that found the step done (or nothing to
+    undo) succeeded, one that could not tell parked it."""
+    if isinstance(event, StepChecked):
+        return "parked" if event.answer == "unknown" else "succeeded"
+    return "succeeded" if isinstance(event, StepSucceeded) else "failed"
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from saga import Saga, Step
+from saga import NonRetryable, Saga, Step
 from saga.api import create_app
 from saga.cli import main
 from saga.registry import Registry
@@ -44,6 +44,21 @@ def scheduled_saga(name: str, schedule: Schedule) -> Saga:
 nightly = scheduled_saga("nightly", Schedule("0 3 * * *", "Europe/Paris", catch_up="latest"))
 minutely = scheduled_saga("minutely", Schedule("* * * * *", catch_up="all"))  # real sweepers
 reindex = Saga("reindex", steps=[Step("work", work)])  # event-driven: no schedule
+
+
+def report(ctx):
+    if ctx.input["logical_time"] == "2024-03-29T02:00:00Z":
+        raise NonRetryable("the source was down")
+    return work(ctx)
+
+
+def unsend(ctx):
+    raise NonRetryable("the report was mailed already")
+
+
+# Nightly, and its run of March 29 fails for good (the compensation gives up): a run `failed`.
+mailed = Saga("mailed", steps=[Step("report", report, compensate=unsend)],
+              schedule=Schedule("0 3 * * *", "Europe/Paris"))
 EVERY_10 = {policy: scheduled_saga(f"every10_{policy}", Schedule("*/10 * * * *", catch_up=policy))
             for policy in ("skip", "latest", "all")}
 
@@ -71,7 +86,7 @@ def make_system(database_url: str, registry: Registry, clock: Stack | None = Non
 @pytest.fixture
 def systems(database_url: str, clock: Stack) -> Iterator[list[System]]:
     """Two systems on one database, each with its own connections: two sweepers."""
-    registry = Registry([nightly, reindex, *EVERY_10.values()])
+    registry = Registry([nightly, reindex, mailed, *EVERY_10.values()])
     built = [make_system(database_url, registry, clock) for _ in range(2)]
     yield built
     for system in built:
@@ -263,9 +278,9 @@ def test_backfill_dry_run_lists_the_missing_times_and_writes_nothing(system, cli
                           "--dry-run")
 
     assert result.exit_code == 0, result.output
-    listed = [line.split("\t")[0] for line in result.stdout.splitlines()]
-    assert listed == [f"schedule:{t}" for t in MARCH if t != MARCH[1]]
-    assert "would start 3 runs of nightly (1 exist already)" in result.stderr
+    listed = [line.split("\t")[:2] for line in result.stdout.splitlines()]
+    assert listed == [["running" if t == MARCH[1] else "start", f"schedule:{t}"] for t in MARCH]
+    assert "would start 3 runs of nightly (1 exist already: 1 running)" in result.stderr
     assert query(system, "SELECT count(*) FROM backfills") == [(0,)]
     assert len(runs_of(system, "nightly")) == 1
 
@@ -281,8 +296,8 @@ def test_backfill_starts_missing_runs_at_most_n_at_once(system, cli_env, client)
 
     assert result.exit_code == 0, result.output
     backfill_id = result.stdout.strip()
-    assert "3 runs of nightly to start, at most 2 at once (1 exist already); 2 started now" \
-        in result.stderr
+    assert "3 runs of nightly to start, at most 2 at once (1 exist already: 1 unchanged); " \
+        "2 started now" in result.stderr
     progress = client.get(f"/v1/backfills/{backfill_id}").get_json()
     assert progress["items"] == {"total": 3, "pending": 1, "started": 2, "running": 2,
                                  "finished": 0, "refused": 0}
@@ -401,6 +416,96 @@ def test_api_lists_schedules_with_their_next_firing(client, system):
     assert "reindex" not in listed
 
 
+# -- a dry run's diff against the runs that ran ------------------------------------------------
+
+SPELLED_OTHERWISE = "2024-03-30T03:00:00+01:00"  # MARCH[2], in Paris time
+
+
+@pytest.fixture
+def ran_three_ways(system: System) -> list[str]:
+    """Given mailed's firings of March 28 (succeeded), 29 (failed: its compensation gave up)
+    and 30 (succeeded, its time spelled otherwise); the 31st never ran. Their run ids."""
+    run_ids = []
+    for t, logical_time in ((MARCH[0], MARCH[0]), (MARCH[1], MARCH[1]),
+                            (MARCH[2], SPELLED_OTHERWISE)):
+        run_id, _ = system.engine.start("mailed", {"logical_time": logical_time},
+                                        f"schedule:{t}")
+        system.worker.run_step(run_id, "report", Role.FORWARD, "mailed", 1, worker="test")
+        run_ids.append(run_id)
+    wait_for(lambda: [r.status for r in runs_of(system, "mailed")] == [
+        "succeeded", "failed", "succeeded"], 10, "the three runs to end")
+    return run_ids
+
+
+def test_cli_dry_run_shows_how_each_window_that_ran_differs(system, cli_env, ran_three_ways):
+    """Given windows that succeeded, failed, ran with another input and never ran,
+    When a dry run, Then one line each, in order, saying what differs; nothing written."""
+    result = backfill_cli(cli_env, "mailed", "--from", "2024-03-28", "--to", "2024-04-01",
+                          "--dry-run")
+
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    succeeded, failed, changed = ran_three_ways
+    assert lines == [
+        ["unchanged", f"schedule:{MARCH[0]}", json.dumps({"logical_time": MARCH[0]}),
+         f"run {succeeded} succeeded"],
+        ["failed", f"schedule:{MARCH[1]}", json.dumps({"logical_time": MARCH[1]}),
+         f"run {failed} failed", lines[1][4]],
+        ["input_changed", f"schedule:{MARCH[2]}", json.dumps({"logical_time": MARCH[2]}),
+         f"run {changed} succeeded", f"ran with {json.dumps({'logical_time': SPELLED_OTHERWISE})}"],
+        ["start", f"schedule:{MARCH[3]}", json.dumps({"logical_time": MARCH[3]})],
+    ]
+    assert "the report was mailed already" in lines[1][4]
+    assert ("would start 1 run of mailed (3 exist already: 1 input changed, 1 failed, "
+            "1 unchanged); nothing written") in result.stderr
+    assert "1 of them ended failed" in result.stderr and "saga retry RUN_ID" in result.stderr
+    assert query(system, "SELECT count(*) FROM backfills") == [(0,)]
+    assert len(runs_of(system, "mailed")) == 3
+
+
+def test_api_dry_run_shows_how_each_window_that_ran_differs(client, system, ran_three_ways):
+    """The same over the API: `already_ran` in window order, each with its run; then the
+    backfill itself starts only the window that never ran."""
+    body = {"from": "2024-03-28", "to": "2024-04-01"}
+
+    dry = client.post("/v1/sagas/mailed/backfills", json={**body, "dry_run": True})
+
+    assert dry.status_code == 200, dry.get_json()
+    view = dry.get_json()
+    succeeded, failed, changed = ran_three_ways
+    assert view["would_start"] == [{"idempotency_key": f"schedule:{MARCH[3]}",
+                                    "input": {"logical_time": MARCH[3]}}]
+    assert view["existing"] == 3
+    assert view["differences"] == {"input_changed": 1, "failed": 1, "unchanged": 1}
+    ran = view["already_ran"]
+    assert [(r["idempotency_key"], r["difference"], r["run"]["id"], r["run"]["status"])
+            for r in ran] == [
+        (f"schedule:{MARCH[0]}", "unchanged", succeeded, "succeeded"),
+        (f"schedule:{MARCH[1]}", "failed", failed, "failed"),
+        (f"schedule:{MARCH[2]}", "input_changed", changed, "succeeded")]
+    assert ran[2]["input"] == {"logical_time": MARCH[2]}
+    assert ran[2]["run"]["input"] == {"logical_time": SPELLED_OTHERWISE}
+    assert "the report was mailed already" in ran[1]["run"]["error"]
+    assert ran[0]["run"]["error"] is None
+    assert query(system, "SELECT count(*) FROM backfills") == [(0,)]
+
+    started = client.post("/v1/sagas/mailed/backfills", json=body)
+
+    assert started.status_code == 201, started.get_json()
+    assert started.get_json()["existing"] == 3 and started.get_json()["items"]["total"] == 1
+    assert [r.idempotency_key for r in runs_of(system, "mailed")] == [
+        f"schedule:{t}" for t in MARCH]
+
+
+def test_openapi_documents_the_dry_runs_diff(client):
+    schemas = client.get("/v1/openapi.json").get_json()["components"]["schemas"]
+    dry_run = schemas["DryRun"]["properties"]
+    assert {"would_start", "existing", "already_ran", "differences"} <= set(dry_run)
+    skipped = schemas["SkippedRun"]["properties"]
+    assert skipped["difference"]["enum"] == ["input_changed", "running", "failed", "unchanged"]
+    assert set(schemas["EarlierRun"]["properties"]) == {"id", "status", "input", "error"}
+
+
 # -- backfills of an event-driven saga -------------------------------------------------------
 
 LINES = [
@@ -424,7 +529,8 @@ def test_inputs_backfill_from_json_lines_is_idempotent(system, cli_env, tmp_path
     assert "4 runs of reindex to start, at most 10 at once (0 exist already); 4 started" \
         in first.stderr
     assert second.exit_code == 0, second.output
-    assert "0 runs of reindex to start, at most 10 at once (4 exist already)" in second.stderr
+    assert "0 runs of reindex to start, at most 10 at once (4 exist already: 4 running)" \
+        in second.stderr
     runs = {r.idempotency_key: r.input for r in runs_of(system, "reindex")}
     assert len(runs) == 4
     assert runs["backfill:user-1"] == {"user": 1}
