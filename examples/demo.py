@@ -6,8 +6,10 @@ the API (with the demo services) all in this process.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -35,6 +37,7 @@ ORDERS = [
 
 def main() -> int:
     folder = tempfile.mkdtemp(prefix="saga-demo-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # nothing left behind in /tmp
     settings = Settings.from_env(os.environ, database_url=f"sqlite:///{folder}/demo.db",
                                  broker_url="memory://", sagas=("examples.fulfillment",),
                                  worker_concurrency=4, sweep_interval_s=0.2,
@@ -44,7 +47,8 @@ def main() -> int:
         base = f"http://127.0.0.1:{server.server_port}"
         os.environ["SAGA_DEMO_SERVICES_URL"] = base  # where the saga's steps find the services
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        print(f"embedded stack: SQLite at {folder}/demo.db, in-memory broker, API on {base}\n")
+        print(f"embedded stack: SQLite at {folder}/demo.db (removed at exit), in-memory "
+              f"broker, API on {base}\n")
         failures = 0
         for title, changes, then in ORDERS:
             order = {"order_id": f"order-{uuid.uuid4().hex[:6]}", "amount_cents": 4200,

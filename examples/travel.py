@@ -46,6 +46,7 @@ class Desk:
     def reset(self) -> None:
         self.holds.clear()
         self.keys.clear()
+        self.made = 0
 
 
 airline = Desk("seat")

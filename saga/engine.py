@@ -107,6 +107,7 @@ class Engine:
         self.alerts = alerts or Alerts()
         self.lease_s = lease_s
         self.observer = observer
+        self._publish_failing = False  # the last publish failed: its log line was said
 
     # -- starting ---------------------------------------------------------------------
 
@@ -234,12 +235,11 @@ class Engine:
             raise RunParked(f"run {run_id} is parked: {outcome.parked}")
         if not outcome.changed:
             run = self.store.load_run(run_id)
-            saga = self.registry.get(run.saga, run.version)
-            if run.status is RunStatus.RUNNING and state.past_pivot(saga, run):
-                raise RunStateConflict(
-                    f"run {run_id} is past its point of no return: its pivot {saga.pivot!r} "
-                    "succeeded, so nothing it did may be undone; it goes on to the end",
-                    kind="past-pivot")
+            reached = state.pivot_reached(self.registry.get(run.saga, run.version), run)
+            if run.status is RunStatus.RUNNING and reached:
+                raise RunStateConflict(f"run {run_id} cannot be cancelled: {reached}; past its "
+                                       "pivot nothing may be undone, so it goes on to the end",
+                                       kind="past-pivot")
             raise RunStateConflict(f"run {run_id} is {run.status}; only a running run can be "
                                    "cancelled")
 
@@ -292,8 +292,15 @@ class Engine:
         try:
             self.dispatcher.send(run_id, saga.name, saga.version, commands, timeouts)
         except Exception as exc:  # committed already: the sweeper publishes it again
-            log.warning("publish for run %s failed, the sweeper will retry: %s", run_id, exc)
+            # One warning for the outage, not one per message (each is republished).
+            level = logging.DEBUG if self._publish_failing else logging.WARNING
+            self._publish_failing = True
+            log.log(level, "publish for run %s failed, the sweeper will retry (said once until "
+                    "a publish succeeds): %s", run_id, exc)
             return False
+        if self._publish_failing:
+            self._publish_failing = False
+            log.warning("publishing works again")
         return True
 
     def _after_commit(self, saga: Saga, run_id: str, commands: list[Command]) -> None:

@@ -4,6 +4,11 @@ No I/O and no clock: the time comes in as `now`. A stale or duplicate event (a w
 fence, a step no longer running) returns the run unchanged and no commands, which is what
 makes Celery's at-least-once delivery safe. Compensation's own planning is in
 `saga.compensation`; the values are in `saga.run` and `saga.events`.
+
+Two rules bound what a failure may undo. Past the saga's pivot nothing is: a step that
+cannot succeed parks the run for a person, and a cancel is refused. An attempt whose
+outcome is unknown leaves its step in doubt: the next attempt asks the step's `verify`
+first (`must_check`), and its answer (`StepChecked`) says done, act, or park.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from saga.events import (
 )
 from saga.run import Checked, Role, Run, RunStatus, StepState, StepStatus, queued
 
-__all__ = ["start", "advance", "plan", "claim", "past_pivot", "must_check", "acts_after"]
+__all__ = ["start", "advance", "plan", "claim", "pivot_reached", "must_check", "acts_after"]
 
 
 def start(saga: Saga, run_id: str, input: Any, now: datetime) -> tuple[Run, list[Command]]:
@@ -51,16 +56,16 @@ def advance(saga: Saga, run: Run, event: Event, now: datetime) -> tuple[Run, lis
         if run.status is not RunStatus.RUNNING or run.deadline_at is None or run.deadline_at > now:
             return run, []
         reason = f"the saga's deadline passed at {run.deadline_at.isoformat()}"
-        if past_pivot(saga, run):  # nothing may be undone: say so once, and go on
+        reached = pivot_reached(saga, run)
+        if reached:  # nothing may be undone: say so once, and go on
             return replace(run, deadline_at=None), [Alert(
-                "timeout", f"{reason}, after its pivot {saga.pivot!r} succeeded: it goes on "
-                           "forward, as nothing may be undone")]
+                "timeout", f"{reason}, but {reached}: it goes on, as nothing may be undone")]
         run, commands = plan(saga, compensation.begin(run, reason, now), now)
         return run, [Alert("timeout", reason), *commands]
     if isinstance(event, RetryRequested):
         return _resume(saga, run, now)
     if isinstance(event, CancelRequested):
-        if run.status is not RunStatus.RUNNING or past_pivot(saga, run):
+        if run.status is not RunStatus.RUNNING or pivot_reached(saga, run):
             return run, []
         run = replace(compensation.begin(run, "cancelled on request", now), cancel_requested=True)
         return plan(saga, run, now)
@@ -248,17 +253,31 @@ def plan(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
     return compensation.plan(saga, run, now)
 
 
-def past_pivot(saga: Saga, run: Run) -> bool:
-    """Whether the run's pivot succeeded: from then on nothing is compensated or cancelled."""
-    if saga.pivot is None:
-        return False
-    pivot = run.step(saga.pivot)
+def pivot_reached(saga: Saga, run: Run) -> str | None:
+    """Why the run may be past its point of no return, or None: its pivot succeeded, is
+    running, or ended an attempt in doubt. Then a cancel is refused and a passed deadline
+    only alerts; a failure still compensates until the pivot has succeeded (or parks, if
+    the pivot itself may have taken effect, see `_undoing_forbidden`)."""
+    pivot = run.step(saga.pivot) if saga.pivot is not None else None
+    if pivot is None:
+        return None
+    if pivot.status is StepStatus.SUCCEEDED:
+        return f"its pivot {pivot.name!r} succeeded"
+    if pivot.status is StepStatus.RUNNING:
+        return f"its pivot {pivot.name!r} is running, and once it succeeds nothing is undone"
+    if pivot.in_doubt:
+        return f"its pivot {pivot.name!r} may have taken effect (an attempt ended in doubt)"
+    return None
+
+
+def _past_pivot(saga: Saga, run: Run) -> bool:
+    pivot = run.step(saga.pivot) if saga.pivot is not None else None
     return pivot is not None and pivot.status is StepStatus.SUCCEEDED
 
 
 def _undoing_forbidden(saga: Saga, run: Run, step: StepState) -> str | None:
     """Why a step that failed for good parks the run instead of compensating it, if it does."""
-    if past_pivot(saga, run):
+    if _past_pivot(saga, run):
         return (f"step {step.name!r} failed after the pivot {saga.pivot!r} succeeded, so "
                 f"nothing may be undone; it waits for a person to retry it: {step.error}")
     if (step.name == saga.pivot and step.in_doubt

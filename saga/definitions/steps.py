@@ -50,6 +50,9 @@ class Verified:
     answer: Checked
     output: Any = None  # with done: the step's output, as the action would have returned it
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "answer", Checked(self.answer))  # "done" names the member
+
     @classmethod
     def done(cls, output: Any = None) -> Verified:
         """It took effect: record `output` as the step's, and do not call the action again."""

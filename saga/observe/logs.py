@@ -22,6 +22,9 @@ __all__ = ["RunLog", "line", "republished"]
 
 log = logging.getLogger("saga.runs")
 
+# The statuses an attempt (or a wait) ends in: succeeded, or failed and what came of it.
+ENDINGS = ("succeeded", "failed", "retry_wait", "queued", "parked")
+FINISHED = frozenset(str(s) for s in RunStatus if s.terminal)
 NOT_LOADED = "waiting for "  # how a run parked for a definition not loaded here is told
 Line = tuple[int, str, dict[str, Any]]  # level, message, the record's fields
 
@@ -79,9 +82,24 @@ def _step_line(change: Change, entry: dict[str, Any], fields: dict[str, Any]) ->
             f"{kind}: the lease was lost, so this attempt's {data.get('outcome')} result "
             f"(fence {data.get('fence')}) is ignored; fence {data.get('current_fence')} "
             "holds the step now"), fields
+    if what in ("checked", "skipped"):  # the step's verify answered about an attempt in doubt
+        fields["answer"] = answer = data.get("answer")
+        reason = f": {data['reason']}" if data.get("reason") else ""
+        level = logging.WARNING if answer == "unknown" else logging.INFO  # a person must look
+        return level, f"{kind}: verify answered {answer}{reason}", fields
+    if data.get("in_doubt"):  # it may have taken effect: a check or a person tells
+        fields["in_doubt"] = True
     if what == "running":
         if fields["worker"] is None and after is not None:
             fields["worker"] = after.lease_owner
+        if was is StepStatus.RUNNING and before is not None:
+            # The last attempt failed and the next was claimed in the same commit (a retry
+            # with no wait): one row, so one line telling both.
+            fields["error"] = error
+            took = _duration(before.started_at, change.at)
+            return logging.WARNING, (f"{kind}: attempt {entry['attempt']}, after attempt "
+                                     f"{before.attempt} failed after {_human(took)}: {error}"
+                                     ), fields
         return logging.INFO, f"{kind}: attempt {entry['attempt']}", fields
     if what == "waiting":
         fields["wake_at"] = data.get("wake_at")
@@ -89,7 +107,7 @@ def _step_line(change: Change, entry: dict[str, Any], fields: dict[str, Any]) ->
         return logging.INFO, f"{kind} {until}", fields
     if error and what != "succeeded":
         fields["error"] = error
-    if was in (StepStatus.RUNNING, StepStatus.WAITING):
+    if was in (StepStatus.RUNNING, StepStatus.WAITING) and what in ENDINGS:
         assert before is not None and after is not None
         return _ended(change, entry, fields, before, after)
     if was is StepStatus.QUEUED and after is not None and before is not None \
@@ -157,7 +175,7 @@ def _run_line(change: Change, kind: str, data: dict[str, Any], fields: dict[str,
         # A version not loaded (yet) is a rollout in progress; anything else needs a person.
         level = logging.WARNING if reason.startswith(NOT_LOADED) else logging.ERROR
         return level, f"{kind}: {reason}", fields
-    if status not in set(RunStatus) or not RunStatus(status).terminal:
+    if status not in FINISHED:  # started, compensating, …
         level = logging.WARNING if status == RunStatus.COMPENSATING else logging.INFO
         return level, f"{kind}: {data['error']}" if data.get("error") else kind, fields
     fields["status"] = status

@@ -4,7 +4,7 @@ Every record goes through one handler on the root logger, the saga's own, Celery
 the step code's alike; its `ContextFilter` adds the run and step of the attempt that
 is running, and the formatter prints them:
 
-    2025-06-01 12:00:00,123 INFO saga.runs step.succeeded in 35 ms run_id=5f0c… saga=order_fulfillment version=1 step=charge_card role=forward attempt=1 worker=saga-1@host/4242
+    2025-06-01 12:00:00,123 INFO saga.runs step.succeeded in 35 ms [run_id=5f0c… saga=order_fulfillment version=1 step=charge_card role=forward attempt=1 worker=saga-1@host/4242]
     {"time": "2025-06-01T12:00:00.123+00:00", "level": "INFO", "logger": "saga.runs", "message": "step.succeeded in 35 ms", "event": "step.succeeded", "run_id": "5f0c…", …}
 """
 
@@ -25,7 +25,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line, then the run's fields as `name=value` (those the record has)."""
+    """The classic line, then the run's fields as `[name=value …]` (those the record has)."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
@@ -59,21 +59,6 @@ def formatter(format: str) -> logging.Formatter:
     raise ValueError(f"unknown log format {format!r}: use text or json")
 
 
-class _Stderr(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is at the time (a test's runner may swap it)."""
-
-    def __init__(self) -> None:
-        logging.Handler.__init__(self)
-
-    @property
-    def stream(self) -> IO[str]:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass  # always sys.stderr
-
-
 _installed: logging.Handler | None = None  # the handler `configure` added, to replace
 
 
@@ -85,22 +70,24 @@ def configure(level: str | int = "INFO", format: str = "text",
     test runner's, an application embedding the saga) and returns None then; called
     again, it replaces the handler it added before. Celery's worker is told to keep it.
     """
+    global _installed
     chosen = formatter(format)
     # Alembic announces its plugins at INFO on every import: noise before any message.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    global _installed
     root = logging.getLogger()
     if root.handlers and _installed not in root.handlers:
         return None
     if _installed is not None:
         root.removeHandler(_installed)
-    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
+    # The stream as it is now, as basicConfig does: Celery may later point sys.stderr at
+    # a logger, and a handler writing there would log its own lines again.
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     _installed = handler
     handler.addFilter(ContextFilter())
     handler.setFormatter(chosen)
     root.addHandler(handler)
     root.setLevel(level)
-    pass  # MUTANT
+    _keep_from_celery()
     return handler
 
 

@@ -26,7 +26,14 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -45,6 +52,8 @@ if TYPE_CHECKING:
 __all__ = ["Metrics", "DatabaseGauges", "swept", "registry", "serve"]
 
 log = logging.getLogger("saga.observe.metrics")
+# No `*_created` series: multiprocess mode has none, so each endpoint shows the same names.
+disable_created_metrics()
 
 # Steps take milliseconds to an hour; waits in the queue, a millisecond to minutes.
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)

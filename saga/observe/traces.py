@@ -86,9 +86,10 @@ def spans(change: Change) -> list[SpanRecord]:
 
 def _attempt(run: Run, before: StepState, after: StepState, worker: str | None,
              at: datetime) -> SpanRecord:
-    # A new fence in the same commit: the attempt failed and the worker claimed the next.
-    outcome = RETRYING if after.fence != before.fence else OUTCOMES.get(after.status,
-                                                                        str(after.status))
+    if after.fence != before.fence:  # it failed, and the worker claimed the next at once
+        outcome = RETRYING
+    else:
+        outcome = OUTCOMES.get(after.status, str(after.status))
     verb = "step" if before.role is Role.FORWARD else "compensate"
     attributes = _base(run) | {
         "step": before.name, "role": str(before.role), "attempt": before.attempt,

@@ -56,10 +56,11 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
         # derived one here too, before a worker consumes.
         task_default_queue=settings.explicit_queue or IN_PROCESS_QUEUE,
         broker_transport_options=transport_options,
-        # Task events for Flower, from workers and from every publisher ("task-sent"); no
-        # one could watch the in-memory broker's.
+        # Task events for Flower, from workers; and from every publisher, "task-sent", which
+        # CeleryDispatcher sends itself, before the message. No one could watch the
+        # in-memory broker's.
         worker_send_task_events=settings.task_events == "on" and not in_process,
-        task_send_sent_event=settings.task_events == "on" and not in_process,
+        task_send_sent_event=False,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         result_backend=settings.result_backend or None,

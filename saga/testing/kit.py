@@ -17,15 +17,17 @@ Not thread-safe: one kit per test.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from saga.definitions import RemoteTask, Saga, Signal, Timer
 from saga.errors import SagaError
+from saga.events import Change
 from saga.observe import Observers
 from saga.registry import Registry
 from saga.run import Role, Run, RunStatus, StepStatus
@@ -35,11 +37,11 @@ from saga.testing import faults as crash_points
 from saga.testing.clock import MovableClock
 from saga.testing.dispatch import RecordingDispatcher, Sent
 from saga.testing.explore import Exploration, InvariantBroken, Scenario, explore, scenarios
-from saga.testing.inject import POINTS, Crashed, Fault
+from saga.testing.inject import KINDS, POINTS, Crashed, Fault
 from saga.timeline import render
 
-__all__ = ["SagaKit", "Result", "Struck", "Fault", "KitError", "InvariantBroken", "Exploration",
-           "Scenario", "scenarios"]
+__all__ = ["SagaKit", "Result", "Struck", "Fault", "KINDS", "POINTS", "KitError",
+           "InvariantBroken", "Exploration", "Scenario", "scenarios"]
 
 MAX_ROUNDS = 1000  # deliver-then-sweep rounds before a run that never settles is reported
 NUDGE = timedelta(milliseconds=1)  # past a due time, so `<= now` holds whatever the clock's grain
@@ -123,7 +125,7 @@ class _Attempts:
     def __init__(self) -> None:
         self.current: dict[tuple[str, str, Role], int] = {}
 
-    def committed(self, changes: Any) -> None:
+    def committed(self, changes: Sequence[Change]) -> None:
         for change in changes:
             for (name, role), step in change.after.steps.items():
                 if step.status is StepStatus.RUNNING:
@@ -133,19 +135,25 @@ class _Attempts:
 class SagaKit:
     """Runs sagas in this process on SQLite (default: a temporary file) or PostgreSQL.
 
-    `remote` stands in for RemoteTask steps: task name → a function of the payload.
-    `lease` is every step's lease unless it sets `heartbeat_timeout`: how long a crashed
-    attempt holds its step before the sweeper counts it failed (the clock jumps over it).
+    The database is migrated first (a no-op when it is already); `template`, an empty
+    migrated SQLite file, is copied instead for the default one. `remote` stands in for
+    RemoteTask steps: task name → a function of the payload. `lease` is every step's lease
+    unless it sets `heartbeat_timeout`: how long a crashed attempt holds its step before
+    the sweeper counts it failed (the clock jumps over it).
     """
 
     def __init__(self, database_url: str | None = None, sagas: Iterable[Saga] = (), *,
                  lease: timedelta = timedelta(seconds=30), inline_steps: int = 50,
                  remote: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None,
-                 migrate: bool = True) -> None:
+                 template: str | os.PathLike[str] | None = None) -> None:
         self._folder: str | None = None
+        migrate = True
         if database_url is None:
-            self._folder = tempfile.mkdtemp(prefix="saga-kit-")
+            self._folder = _scratch_folder()
             database_url = f"sqlite:///{self._folder}/saga.db"
+            if template is not None:  # an empty migrated log: copying it is quicker
+                shutil.copy(template, f"{self._folder}/saga.db")
+                migrate = False
         self.settings = Settings(database_url=database_url, broker_url="memory://",
                                  lease_s=lease.total_seconds(), inline_steps=inline_steps)
         if migrate:
@@ -331,6 +339,14 @@ class SagaKit:
             self.clock.advance(ahead + NUDGE)
 
 
+def _scratch_folder() -> str:
+    """A temporary folder, in memory where the machine has one: a SQLite commit there
+    costs no flush to disk, which is most of what a kit run costs on a busy disk."""
+    shm = "/dev/shm"
+    usable = os.path.isdir(shm) and os.access(shm, os.W_OK)
+    return tempfile.mkdtemp(prefix="saga-kit-", dir=shm if usable else None)
+
+
 def _waiting_for(saga: Saga, run: Run) -> tuple[str, ...]:
     """The signals the run's waiting steps wait for."""
     if run.status is not RunStatus.RUNNING:
@@ -366,3 +382,6 @@ def _check_fault(saga: Saga, fault: Fault) -> None:
                        f"inject {fault.kind} into (steps: {', '.join(saga.order)})")
     if fault.role is Role.COMPENSATE and step.compensate is None:
         raise KitError(f"step {fault.step!r} of saga {saga.name!r} has no compensation")
+    if fault.kind == "timeout" and step.timeout is None:
+        raise KitError(f"step {fault.step!r} has no timeout to run over; give it one "
+                       "(a worker that dies or hangs instead is Fault.crash: its lease runs out)")

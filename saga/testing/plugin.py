@@ -13,7 +13,6 @@ Celery, Alembic) is imported only when a test asks for it.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,15 +40,13 @@ def saga_kit_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def saga_kit(request: pytest.FixtureRequest, saga_kit_database_url: str | None,
-             tmp_path: Path) -> Iterator[SagaKit]:
-    """A SagaKit for this test alone, closed after it."""
+def saga_kit(request: pytest.FixtureRequest,
+             saga_kit_database_url: str | None) -> Iterator[SagaKit]:
+    """A SagaKit for this test alone, closed (its SQLite file deleted) after it."""
     from saga.testing.kit import SagaKit
 
     if saga_kit_database_url is None:
-        template = request.getfixturevalue("saga_kit_sqlite_template")
-        shutil.copy(template, tmp_path / "saga-kit.db")
-        kit = SagaKit(f"sqlite:///{tmp_path / 'saga-kit.db'}", migrate=False)
+        kit = SagaKit(template=request.getfixturevalue("saga_kit_sqlite_template"))
     else:
         kit = SagaKit(saga_kit_database_url)
     try:

@@ -23,7 +23,7 @@ from saga.errors import LeaseLost, NonRetryable, RunNotFound, UnknownSaga
 from saga.events import Event, StepChecked, StepFailed, StepSucceeded
 from saga.observe.context import bound as log_fields
 from saga.registry import Registry
-from saga.run import Role
+from saga.run import Checked, Role
 from saga.store import Outage
 from saga.testing.faults import crash_point
 from saga.worker.context import StepContext
@@ -244,7 +244,7 @@ def _ended(event: Event) -> str:
     """How an attempt's outcome names it: a check that found the step done (or nothing to
     undo) succeeded, one that could not tell parked it."""
     if isinstance(event, StepChecked):
-        return "parked" if event.answer == "unknown" else "succeeded"
+        return "parked" if event.answer is Checked.UNKNOWN else "succeeded"
     return "succeeded" if isinstance(event, StepSucceeded) else "failed"
 
 

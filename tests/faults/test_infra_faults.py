@@ -269,8 +269,9 @@ def _redis_queue_keys(queue: str) -> list[str]:
 
 
 def deliveries(stack: Stack) -> int:
-    """Step and compensation messages the workers received (each is logged once)."""
-    return sum(len(re.findall(r"Task saga\.(?:step|compensate)\[[^\]]+\] received", p.output()))
+    """Step and compensation messages the workers received (each is logged once, named
+    for its saga and step)."""
+    return sum(len(re.findall(r"Task [\w.-]+\[[^\]]+\] received", p.output()))
                for p in stack.processes if p.name == "worker")
 
 

@@ -12,9 +12,11 @@ import logging
 from collections import Counter
 from typing import Any
 
+import pytest
 from celery.utils.log import get_task_logger
 
 from saga import Saga, Step
+from tests.conftest import BROKERS, need
 from tests.stack import Stack, wait_for
 
 SAGAS = "examples.fulfillment,tests.integration.test_logs"
@@ -30,6 +32,13 @@ def speak(ctx: Any) -> dict[str, Any]:
 
 
 chatty = Saga("chatty", steps=[Step("speak", speak)])
+
+
+@pytest.fixture
+def broker_url() -> str:
+    """One broker: what a process logs does not depend on which carries its messages."""
+    need("redis", BROKERS["redis"])
+    return BROKERS["redis"]
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

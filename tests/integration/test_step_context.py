@@ -1,7 +1,7 @@
 """A step's `ctx` across real processes: PostgreSQL, RabbitMQ and Redis, `saga api`, `worker`
 and `sweeper`.
 
-This module is also what those processes load (SAGA_SAGAS names it): the `trip` saga, and,
+This module is also what those processes load (SAGA_SAGAS names it): the `ctx_trip` saga, and,
 through `init_app`, a small hotel service on the API built with `saga.helpers.idempotent`.
 Each step reports what it saw in its output, so the run itself is the record:
 
@@ -75,7 +75,7 @@ def undo(ctx: StepContext) -> dict[str, Any]:
 
 QUICK = Retry(attempts=3, first_delay=timedelta(milliseconds=50), max_delay=timedelta(seconds=1))
 
-trip = Saga("trip", input=TripInput, steps=[
+ctx_trip = Saga("ctx_trip", input=TripInput, steps=[
     Step("book", book, compensate=undo, retry=QUICK, compensate_retry=QUICK),
     Step("hold_room", hold_room, compensate=undo, retry=Retry(attempts=1),
          compensate_retry=QUICK, heartbeat_timeout=timedelta(seconds=1)),
@@ -128,7 +128,7 @@ def init_app(app: flask.Flask, system: Any) -> None:
 
 def test_steps_see_their_input_keys_and_what_the_forward_step_did(
         database_url: str, broker_url: str, tmp_path: Any) -> None:
-    """Given the trip saga on a real stack, and two trips: one whose hold_room kills its
+    """Given the ctx_trip saga on a real stack, and two trips: one whose hold_room kills its
     worker child after its effect, one whose hold_room declines for good,
     When both run,
     Then `book` saw the input with the schema's default and a date, called the hotel with
@@ -144,7 +144,7 @@ def test_steps_see_their_input_keys_and_what_the_forward_step_did(
             api.result()
         inputs = {"died": {"traveller": "ada", "departs": "2025-03-01"},
                   "declined": {"traveller": "bob", "departs": "2025-03-02", "then": "decline"}}
-        ids = {case: stack.post_run("trip", given) for case, given in inputs.items()}
+        ids = {case: stack.post_run("ctx_trip", given) for case, given in inputs.items()}
         runs = {case: stack.wait_terminal(run_id, 30) for case, run_id in ids.items()}
         rows = stack.query("SELECT key, fence, cancelled FROM ctxtest_bookings")
 

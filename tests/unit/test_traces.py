@@ -233,3 +233,16 @@ def test_saga_does_not_import_opentelemetry_unless_asked():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PATH": "/usr/bin:/bin"}).stdout
     assert out.strip() == "[]"
+
+
+def test_saga_otel_on_adds_the_traces_observer_and_a_bad_value_is_refused(monkeypatch):
+    from saga.settings import Settings
+    from saga.system import build
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    system = build(Settings(database_url="sqlite:///:memory:", otel="on"), Registry())
+    assert any(isinstance(o, Traces) for o in system.engine.observer.observers)
+    off = build(Settings(database_url="sqlite:///:memory:"), Registry())
+    assert not any(isinstance(o, Traces) for o in off.engine.observer.observers)
+    with pytest.raises(ValueError, match="SAGA_OTEL must be on or off, not 'yes'"):
+        Settings.from_env({"SAGA_OTEL": "yes"})
