@@ -212,7 +212,10 @@ def _resume(saga: Saga, run: Run, now: datetime) -> tuple[Run, list[Command]]:
                    if s.role is Role.COMPENSATE and s.status is StepStatus.FAILED]
         status = RunStatus.COMPENSATING
     else:
-        resumed = [s for s in run.steps.values() if s.status is StepStatus.PARKED]
+        # A parked step goes on only while the run does: once the run compensates, the
+        # step is settled and only its compensation is left to do.
+        resumed = [s for s in run.steps.values()
+                   if s.status is StepStatus.PARKED and run.status is RunStatus.RUNNING]
         status = run.status
     if not resumed or run.status.terminal and status is not RunStatus.COMPENSATING:
         return run, []

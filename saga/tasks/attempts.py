@@ -21,8 +21,8 @@ from celery.exceptions import Retry
 
 from saga.definitions import Saga
 from saga.definitions.steps import OnTimeout
-from saga.events import Event, StepFailed, StepSucceeded
-from saga.run import Role
+from saga.events import Event, StepChecked, StepFailed, StepSucceeded
+from saga.run import Checked, Role
 
 if TYPE_CHECKING:
     from saga.engine import Claim
@@ -54,6 +54,8 @@ def state_of(saga: Saga, step: str, role: Role, attempt: int, event: Event) -> s
     """
     if isinstance(event, StepSucceeded):
         return SUCCESS
+    if isinstance(event, StepChecked):  # verify found it done (or nothing to undo), or parked it
+        return FAILURE if event.answer is Checked.UNKNOWN else SUCCESS
     definition = saga.by_name[step]
     retryable = isinstance(event, StepFailed) and event.retryable
     if isinstance(event, StepFailed) and event.timed_out and role is Role.FORWARD:
@@ -67,6 +69,8 @@ def _text(state: str, attempt: int, event: Event, changed: bool = True) -> str:
         return f"attempt {attempt} superseded: its outcome came after the step moved on"
     if state == SUCCESS:
         return f"attempt {attempt} succeeded"
+    if isinstance(event, StepChecked):
+        return f"attempt {attempt} parked: verify cannot tell whether an earlier attempt took effect"
     error = getattr(event, "error", "")
     return f"attempt {attempt} failed{', will retry' if state == RETRY else ''}: {error}"
 
@@ -74,7 +78,7 @@ def _text(state: str, attempt: int, event: Event, changed: bool = True) -> str:
 def finish(saga: Saga, role: Role, result: StepResult) -> str:
     """What a step message's task returns (SUCCESS) or raises for the attempt it ran."""
     event = result.event
-    if not isinstance(event, (StepSucceeded, StepFailed)):
+    if not isinstance(event, (StepSucceeded, StepFailed, StepChecked)):
         return result.outcome  # no attempt ran: a duplicate or stale message, or the log was away
     state = state_of(saga, event.step, role, result.attempt, event)
     text = _text(state, result.attempt, event, result.outcome != "superseded")

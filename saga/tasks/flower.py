@@ -16,6 +16,8 @@ from celery import Celery
 from saga.settings import PREFIX, Settings
 
 LOGIN_OPTIONS = ("--basic-auth", "--basic_auth", "--auth")  # Flower's own, passed through
+# The task list shows each attempt's ids and outcome (Flower's default hides both).
+TASK_COLUMNS = "name,state,result,exception,kwargs,received,runtime,worker"
 NEEDS_FLOWER = "saga flower needs Flower: pip install 'saga-orchestrator[flower]'"
 
 
@@ -67,4 +69,7 @@ def run_flower(app: Celery, settings: Settings, host: str, port: int, no_auth: b
         os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     else:
         os.environ.pop("FLOWER_BASIC_AUTH", None)
-    app.start(["flower", f"--address={host.strip('[]')}", f"--port={port}", *extra])
+    argv = ["flower", f"--address={host.strip('[]')}", f"--port={port}"]
+    if "FLOWER_TASKS_COLUMNS" not in os.environ:
+        argv.append(f"--tasks_columns={TASK_COLUMNS}")  # before `extra`, which may set its own
+    app.start([*argv, *extra])

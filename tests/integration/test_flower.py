@@ -14,6 +14,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -22,11 +23,15 @@ import requests
 from click.testing import CliRunner
 from kombu import Connection
 
+from saga import Retry, Saga, Step
 from saga.cli import main
+from saga.events import StepFailed, StepSucceeded
 from saga.registry import Registry
+from saga.run import Role
 from saga.settings import Settings
 from saga.system import build
 from saga.tasks import task_name, use_exchanges
+from saga.tasks.attempts import state_of
 from saga.timeline import attempts
 from tests.conftest import template_copies
 from tests.stack import Stack, free_port, wait_for
@@ -192,6 +197,34 @@ def _published(system: Any, run_id: str, seen: Any) -> bool:
 
     system.dispatcher.send(run_id, "order_fulfillment", 1, [RunStep("charge_card")], {})
     return any(run_id in (t.kwargs or "") for t in seen.tasks.values())
+
+
+# -- an attempt's outcome as a task state ----------------------------------------------------
+
+def _noop(ctx: Any) -> None:
+    return None
+
+
+TABLE = Saga("table", steps=[
+    Step("pay", _noop, compensate=_noop, retry=Retry(attempts=3),
+         compensate_retry=Retry(attempts=2)),
+    Step("ship", _noop, timeout=timedelta(seconds=5), on_timeout="park"),
+])
+
+
+@pytest.mark.parametrize(("step", "role", "attempt", "event", "state"), [
+    ("pay", Role.FORWARD, 1, StepSucceeded("pay", Role.FORWARD, 1), "SUCCESS"),
+    ("pay", Role.FORWARD, 1, StepFailed("pay", Role.FORWARD, 1, "503"), "RETRY"),
+    ("pay", Role.FORWARD, 3, StepFailed("pay", Role.FORWARD, 3, "503"), "FAILURE"),
+    ("pay", Role.FORWARD, 1, StepFailed("pay", Role.FORWARD, 1, "402", retryable=False),
+     "FAILURE"),
+    ("pay", Role.COMPENSATE, 1, StepFailed("pay", Role.COMPENSATE, 1, "503"), "RETRY"),
+    ("pay", Role.COMPENSATE, 2, StepFailed("pay", Role.COMPENSATE, 2, "503"), "FAILURE"),
+    ("ship", Role.FORWARD, 1, StepFailed("ship", Role.FORWARD, 1, "slow", timed_out=True),
+     "FAILURE"),  # on_timeout="park": no other attempt
+])
+def test_an_attempts_outcome_is_its_tasks_state(step, role, attempt, event, state):
+    assert state_of(TABLE, step, role, attempt, event) == state
 
 
 # -- the command ---------------------------------------------------------------------------

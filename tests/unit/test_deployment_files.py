@@ -193,7 +193,8 @@ def test_services_running_saga_code_share_one_image_and_one_environment() -> Non
         assert (SERVICES[name].get("image"), SERVICES[name].get("build")) == (
             SERVICES["api"]["image"], SERVICES["api"]["build"]), name
         env = environment(SERVICES[name])
-        env.pop("SAGA_FLOWER_BASIC_AUTH") if name == "flower" else None  # its own login
+        if name == "flower":
+            env.pop("SAGA_FLOWER_BASIC_AUTH")  # its own login, beside the shared settings
         assert env == environment(SERVICES["api"]), name
 
 

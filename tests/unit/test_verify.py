@@ -24,7 +24,15 @@ from saga.clock import Clock
 from saga.definitions import Parallel, Wait
 from saga.engine import Engine
 from saga.errors import DefinitionError
-from saga.events import Alert, LeaseExpired, QueueTimedOut, RetryRequested, StepChecked, history
+from saga.events import (
+    Alert,
+    CancelRequested,
+    LeaseExpired,
+    QueueTimedOut,
+    RetryRequested,
+    StepChecked,
+    history,
+)
 from saga.registry import Registry
 from saga.run import Checked, Role, Run, RunStatus
 from saga.store import Store
@@ -480,3 +488,14 @@ def test_the_undo_of_a_charge_that_went_through_asks_the_check_then_refunds(part
     parts.deliver()
     assert parts.store.get_run(run_id)["status"] == "compensated"
     assert LEDGER.calls == ["pay:1", "check:1", "refund"]
+
+
+def test_a_step_parked_before_a_cancel_is_not_resumed_while_the_run_compensates():
+    """Given b parked (its check could not tell) and then the run was cancelled, a retry
+    must not queue b again: it would never be claimed, and its compensation would wait
+    for it forever. Its compensation asks the check instead."""
+    run, _ = play(SAGA, "a ok; b expire; b claim")
+    run, _ = answer(SAGA, run, "b", Checked.UNKNOWN)
+    run, _ = state.advance(SAGA, run, CancelRequested(), T0)
+    assert view(run) == {"a": "succeeded", "b": "parked", "~b": "queued"}
+    assert state.advance(SAGA, run, RetryRequested(), T0) == (run, [])
