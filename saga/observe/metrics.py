@@ -40,7 +40,7 @@ from prometheus_client.registry import Collector
 
 from saga.definitions import Signal, Timer
 from saga.events import Change
-from saga.observe.multiprocess import ENV
+from saga.observe.multiprocess import ENV, alive
 from saga.registry import Registry
 from saga.run import RunStatus, StepState, StepStatus
 from saga.store import Outage, Store
@@ -261,19 +261,9 @@ def _gone(path: str) -> set[int]:
     pids = set()
     for name in os.listdir(path):
         pid = name.removesuffix(".db").rpartition("_")[2]
-        if name.startswith("gauge_live") and pid.isdigit() and not _alive(int(pid)):
+        if name.startswith("gauge_live") and pid.isdigit() and not alive(int(pid)):
             pids.add(int(pid))
     return pids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def registry(*extra: Collector) -> CollectorRegistry:

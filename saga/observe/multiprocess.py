@@ -14,10 +14,12 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
-__all__ = ["ENV", "count_in_files"]
+__all__ = ["ENV", "count_in_files", "alive"]
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "saga-metrics-"  # then the creating pid: its folder is an orphan once that is gone
 
 
 def count_in_files() -> str:
@@ -33,8 +35,9 @@ def count_in_files() -> str:
             raise ValueError(f"{ENV}={path!r} is not a directory: create it, or unset it "
                              "for a fresh temporary one")
         return path
-    path = os.environ[ENV] = tempfile.mkdtemp(prefix="saga-metrics-")
+    _remove_orphans()
     creator = os.getpid()
+    path = os.environ[ENV] = tempfile.mkdtemp(prefix=f"{PREFIX}{creator}-")
 
     def remove() -> None:
         if os.getpid() == creator:  # a forked child (gunicorn's) runs these hooks too
@@ -42,3 +45,22 @@ def count_in_files() -> str:
 
     atexit.register(remove)
     return path
+
+
+def _remove_orphans() -> None:
+    """Remove the folders of commands that ended without their exit hook (SIGKILL, OOM)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-*"):
+        pid = folder.name.removeprefix(PREFIX).partition("-")[0]
+        if pid.isdigit() and not alive(int(pid)) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (as far as this user can tell)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process, alive
+        return True
+    return True

@@ -341,6 +341,24 @@ def test_the_files_mode_must_be_chosen_before_prometheus_client_is_imported(monk
     assert count_in_files() == str(tmp_path)
 
 
+def test_a_folder_left_by_a_killed_command_is_removed_by_the_next(tmp_path, monkeypatch):
+    """Given temporary folders of a command that is gone (SIGKILL runs no exit hook) and of
+    one still running, When another command makes its folder, Then only the first goes."""
+    import os
+    import tempfile
+
+    from saga.observe import multiprocess
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = tmp_path / f"saga-metrics-{2 ** 22 + 12345}-abc"  # above Linux's pid_max
+    running = tmp_path / f"saga-metrics-{os.getpid()}-def"
+    for folder in (gone, running):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"")
+    multiprocess._remove_orphans()
+    assert (gone.exists(), running.exists()) == (False, True)
+
+
 @pytest.mark.parametrize("name", ["SAGA_WORKER_METRICS_PORT", "SAGA_SWEEPER_METRICS_PORT"])
 def test_a_metrics_port_is_a_port_or_zero(name):
     assert Settings.from_env({name: "9101"}).__getattribute__(name[5:].lower()) == 9101
