@@ -98,6 +98,12 @@ class StepSchema(ma.Schema):
     worker = fields.String(allow_none=True)
     output = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
+    in_doubt = fields.Boolean(metadata={
+        "description": "an attempt ended with its outcome unknown (lease ran out, timed out) "
+                       "and nothing has said since whether it took effect"})
+    checked = fields.String(allow_none=True, metadata={
+        "description": "the step's verify check answer for this attempt: done, not_done "
+                       "or unknown"})
 
 
 class RunSummarySchema(ma.Schema):
@@ -151,6 +157,12 @@ class StepDefinitionSchema(ma.Schema):
     compensate = fields.String(allow_none=True)
     retry_attempts = fields.Integer()
     timeout_s = fields.Float(allow_none=True)
+    pivot = fields.Boolean(metadata={"description": "the saga's point of no return: once it "
+                                     "succeeds, later steps are never compensated"})
+    verify = fields.String(allow_none=True, metadata={
+        "description": "the check asked first when an attempt's outcome is unknown"})
+    compensate_failed = fields.Boolean(metadata={
+        "description": "whether a step whose forward attempts all failed is compensated"})
 
 
 class SagaVersionSchema(ma.Schema):

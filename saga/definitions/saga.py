@@ -106,6 +106,9 @@ class Saga:
                     "compensate": _action_name(self.by_name[n].compensate),
                     "retry_attempts": self.by_name[n].retry.attempts,
                     "timeout_s": _seconds(self.by_name[n].timeout),
+                    "pivot": self.by_name[n].pivot,
+                    "verify": _action_name(self.by_name[n].verify),
+                    "compensate_failed": self.by_name[n].compensate_failed,
                 }
                 for n in self.order
             ],

@@ -47,7 +47,8 @@ def step_view(row: Any) -> dict[str, Any]:
             "queued_at": aware(row["queued_at"]), "started_at": aware(row["started_at"]),
             "finished_at": aware(row["finished_at"]), "next_attempt_at": aware(row["next_attempt_at"]),
             "wake_at": aware(row["wake_at"]),
-            "worker": row["lease_owner"], "output": row["output"], "error": row["error"]}
+            "worker": row["lease_owner"], "output": row["output"], "error": row["error"],
+            "in_doubt": bool(row["in_doubt"]), "checked": row["checked"]}
 
 
 def event_view(row: Any) -> dict[str, Any]:

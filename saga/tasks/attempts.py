@@ -147,12 +147,17 @@ class InlineEvents:
         try:
             with self._lock:
                 if self._dispatcher is None or self._pid != os.getpid():
+                    # Its own connection, unconfirmed (an event is worth no round trip);
+                    # each call's events go as one message ("task.multi").
+                    connection = self.app.connection_for_write(
+                        transport_options={"confirm_publish": False})
                     self._dispatcher = self.app.events.Dispatcher(
-                        self.app.connection_for_write(), hostname=hostname,
-                        buffer_while_offline=False)
+                        connection, hostname=hostname, buffer_while_offline=False,
+                        buffer_group={"task"}, buffer_limit=10)
                     self._pid = os.getpid()
                 for type_, fields in events:
                     self._dispatcher.send(type_, **fields)
+                self._dispatcher.flush(errors=False)
             self._failing = False
         except Exception as exc:
             self._reset()

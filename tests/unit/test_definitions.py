@@ -274,11 +274,14 @@ def test_describe_lists_steps_in_order_with_their_actions():
     assert described["version"] == 3
     assert described["steps"] == [
         {"name": "reserve", "after": [], "kind": "action", "action": f"{act.__module__}:act",
-         "compensate": f"{undo.__module__}:undo", "retry_attempts": 5, "timeout_s": None},
+         "compensate": f"{undo.__module__}:undo", "retry_attempts": 5, "timeout_s": None,
+         "pivot": False, "verify": None, "compensate_failed": True},
         {"name": "ship", "after": ["reserve"], "kind": "action", "action": "task:shipping.create",
-         "compensate": "json:dumps", "retry_attempts": 3, "timeout_s": 30.0},
+         "compensate": "json:dumps", "retry_attempts": 3, "timeout_s": 30.0,
+         "pivot": False, "verify": None, "compensate_failed": True},
         {"name": "email", "after": ["reserve"], "kind": "action", "action": f"{other.__module__}:other",
-         "compensate": None, "retry_attempts": 3, "timeout_s": None},
+         "compensate": None, "retry_attempts": 3, "timeout_s": None,
+         "pivot": False, "verify": None, "compensate_failed": True},
     ]
 
 
