@@ -86,6 +86,11 @@ class Claim:
     # and its last attempt's error (None if it succeeded).
     forward_output: Any = None
     forward_error: str | None = None
+    # The forward step's last attempt and fence: a `verify` check asks as that attempt,
+    # whichever role asks, so its calls carry the key and fence the forward call used.
+    forward_attempt: int = 0
+    forward_fence: int = 0
+    check_first: bool = False  # ask the step's `verify` before acting (state.must_check)
 
 
 @dataclass(frozen=True)
@@ -182,12 +187,7 @@ class Engine:
             if new is tx.run:
                 return None
             tx.save(new, worker=worker)
-        return _claim_of(new, step, role, lease_s)
-
-    def must_check(self, saga: Saga, claim: Claim) -> bool:
-        """Whether the claimed attempt asks its step's `verify` first (`state.must_check`)."""
-        run = self.store.load_run(claim.run_id)
-        return state.must_check(saga, run, claim.step, claim.role, claim.fence)
+        return _claim_of(saga, new, step, role, lease_s)
 
     def renew(self, claim: Claim) -> bool:
         """Extend a claim's lease; False when its fence is stale (another worker owns it)."""
@@ -350,7 +350,7 @@ class Engine:
             if claimed is run:
                 continue
             rest = [c for c in commands if c is not command]
-            return claimed, rest, _claim_of(claimed, command.step, command.role, lease_s)
+            return claimed, rest, _claim_of(saga, claimed, command.step, command.role, lease_s)
         return run, commands, None
 
 
@@ -387,14 +387,17 @@ def _no_signals(run: Run) -> str:
     return f"run {run.id} is {run.status}; it takes no signals"
 
 
-def _claim_of(run: Run, step: str, role: Role, lease_s: float) -> Claim:
+def _claim_of(saga: Saga, run: Run, step: str, role: Role, lease_s: float) -> Claim:
     claimed = run.steps[(step, role)]
     assert claimed.lease_expires_at is not None
     forward = run.steps.get((step, Role.FORWARD)) if role is Role.COMPENSATE else None
     return Claim(run.id, step, role, claimed.attempt, claimed.fence, run.input, run.outputs,
                  lease_s, claimed.lease_expires_at,
                  forward_output=forward.output if forward else None,
-                 forward_error=forward.error if forward else None)
+                 forward_error=forward.error if forward else None,
+                 forward_attempt=forward.attempt if forward else claimed.attempt,
+                 forward_fence=forward.fence if forward else claimed.fence,
+                 check_first=state.must_check(saga, run, step, role, claimed.fence))
 
 
 def _alert_entries(commands: list[Command]) -> list[dict[str, Any]]:

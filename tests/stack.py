@@ -63,12 +63,20 @@ class Process:
         if self.alive():
             os.kill(self.pid, sig)
 
-    def stop(self, timeout: float = 10) -> None:
+    def terminate(self) -> None:
+        """Ask the whole process group to stop (see `stop`, which also waits)."""
         if self.alive():
             try:
                 os.killpg(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 10) -> None:
+        self.terminate()
+        if self.alive():
+            try:
                 self.popen.wait(timeout)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
+            except subprocess.TimeoutExpired:
                 pass
         if self.alive():
             try:
@@ -122,6 +130,8 @@ class Stack:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for process in self.processes:  # all at once: shutdowns overlap instead of queueing
+            process.terminate()
         for process in self.processes:
             process.stop()
         self.db.dispose()

@@ -160,14 +160,15 @@ class Worker:
         An answer that lets the attempt act is committed first, under its fence.
         """
         verify = saga.by_name[claim.step].verify
-        if verify is None or not self.engine.must_check(saga, claim):
+        if verify is None or not claim.check_first:
             return None
         fail = functools.partial(StepFailed, claim.step, claim.role, claim.fence)
         try:
             # The check looks up the forward call: its key, whoever asks.
             check = resolve_action(verify)
             assert callable(check)  # a RemoteTask is refused when the saga is defined
-            with replace(ctx, role=str(Role.FORWARD)) as forward:
+            with replace(ctx, role=str(Role.FORWARD), attempt=claim.forward_attempt,
+                         fence=claim.forward_fence) as forward:
                 answer = check(forward)
         except LeaseLost as exc:
             return fail(str(exc))
@@ -204,9 +205,10 @@ class Worker:
         except NonRetryable as exc:
             return StepFailed(ctx.step, role, ctx.fence, _describe(exc), retryable=False)
         except Exception as exc:
-            if type(exc).__name__ in TIMEOUT_ERRORS:
-                return StepFailed(ctx.step, role, ctx.fence, f"exceeded its {timeout}s time limit",
-                                  timed_out=True, spread=random.random())
+            if type(exc).__name__ in TIMEOUT_ERRORS:  # a call that timed out: outcome unknown
+                said = f"exceeded its {timeout}s time limit" if timeout else _describe(exc)
+                return StepFailed(ctx.step, role, ctx.fence, said, timed_out=True,
+                                  spread=random.random())
             # saga.runs logs the failure once committed; its traceback is only here.
             log.debug("attempt failed: %s", _describe(exc), exc_info=exc)
             return StepFailed(ctx.step, role, ctx.fence, _describe(exc),

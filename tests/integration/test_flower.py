@@ -25,7 +25,7 @@ from kombu import Connection
 
 from saga import Retry, Saga, Step
 from saga.cli import main
-from saga.events import StepFailed, StepSucceeded
+from saga.events import RunStep, StepFailed, StepSucceeded
 from saga.registry import Registry
 from saga.run import Role
 from saga.settings import Settings
@@ -105,9 +105,13 @@ def watched(stack: Stack) -> Iterator[tuple[Stack, Flower]]:
     """A whole stack and its Flower, which has heard from the worker (so misses nothing)."""
     flower = Flower(stack)
     stack.api()
-    stack.worker()
+    worker = stack.worker()
     stack.sweeper()
-    wait_for(flower.sees_worker, 20, "Flower to hear from the worker")
+    try:
+        wait_for(flower.sees_worker, 30, "Flower to hear from the worker")
+    except AssertionError:
+        raise AssertionError(f"Flower heard from no worker:\n{flower.process.output()[-3000:]}"
+                             f"\nworker:\n{worker.output()[-3000:]}") from None
     yield stack, flower
     flower.process.signal(signal.SIGKILL)  # it keeps nothing: no need to wait for its goodbye
 
@@ -155,28 +159,27 @@ def test_a_deployment_sees_only_its_own_task_events(pg_template, broker_url):
         ours, theirs = (build(Settings(database_url=make(), broker_url=broker_url,
                                        queue=f"saga-test-{uuid.uuid4().hex[:8]}"), Registry())
                         for _ in range(2))
+        use_exchanges(ours.celery, ours.dispatcher.namespace)
+        seen = ours.celery.events.State()
+        conn = ours.celery.connection_for_read()
+        receiver = ours.celery.events.Receiver(conn, handlers={"*": seen.event})
+        thread = threading.Thread(target=receiver.capture, daemon=True,
+                                  kwargs={"limit": None, "timeout": None, "wakeup": False})
+        thread.start()
         try:
-            use_exchanges(ours.celery, ours.dispatcher.namespace)
-            seen = ours.celery.events.State()
-            conn = ours.celery.connection_for_read()
-            receiver = ours.celery.events.Receiver(conn, handlers={"*": seen.event})
-            thread = threading.Thread(target=receiver.capture, daemon=True,
-                                      kwargs={"limit": None, "timeout": None, "wakeup": False})
-            thread.start()
             # When each publishes a step message (with its "task-sent" event)
             mine, other = str(uuid.uuid4()), str(uuid.uuid4())
             wait_for(lambda: _published(ours, mine, seen), 10, "our own task-sent event")
             _published(theirs, other, seen)
             _published(ours, "after", seen)
-            wait_for(lambda: any("after" in (t.kwargs or "") for t in seen.tasks.values()), 10,
-                     "the last of our events")
-            receiver.should_stop = True  # seen within its next second of waiting
-            thread.join(5)
-            conn.release()
+            wait_for(lambda: _published(None, "after", seen), 10, "the last of our events")
             # Then only its own reached the first deployment's Flower
             runs = {ast.literal_eval(t.kwargs)["run_id"] for t in seen.tasks.values()}
             assert mine in runs and other not in runs
         finally:
+            receiver.should_stop = True  # seen within its next second of waiting
+            thread.join(5)
+            conn.release()
             for system in (ours, theirs):
                 system.store.close()
                 _drop_queue(broker_url, system.settings.queue)  # its messages were never to run
@@ -193,9 +196,9 @@ def _drop_queue(broker_url: str, queue: str) -> None:
 
 
 def _published(system: Any, run_id: str, seen: Any) -> bool:
-    from saga.events import RunStep
-
-    system.dispatcher.send(run_id, "order_fulfillment", 1, [RunStep("charge_card")], {})
+    """Publish a step of `run_id` from `system` (unless None); whether `seen` has one yet."""
+    if system is not None:
+        system.dispatcher.send(run_id, "order_fulfillment", 1, [RunStep("charge_card")], {})
     return any(run_id in (t.kwargs or "") for t in seen.tasks.values())
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -286,6 +286,7 @@ class Ledger:
     says: Checked | None = None  # what the check answers; None: look at the charges
     fail_first: str = ""  # "timeout" (after charging), "kill-before" (before charging)
     check_raises: int = 0  # the check raises this many times before it answers
+    asked_as: list[tuple[str, int, int]] = field(default_factory=list)  # (role, attempt, fence)
 
 
 LEDGER = Ledger({}, [])
@@ -296,7 +297,8 @@ def pay(ctx):
     if LEDGER.fail_first == "kill-before" and ctx.attempt == 1:
         raise _Killed()
     LEDGER.charges[ctx.idempotency_key] = LEDGER.charges.get(ctx.idempotency_key, 0) + 1
-    if LEDGER.fail_first == "timeout" and ctx.attempt == 1:
+    if LEDGER.fail_first == "timeout-always" or (LEDGER.fail_first == "timeout"
+                                                 and ctx.attempt == 1):
         raise TimeoutError("the payment service did not answer in time")
     return {"charge": ctx.idempotency_key}
 
@@ -308,6 +310,7 @@ def refund(ctx):
 
 def paid(ctx):
     LEDGER.calls.append(f"check:{ctx.attempt}")
+    LEDGER.asked_as.append((ctx.role, ctx.attempt, ctx.fence))
     assert ctx.idempotency_key == ctx.forward_key  # compensating too: it looks up the charge
     if LEDGER.check_raises:
         LEDGER.check_raises -= 1
@@ -336,6 +339,10 @@ LAST_TRY = Saga("last_try", steps=[
     Step("pay", pay, compensate=refund, verify=paid, retry=Retry(attempts=1)),
     Step("ship", declined),
 ])
+TWO_TRIES = Saga("two_tries", steps=[
+    Step("pay", pay, compensate=refund, verify=paid,
+         retry=Retry(attempts=2, first_delay=timedelta(0))),
+])
 
 
 class Later(Clock):
@@ -353,7 +360,7 @@ class Parts:
         self.clock = Later()
         self.store = Store(f"sqlite:///{path}", clock=self.clock)
         self.dispatcher = RecordingDispatcher()
-        registry = Registry([ORDER, LAST_TRY])
+        registry = Registry([ORDER, LAST_TRY, TWO_TRIES])
         self.engine = Engine(registry, self.store, self.dispatcher, lease_s=30)
         self.worker = Worker(self.engine, registry, self.dispatcher)
 
@@ -392,6 +399,7 @@ def parts(migrated_log: Path, tmp_path: Path) -> Iterator[Parts]:
     shutil.copy(migrated_log, tmp_path / "saga.db")
     LEDGER.charges.clear()
     LEDGER.calls.clear()
+    LEDGER.asked_as.clear()
     LEDGER.says, LEDGER.fail_first = None, ""
     built = Parts(tmp_path / "saga.db")
     yield built
@@ -488,6 +496,20 @@ def test_the_undo_of_a_charge_that_went_through_asks_the_check_then_refunds(part
     parts.deliver()
     assert parts.store.get_run(run_id)["status"] == "compensated"
     assert LEDGER.calls == ["pay:1", "check:1", "refund"]
+
+
+def test_the_undos_check_asks_as_the_forward_steps_last_attempt(parts):
+    """The undo's check asks as the forward call did: its key, attempt and fence, so a
+    fenced service (saga.idempotent) does not refuse it as a superseded attempt."""
+    LEDGER.fail_first, LEDGER.says = "timeout-always", Checked.NOT_DONE
+    run_id, _ = parts.engine.start("two_tries", {})
+    parts.deliver()
+    run = parts.store.load_run(run_id)
+    assert run.status is RunStatus.COMPENSATED
+    forward = run.steps[("pay", Role.FORWARD)]
+    assert (forward.attempt, forward.fence) == (2, 2)
+    assert run.steps[("pay", Role.COMPENSATE)].fence == 1
+    assert LEDGER.asked_as == [("forward", 2, 2), ("forward", 2, 2)]  # attempt 2, then the undo
 
 
 def test_a_step_parked_before_a_cancel_is_not_resumed_while_the_run_compensates():
