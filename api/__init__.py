@@ -14,7 +14,18 @@ import flask
 import flask_smorest
 from werkzeug.exceptions import HTTPException
 
-from saga.api import auth, control, health, metrics, problems, runs, sagas, schedules, tokens
+from saga.api import (
+    auth,
+    console,
+    control,
+    health,
+    metrics,
+    problems,
+    runs,
+    sagas,
+    schedules,
+    tokens,
+)
 from saga.api import system as saga_system
 from saga.settings import Settings
 from saga.system import System, build
@@ -67,6 +78,7 @@ def create_app(settings: Settings | None = None, system: System | None = None) -
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint, url_prefix="/v1")
     metrics.install(app, system)  # GET /metrics, outside /v1 and its OpenAPI document
+    console.install(app)  # the web console under /ui, outside the OpenAPI document
     for name in settings.sagas:
         init_app = getattr(importlib.import_module(name), "init_app", None)
         if callable(init_app):

@@ -1,0 +1,4 @@
+import sys
+sys.argv.append("-E")
+from saga.cli import main
+main()
