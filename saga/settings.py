@@ -62,6 +62,9 @@ class Settings:
     task_events: str = "on"  # "off": workers and publishers send no task events (Flower sees none)
     # `saga flower`'s login: "user:password", comma-separated for several (Flower's basic auth).
     flower_basic_auth: str = field(default="", repr=False)
+    # Encrypts the web console's session cookies; "": derived from the database's private
+    # deployment row, so every API process agrees. Changing it signs everyone out.
+    console_secret: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:

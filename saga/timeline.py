@@ -45,6 +45,7 @@ class Attempt:
     retry_at: str | None = None  # when the next attempt is due, after a failed one
     note: str | None = None  # e.g. a late result of this attempt, discarded
     wait: bool = False
+    queued_at: datetime | None = None  # queued for this attempt (None: claimed as queued)
 
     @property
     def duration(self) -> timedelta | None:
@@ -97,10 +98,11 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
     the same step and role (succeeded, failed, retry_wait, queued, parked, cancelled,
     superseded, or another claim) closes it. A `*.superseded` event names the fence whose
     result came too late: it closes only the attempt holding that fence, or notes it on
-    that closed attempt.
+    that closed attempt. The `*.queued` event before a claim gives its `queued_at`.
     """
     found: list[Attempt] = []
     open_: dict[Key, int] = {}  # index into `found` of each step's running attempt
+    queued: dict[Key, datetime] = {}  # when each step was queued for its next claim
     for event in events:
         _, what, key = _parse(event)
         if key is None or what not in OUTCOMES:
@@ -122,13 +124,16 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
                 found[index], ended_at=event["at"], outcome=outcome,
                 error=data.get("error") if what != "succeeded" else None,
                 retry_at=data.get("next_attempt_at"))
+        if what == "queued":
+            queued[key] = event["at"]
         if what in ("running", "waiting"):
             open_[key] = len(found)
             # A wait holds no worker; the one named recorded the step that led to it.
             found.append(Attempt(step=key[0], role=key[1], attempt=event.get("attempt"),
                                  worker=event.get("worker") if what == "running" else None,
                                  fence=data.get("fence"),
-                                 started_at=event["at"], outcome=what, wait=what == "waiting"))
+                                 started_at=event["at"], outcome=what, wait=what == "waiting",
+                                 queued_at=queued.pop(key, None)))
     return found
 
 

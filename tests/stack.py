@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import requests
 import sqlalchemy as sa
 
+from saga.store.deployment import deployment_id
+from saga.tasks.namespace import exchanges_for
 from tests.auth import Authorized, create_token
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,8 +136,14 @@ class Stack:
             process.terminate()
         for process in self.processes:
             process.stop()
+        try:
+            names = exchanges_for(deployment_id(self.db))
+            control = names["control_exchange"]  # kombu's Mailbox names it so
+            exchanges = [names["event_exchange"], f"{control}.pidbox", f"reply.{control}.pidbox"]
+        except Exception:
+            exchanges = []  # a test that dropped its database: nothing to name them by
         self.db.dispose()
-        self._delete_queue()
+        self._delete_queue(exchanges)
 
     def _start(self, name: str, args: list[str], env: dict[str, str] | None) -> Process:
         return self.start_process(name, ["-m", "saga.cli", "--log-level", "INFO", *args], env)
@@ -233,7 +241,9 @@ class Stack:
         with self.db.connect() as conn:
             return list(conn.execute(sa.text(sql), params))
 
-    def _delete_queue(self) -> None:
+    def _delete_queue(self, exchanges: list[str]) -> None:
+        """Remove this stack's queue, and on RabbitMQ its deployment's event and control
+        exchanges (durable: every test database would otherwise leave two behind)."""
         from kombu import Connection
 
         try:
@@ -246,6 +256,9 @@ class Stack:
                 client.close()
                 return
             with Connection(self.broker_url, connect_timeout=3) as conn:
-                conn.default_channel.queue_delete(self.queue)
+                channel = conn.default_channel
+                channel.queue_delete(self.queue)
+                for name in exchanges:
+                    channel.exchange_delete(name)
         except Exception:
             pass  # best effort: a leftover queue of a finished test harms no other

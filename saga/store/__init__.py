@@ -18,9 +18,11 @@ from saga.clock import Clock
 from saga.errors import RunBusy, RunNotFound
 from saga.run import PendingSignal, Role, StepStatus
 from saga.store.database import DatabaseError, Outage, unreachable
+from saga.store.insights import Insights
 from saga.store.reads import Reads
 from saga.store.rows import to_run, to_step
 from saga.store.schedules import ScheduleStore
+from saga.store.search import RunSearch
 from saga.store.sweeps import Due, Sweeps
 from saga.store.tables import metadata, runs, signals, steps
 from saga.store.transaction import RunTransaction
@@ -28,7 +30,7 @@ from saga.store.transaction import RunTransaction
 __all__ = ["Store", "RunTransaction", "Due", "metadata", "DatabaseError", "Outage", "unreachable"]
 
 
-class Store(Sweeps, Reads, ScheduleStore):
+class Store(Sweeps, Reads, ScheduleStore, RunSearch, Insights):
     """Reads and writes the saga log. Safe to share between threads; re-opened after fork."""
 
     def __init__(self, url: str, clock: Clock | None = None, redispatch_s: float = 10.0,

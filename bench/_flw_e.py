@@ -1,4 +1,0 @@
-import sys
-sys.argv.append("-E")
-from saga.cli import main
-main()
