@@ -59,7 +59,7 @@ def build(settings: Settings, registry: Registry | None = None,
     if settings.otel == "on":  # imported only then: OpenTelemetry is an optional extra
         from saga.observe.traces import Traces
 
-        observers.observers.append(Traces.from_env())
+        observers.add(Traces.from_env())
     engine = Engine(registry, store, dispatcher, alerts, lease_s=settings.lease_s,
                     observer=observers)
     # Steps run inline have no message: their task events for Flower are sent by hand.

@@ -24,6 +24,19 @@ class Observers:
     def __init__(self, *observers: Observer) -> None:
         self.observers = list(observers)
 
+    def add(self, observer: Observer) -> None:
+        self.observers.append(observer)
+
+    def close(self) -> None:
+        """Send what observers hold back (batched spans) before the process ends."""
+        for observer in self.observers:
+            shutdown = getattr(observer, "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:
+                    log.exception("observer %s failed to shut down", type(observer).__name__)
+
     def committed(self, changes: Sequence[Change]) -> None:
         for observer in self.observers:
             try:

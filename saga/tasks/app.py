@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from celery.signals import worker_process_shutdown
 
 from saga.run import Role
 from saga.settings import Settings
@@ -89,4 +90,13 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
     def compensate(self: Any, run_id: str, step: str, saga: str, version: int) -> str:
         return run(self, Role.COMPENSATE, run_id, step, saga, version)
 
+    if worker is not None and settings.otel == "on":
+        # Pool children end with os._exit: hand over what observers batch (spans) first.
+        def flush(**_: Any) -> None:
+            observer = worker().engine.observer
+            close = getattr(observer, "close", None)
+            if callable(close):
+                close()
+
+        worker_process_shutdown.connect(flush, weak=False)
     return app
