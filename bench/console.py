@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         began = time.perf_counter()
         long_id = long_run(url)
-        print(f"the long run: {long_id}, {time.perf_counter() - began:.1f} s through the kit")
+        print(f"the long run: {long_id} (found or made in {time.perf_counter() - began:.1f} s)")
         missing = args.runs - count(url, "SELECT count(*) FROM runs WHERE saga = 'order_fulfillment'")
         if missing > 0:
             from saga.registry import Registry

@@ -13,6 +13,20 @@ and the CPU each kind of process used from /proc (the machine is shared: "others
 everyone else's load). It also measures PostgreSQL's commit rate (INSERT + COMMIT on 1
 and 2 connections). Medians over the repeats; ratios pair runs taken at the same time.
 
+    python bench/throughput.py --observability   # what task events, logs and metrics cost
+    python bench/throughput.py --task-events     # task events off, on, on with Flower watching
+
+A comparison measures the saga several ways in each repeat and broker, in rotating order
+beside the chain: `--observability` with task events, metrics and INFO logs off
+(SAGA_TASK_EVENTS=off, SAGA_METRICS=off, `--log-level WARNING`), then on as a user gets
+them (INFO lines of every attempt to a file, the pool's metrics served on a
+`--metrics-port`); `--task-events` with them off, on, and on with a `saga flower`
+consuming them. The bench process starts the runs as the API would, with the same SAGA_*
+settings and log level. Each figure is also given as a ratio to the "off" run of the same
+repeat, with the median of those ratios; CPU ms per saga counts the worker, the bench
+process, PostgreSQL and the broker (not Flower); "load" is the 1-minute load average as
+the batch ended.
+
 Servers (override with environment variables): BENCH_DATABASE_URL (an admin database on
 the PostgreSQL server; a fresh `bench_<random>` database is created and dropped),
 BENCH_RABBITMQ_URL, BENCH_REDIS_URL (the Redis broker; also where chains report).
@@ -24,6 +38,7 @@ import argparse
 import atexit
 import collections
 import json
+import logging
 import math
 import os
 import signal
@@ -34,7 +49,8 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +61,7 @@ if str(ROOT) not in sys.path:
 
 import psycopg  # noqa: E402
 import redis  # noqa: E402
+import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 ADMIN_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -81,11 +98,11 @@ class Worker:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, marker: str = " ready.") -> None:
         def ready() -> bool:
             if self.popen.poll() is not None:
                 raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.output()[-3000:]}")
-            return " ready." in self.output()
+            return marker in self.output()
 
         wait_for(ready, timeout, f"{self.name} to be ready", interval=0.1)
 
@@ -285,6 +302,7 @@ class CpuMeter:
         self.wall = 0.0
         self.by_kind: dict[str, float] = {}
         self.bench_pids: set[int] = set()
+        self.load = 0.0  # the machine's 1-minute load average as the batch ended
 
     def _backends(self) -> set[int]:
         if self.db is None:
@@ -301,6 +319,7 @@ class CpuMeter:
         now = processes()
         busy, iowait = machine_cpu()
         self.wall = time.monotonic() - self.wall
+        self.load = os.getloadavg()[0]
         self.bench_pids |= self._backends()  # backends opened during the batch count too
         totals: dict[str, float] = collections.defaultdict(float)
         for pid, (name, group, cpu) in now.items():
@@ -332,6 +351,11 @@ class CpuMeter:
         return sum(v for k, v in self.by_kind.items() if not k.startswith(skip)) / max(self.wall, 1e-9)
 
     @property
+    def cpu_s(self) -> float:
+        """CPU seconds of the bench (everything but others and iowait) in the batch."""
+        return self.ours * self.wall
+
+    @property
     def others(self) -> float:
         return self.by_kind.get("others (the rest of the machine)", 0.0) / max(self.wall, 1e-9)
 
@@ -358,6 +382,8 @@ class Result:
     ours: float = 0.0  # cores busy with the bench during the batch
     others: float = 0.0  # cores busy with other people's work meanwhile
     solo_p50: float = 0.0  # end-to-end p50 of runs started one at a time (no queue)
+    cpu_s: float = 0.0  # CPU seconds the bench's processes spent on the batch
+    load: float = 0.0  # the machine's 1-minute load average as the batch ended
 
 
 @dataclass
@@ -410,8 +436,14 @@ Hook = Callable[[str, "Worker"], None]  # called with "begin" and "end" around t
 
 
 def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = "saga.cli",
-                 extra_env: dict[str, str] | None = None, hook: Hook | None = None) -> Result:
-    """N sagas through a real `saga.cli worker -c 2` (or `module`, the same CLI with timers)."""
+                 extra_env: dict[str, str] | None = None, hook: Hook | None = None,
+                 log_level: str = "INFO", worker_args: Sequence[str] = ()) -> Result:
+    """N sagas through a real `saga.cli worker -c 2` (or `module`, the same CLI with timers).
+
+    `extra_env` goes to the worker and its SAGA_* settings also to the bench's own parts,
+    which start the runs; `log_level` is the worker's `--log-level`, `worker_args` follow
+    `worker -c 2`.
+    """
     from saga.settings import Settings
     from saga.system import build
 
@@ -420,15 +452,17 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": db.url,
            "SAGA_BROKER_URL": broker_url, "SAGA_SAGAS": "bench.sagas",
            "SAGA_DEFAULT_QUEUE": queue, **(extra_env or {})}
-    settings = Settings(database_url=db.url, broker_url=broker_url, sagas=("bench.sagas",),
-                        default_queue=queue)
-    worker = Worker(f"saga-{broker}", [sys.executable, "-m", module, "--log-level", "INFO",
-                                       "worker", "-c", "2"], env, folder)
+    settings = Settings.from_env(extra_env or {}, database_url=db.url, broker_url=broker_url,
+                                 sagas=("bench.sagas",), default_queue=queue)
+    worker = Worker(f"saga-{broker}", [sys.executable, "-m", module, "--log-level", log_level,
+                                       "worker", "-c", "2", *worker_args], env, folder)
     system = None
     polls = 0
     meter = CpuMeter(db)
     try:
-        worker.wait_ready()
+        # Above INFO, Celery's "ready." line is not logged: wait for its banner instead (the
+        # warm-up then waits for the consumer; publishing declares the queue).
+        worker.wait_ready(marker=" ready." if log_level in ("DEBUG", "INFO") else "[tasks]")
         system = build(settings)
         engine = system.engine
         poll = psycopg.connect(db.libpq, autocommit=True)  # each statement: one commit
@@ -495,6 +529,7 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     result.writes_per_step = writes / (n * STEPS)
     result.failed = sum(1 for r in rows if r[2] != "succeeded")
     result.ours, result.others = meter.ours, meter.others
+    result.cpu_s, result.load = meter.cpu_s, meter.load
     result.solo_p50 = percentile([r[0] for r in solo_rows], 0.5)
     return result
 
@@ -547,8 +582,126 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
         delete_queue(broker_url, queue)
     result = summarize(spans, submit_s)
     result.ours, result.others = meter.ours, meter.others
+    result.cpu_s, result.load = meter.cpu_s, meter.load
     result.solo_p50 = percentile([end - start for start, end in solo], 0.5)
     return result
+
+
+# -- comparisons: the saga measured several ways in one run --------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run the saga's processes, measured beside the others in each repeat."""
+
+    name: str
+    env: dict[str, str]  # SAGA_* of the worker and of the bench, which starts the runs
+    log_level: str = "INFO"  # the worker's `--log-level`; the bench's saga loggers too
+    metrics_port: bool = False  # the worker serves its pool's metrics (multiprocess mode)
+    flower: bool = False  # a `saga flower` consumes the task events meanwhile
+
+
+COMPARISONS = {
+    # Everything a user can switch off, against the defaults with the metrics served.
+    "observability": (
+        Variant("off", {"SAGA_TASK_EVENTS": "off", "SAGA_METRICS": "off"}, log_level="WARNING"),
+        Variant("on", {"SAGA_TASK_EVENTS": "on", "SAGA_METRICS": "on"}, metrics_port=True)),
+    # Task events alone: off, on with nobody listening (the default), on with Flower watching.
+    "task-events": (
+        Variant("off", {"SAGA_TASK_EVENTS": "off"}),
+        Variant("on", {"SAGA_TASK_EVENTS": "on"}),
+        Variant("on + flower", {"SAGA_TASK_EVENTS": "on"}, flower=True)),
+}
+DEFAULTS = "on"  # the variant a user gets: the saga row of the saga-against-chain table
+FLOWER_LOGIN = ("bench", "bench-only")
+
+
+def measure_variant(db: Database, broker: str, n: int, folder: Path, variant: Variant) -> Result:
+    """`measure_saga` run as `variant` says; after the batch, checks it did what it says."""
+    from tests.stack import free_port
+
+    port = free_port() if variant.metrics_port else 0
+    attempts = (WARMUP + n) * STEPS
+
+    def check(phase: str, worker: Worker) -> None:
+        if phase != "end":
+            return
+        out = worker.output()
+        events = "ON" if variant.env.get("SAGA_TASK_EVENTS", "on") == "on" else "OFF"
+        logged = out.count(" step.succeeded in ")
+        wanted = logged >= attempts if variant.log_level in ("DEBUG", "INFO") else logged == 0
+        if f"task events: {events}" not in out or not wanted:
+            raise RuntimeError(f"{variant.name}: the worker's task events are not {events} or "
+                               f"it logged {logged} step.succeeded lines for {attempts} attempts")
+        if port:
+            served = metric_sum(f"http://127.0.0.1:{port}/metrics", "saga_step_attempts_total")
+            if served < attempts:
+                raise RuntimeError(f"{variant.name}: the worker's metrics count {served} "
+                                   f"attempts, not {attempts}")
+
+    watcher = flower(db, broker, folder) if variant.flower else None
+    try:
+        with bench_logs(variant.log_level, folder):
+            return measure_saga(db, broker, n, folder, extra_env=variant.env, hook=check,
+                                log_level=variant.log_level,
+                                worker_args=["--metrics-port", str(port)] if port else [])
+    finally:
+        if watcher is not None:
+            os.killpg(watcher.pid, signal.SIGTERM)
+            watcher.wait(10)
+
+
+def metric_sum(url: str, name: str) -> float:
+    """The sum of every series of counter `name` in the Prometheus text at `url`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(url, timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name)
+
+
+@contextmanager
+def bench_logs(level: str, folder: Path) -> Iterator[None]:
+    """The bench starts runs as the API would: its `saga.*` lines at `level`, to a file."""
+    from saga.observe.logsetup import TextFormatter
+
+    logger = logging.getLogger("saga")
+    handler = logging.FileHandler(folder / f"bench-{uuid.uuid4().hex[:6]}.log")
+    handler.setFormatter(TextFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        handler.close()
+
+
+def flower(db: Database, broker: str, folder: Path) -> subprocess.Popen[bytes]:
+    """A `saga flower` on the bench database's deployment, once it answers."""
+    from tests.stack import free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": db.url,
+           "SAGA_BROKER_URL": BROKERS[broker], "SAGA_FLOWER_BASIC_AUTH": ":".join(FLOWER_LOGIN)}
+    log = folder / f"flower-{port}.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "saga.cli", "flower", "--port", str(port),
+                                    "--persistent=False", "--max_tasks=100000"], env=env,
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower exited: {log.read_text()}")
+        try:
+            requests.get(f"http://127.0.0.1:{port}/api/tasks", auth=FLOWER_LOGIN, timeout=2)
+            return True
+        except requests.RequestException:
+            return False
+
+    wait_for(answers, 30, "flower to answer")
+    return process
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -625,12 +778,69 @@ def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[flo
           "write tx/step counts only transactions that wrote (distinct xmin of their events).")
 
 
+def print_comparison(results: dict[tuple[str, str], list[Result]], variants: Sequence[Variant],
+                     n: int, repeat: int) -> None:
+    """Each variant per repeat and as medians, with its ratio to the "off" run of its repeat."""
+    def cpu_ms(result: Result) -> float:
+        return 1000 * result.cpu_s / n
+
+    def ratio(got: Result, off: Result, value: Callable[[Result], float]) -> float:
+        return value(got) / value(off)
+
+    figures: list[tuple[str, Callable[[Result], float], Callable[[float], str]]] = [
+        ("sagas/s", lambda r: r.rate, lambda v: f"{v:.1f}"),
+        ("p50", lambda r: r.p50, ms),
+        ("p99", lambda r: r.p99, ms),
+        ("cpu ms/saga", cpu_ms, lambda v: f"{v:.1f}")]
+    headers = ["broker", "repeat", "saga"]
+    for title, _, _ in figures:
+        headers += [title, "vs off"]
+    headers += ["others", "load"]
+    lines = []
+    brokers = list(dict.fromkeys(broker for broker, _ in results))
+    for broker in brokers:
+        off = results[(broker, variants[0].name)]
+        for index in [*range(repeat), None]:  # each repeat, then the medians
+            for kind in [v.name for v in variants] + ["chain"]:
+                got = results[(broker, kind)]
+                line = [broker, "median" if index is None else str(index + 1), kind]
+                for _, value, shown in figures:
+                    if index is None:
+                        line.append(shown(median(value(g) for g in got)))
+                        paired = [ratio(g, o, value) for g, o in zip(got, off, strict=True)]
+                        line.append(f"{median(paired):.2f}x" if kind != "chain" else "")
+                    else:
+                        line.append(shown(value(got[index])))
+                        line.append(f"{ratio(got[index], off[index], value):.2f}x"
+                                    if kind != "chain" else "")
+                chosen = got if index is None else [got[index]]
+                line += [f"{median(g.others for g in chosen):.2f}",
+                         f"{median(g.load for g in chosen):.1f}"]
+                lines.append(line)
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(headers)]
+    print(f"\n{n} runs of {STEPS} no-op steps, worker -c 2; each figure beside its ratio to "
+          f"the \"off\" saga of the same repeat; medians of {repeat} repeat(s) and of the ratios. "
+          "chain: the plain Celery chain (baseline); others: cores busy with the rest of the "
+          "machine; load: 1-minute load average as the batch ended")
+    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for line in lines:
+        print(" | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sagas", type=int, default=500, help="runs per measurement")
     parser.add_argument("--brokers", default="rabbitmq,redis",
                         help="comma-separated, from: " + ",".join(BROKERS))
     parser.add_argument("--repeat", type=int, default=3)
+    compare = parser.add_mutually_exclusive_group()
+    compare.add_argument("--observability", dest="compare", action="store_const",
+                         const="observability", help="the saga with task events, metrics and "
+                         "INFO logs off, then on (metrics served), beside the chain")
+    compare.add_argument("--task-events", dest="compare", action="store_const",
+                         const="task-events", help="the saga with task events off, on, and on "
+                         "with Flower watching, beside the chain")
     args = parser.parse_args(argv)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     unknown = set(brokers) - BROKERS.keys()
@@ -639,12 +849,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     atexit.register(Worker.stop_all)
+    variants = {v.name: v for v in COMPARISONS.get(args.compare, ())}
+    kinds = ["chain", *variants] if variants else ["saga", "chain"]
+    results: dict[tuple[str, str], list[Result]] = {(b, k): [] for b in brokers for k in kinds}
     rows = {b: Row() for b in brokers}
     pg_rates: list[float] = []
     pg_rates2: list[float] = []
     db = Database()
-    print(f"database {db.name}; {args.sagas} runs x {args.repeat} repeat(s) on {', '.join(brokers)}",
-          flush=True)
+    print(f"database {db.name}; {args.sagas} runs x {args.repeat} repeat(s) on {', '.join(brokers)}"
+          f"; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     try:
         with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp:
             folder = Path(tmp)
@@ -655,18 +868,27 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  PG commits/s       1 conn {pg_rates[-1]:.0f}, 2 conns {pg_rates2[-1]:.0f}",
                       flush=True)
                 for broker in brokers:
-                    order = ("saga", "chain") if r % 2 == 0 else ("chain", "saga")
-                    for kind in order:
-                        if kind == "saga":
+                    shift = r % len(kinds)  # each kind goes first in turn
+                    for kind in kinds[shift:] + kinds[:shift]:
+                        if kind == "chain":
+                            result = measure_chain(broker, args.sagas, folder)
+                        elif kind == "saga":
                             result = measure_saga(db, broker, args.sagas, folder)
                         else:
-                            result = measure_chain(broker, args.sagas, folder)
-                        getattr(rows[broker], kind).append(result)
+                            result = measure_variant(db, broker, args.sagas, folder,
+                                                     variants[kind])
+                        results[(broker, kind)].append(result)
                         print_result(f"{broker} {kind}", result)
     finally:
         Worker.stop_all()
         db.drop()
+    for broker in brokers:
+        rows[broker].chain = results[(broker, "chain")]
+        rows[broker].saga = results[(broker, DEFAULTS if variants else "saga")]
     print_table(rows, pg_rates, pg_rates2, args.sagas, args.repeat)
+    if variants:
+        print_comparison(results, list(variants.values()), args.sagas, args.repeat)
+    print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
 

@@ -5,10 +5,10 @@
 Starts the embedded demo stack in this process, as `make demo` does (a SQLite file in a
 temporary folder unless --database-url, Celery's in-memory broker, a worker and the
 sweeper as threads, the API with the demo services), but with SAGA_AUTH on and a token
-named "support" to sign in with. It sends the demo's four orders (one ships after its
-label signal, a declined card, an undeliverable address, one cancelled while it waits) and
-a few more, one left waiting for its label, backfills a nightly saga over last week, then
-opens each console page in headless Chromium and saves it:
+named "support" to sign in with. It backfills a nightly saga over last week, sends the
+demo's four orders (one ships after its label signal, a declined card, an undeliverable
+address, one cancelled while it waits) and a few more, one left waiting for its label,
+then opens each console page in headless Chromium and saves it:
 
     console-runs.png          the runs list
     console-run.png           the undeliverable order: refunded, then released
@@ -69,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="default: a SQLite file in a temporary folder")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    logging.disable(logging.WARNING)  # the demo's failing orders log as they should
     folder = tempfile.mkdtemp(prefix="saga-shots-")
     try:
-        shots = demo_and_shoot(args.database_url or f"sqlite:///{folder}/demo.db", args.out)
+        # A database given may hold a "support" token already: names are unique.
+        name = f"support-{uuid.uuid4().hex[:4]}" if args.database_url else "support"
+        shots = demo_and_shoot(args.database_url or f"sqlite:///{folder}/demo.db", name, args.out)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     for path in shots:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def demo_and_shoot(database_url: str, out: Path) -> list[Path]:
+def demo_and_shoot(database_url: str, token_name: str, out: Path) -> list[Path]:
     from examples.fulfillment import order_fulfillment, order_fulfillment_v2
     from saga.api import create_app
     from saga.embedded import embedded
@@ -89,7 +91,7 @@ def demo_and_shoot(database_url: str, out: Path) -> list[Path]:
     from saga.store.tokens import TokenStore
 
     settings = Settings.from_env(os.environ, database_url=database_url, broker_url="memory://",
-                                 sagas=(), worker_concurrency=4, sweep_interval_s=0.2,
+                                 sagas=("examples.fulfillment",), worker_concurrency=4, sweep_interval_s=0.2,
                                  auth="on")
     registry = Registry([order_fulfillment, order_fulfillment_v2, nightly])
     with embedded(settings, registry) as system:
@@ -98,11 +100,10 @@ def demo_and_shoot(database_url: str, out: Path) -> list[Path]:
         os.environ["SAGA_DEMO_SERVICES_URL"] = base  # where the saga's steps find the services
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
-            token = TokenStore(system.store.engine).create(f"support-{uuid.uuid4().hex[:4]}",
-                                                          "admin")
+            token = TokenStore(system.store.engine).create(token_name, "admin")
             headers = {"Authorization": f"Bearer {token}"}
+            backfill(base, headers)  # first, so the orders top the runs list
             compensated = send_orders(base, headers)
-            backfill(base, headers)
             return shoot(base, token, compensated, out)
         finally:
             server.shutdown()
@@ -186,7 +187,7 @@ def shoot(base: str, token: str, compensated: str, out: Path) -> list[Path]:
             page.goto("/ui/runs")
             page.wait_for_load_state("networkidle")
             saved.append(out / "console-runs-phone.png")
-            page.screenshot(path=str(saved[-1]), full_page=True)
+            page.screenshot(path=str(saved[-1]))  # the first screenful
         finally:
             browser.close()
     return saved

@@ -55,6 +55,9 @@ class Settings:
     # "on": each run is an OpenTelemetry trace, sent where the OTEL_* variables say
     # (needs pip install 'saga-orchestrator[otel]'; saga/observe/traces.py).
     otel: str = "off"
+    # "off": no process counts Prometheus metrics (for deployments without Prometheus;
+    # the API's /metrics still reads the log's gauges per scrape).
+    metrics: str = "on"
     # Prometheus metrics of `saga worker`'s pool and of `saga sweeper`, each on its own port
     # (0: not served). The API serves its own at /metrics (saga/observe/metrics.py).
     worker_metrics_port: int = 0
@@ -89,10 +92,15 @@ class Settings:
             raise ValueError(f"{PREFIX}TASK_EVENTS must be on or off, not {self.task_events!r}")
         check_log_format(self.log_format)
         check_otel(self.otel)
+        if self.metrics not in ("on", "off"):
+            raise ValueError(f"{PREFIX}METRICS must be on or off, not {self.metrics!r}")
         for name in ("worker_metrics_port", "sweeper_metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{PREFIX}{name.upper()} must be a port, 1 to 65535 (0: off), "
                                  f"not {getattr(self, name)}")
+            if self.metrics == "off" and getattr(self, name):  # it would serve nothing
+                raise ValueError(f"{PREFIX}{name.upper()}={getattr(self, name)} serves metrics "
+                                 f"that {PREFIX}METRICS=off does not count: unset one of them")
         if not math.isfinite(self.retention_days) or self.retention_days < 0:
             raise ValueError(f"{PREFIX}RETENTION_DAYS must be 0 (keep) or more days, "
                              f"not {self.retention_days}")

@@ -55,7 +55,9 @@ def build(settings: Settings, registry: Registry | None = None,
     celery = make_celery(settings, worker=lambda: parts["worker"], namespace=namespace)
     dispatcher = CeleryDispatcher(celery, namespace)
     alerts = Alerts(settings.alert_webhook, settings.alert_hook)
-    observers = Observers(RunLog(), Metrics())
+    observers = Observers(RunLog())
+    if settings.metrics == "on":
+        observers.add(Metrics())
     if settings.otel == "on":  # imported only then: OpenTelemetry is an optional extra
         from saga.observe.traces import Traces
 
@@ -66,6 +68,7 @@ def build(settings: Settings, registry: Registry | None = None,
     worker = parts["worker"] = Worker(engine, registry, dispatcher, settings.inline_steps,
                                       attempts=InlineEvents(celery))
     scheduler = Scheduler(engine, store, registry, settings.sweep_batch)
-    sweeper = Sweeper(engine, store, registry, scheduler, settings, on_sweep=swept)
+    sweeper = Sweeper(engine, store, registry, scheduler, settings,
+                      on_sweep=swept if settings.metrics == "on" else None)
     return System(settings, registry, store, dispatcher, engine, worker, scheduler, sweeper,
                   celery)

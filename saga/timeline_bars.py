@@ -274,7 +274,8 @@ def _offset(seconds: float) -> str:
     if seconds < 60:
         return f"+{seconds:g} s"
     units = ((86400, "d"), (3600, "h"), (60, "min"), (1, "s"))
-    parts, left = [], round(seconds)
+    parts: list[str] = []
+    left = round(seconds)
     for size, name in units:
         if left >= size and len(parts) < 2:
             parts.append(f"{left // size} {name}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from saga.definitions import Saga, Signal, Timer
 from saga.definitions.steps import RemoteTask
@@ -38,16 +38,19 @@ PALETTE = {
     "compensation_failed": ("#fee2e2", "#6d28d9"),
 }
 CHAR_W = 7.2  # px per character of the 12px name, near enough for a sans-serif
+SMALL_W = 6.0  # the same for the 10px line under it
 NODE_H = 40
 GAP_X, GAP_Y, PAD = 18, 30, 8
-MIN_W, MAX_W = 96, 210
+MIN_W, MAX_W = 96, 230
 
 
 def graph_svg(saga: Saga, states: Mapping[str, str] | None = None) -> Markup:
     """The step DAG of `saga` as an `<svg>` element; `states` maps step name → state."""
     states = states or {}
     layers, chains = _layers(saga)
-    width = max(MIN_W, min(MAX_W, round(max(len(n) for n in saga.order) * CHAR_W + 24)))
+    width = max(MIN_W, min(MAX_W, round(max(
+        max(len(n) * CHAR_W, len(_label(saga, n, states.get(n, ""))) * SMALL_W)
+        for n in saga.order) + 20)))
     widest = max(len(layer) for layer in layers)
     canvas_w = PAD * 2 + widest * width + (widest - 1) * GAP_X
     canvas_h = PAD * 2 + len(layers) * NODE_H + (len(layers) - 1) * GAP_Y
@@ -67,7 +70,7 @@ def graph_svg(saga: Saga, states: Mapping[str, str] | None = None) -> Markup:
         '<g class="nodes">{nodes}</g></svg>').format(
         w=round(canvas_w), h=round(canvas_h),
         label=f"Steps of {saga.name} v{saga.version}: {described}",
-        edges=Markup("").join(edges), nodes=Markup("").join(nodes))
+        edges=Markup("".join(edges)), nodes=Markup("".join(nodes)))
 
 
 def _layers(saga: Saga) -> tuple[list[list[str]], list[list[str]]]:
@@ -106,7 +109,7 @@ def _layers(saga: Saga) -> tuple[list[list[str]], list[list[str]]]:
     return layers, chains
 
 
-def _edge(stops: list[tuple[float, float]], width: float) -> Markup:
+def _edge(stops: list[tuple[float, float]], width: float) -> str:
     """A curve from the first step's bottom to the last's top, straight through any slots."""
     x, y = stops[0][0] + width / 2, stops[0][1] + NODE_H
     path = [f"M{x:.1f},{y:.1f}"]
@@ -118,30 +121,38 @@ def _edge(stops: list[tuple[float, float]], width: float) -> Markup:
         if i < len(stops) - 1:  # a slot: pass straight through it
             y += NODE_H
             path.append(f"L{x:.1f},{y:.1f}")
-    return Markup('<path d="{path}"/><path d="M{l:.1f},{t:.1f} L{x:.1f},{y:.1f} '
-                  'L{r:.1f},{t:.1f}" stroke-linejoin="round"/>').format(
-        path=" ".join(path), x=x, y=y, l=x - 4, r=x + 4, t=y - 4)
+    return (f'<path d="{" ".join(path)}"/><path d="M{x - 4:.1f},{y - 4:.1f} L{x:.1f},{y:.1f} '
+            f'L{x + 4:.1f},{y - 4:.1f}" stroke-linejoin="round"/>')
 
 
-def _node(saga: Saga, name: str, at: tuple[float, float], width: float, state: str) -> Markup:
+def _node(saga: Saga, name: str, at: tuple[float, float], width: float, state: str) -> str:
+    # Plain f-strings, each text escaped: a saga of hundreds of steps draws in milliseconds.
     fill, stroke = PALETTE.get(state, PALETTE[""])
     kind = _kind(saga, name)
-    shown = name if len(name) * CHAR_W <= width - 12 else name[:int((width - 12) / CHAR_W) - 1] + "…"
-    pivot = saga.pivot == name
+    title = escape(f"{name}: {kind}" + (f" — {state.replace('_', ' ')}" if state else ""))
     dashed = ' stroke-dasharray="5 3"' if saga.by_name[name].wait is not None else ""
-    title = f"{name}: {kind}" + (f" — {state.replace('_', ' ')}" if state else "")
-    return Markup(
-        '<g class="node state-{state}" data-step="{name}"><title>{title}</title>'
-        '<rect x="{x:.1f}" y="{y:.1f}" width="{w}" height="{h}" rx="6" fill="{fill}" '
-        'stroke="{stroke}" stroke-width="{sw}"{dashed}/>'
-        '<text x="{cx:.1f}" y="{ty:.1f}" text-anchor="middle" font-size="12" '
-        'font-family="system-ui, sans-serif" fill="#0f172a">{shown}</text>'
-        '<text x="{cx:.1f}" y="{ky:.1f}" text-anchor="middle" font-size="10" '
-        'font-family="system-ui, sans-serif" fill="#475569">{kind}</text></g>').format(
-        state=state or "none", name=name, title=title, x=at[0], y=at[1], w=round(width),
-        h=NODE_H, fill=fill, stroke=stroke, sw=3 if pivot else 1.5, dashed=Markup(dashed),
-        cx=at[0] + width / 2, ty=at[1] + 17, ky=at[1] + 31, shown=shown,
-        kind=kind + (f" · {state.replace('_', ' ')}" if state else ""))
+    x, y, cx = at[0], at[1], at[0] + width / 2
+    return (
+        f'<g class="node state-{escape(state or "none")}" data-step="{escape(name)}">'
+        f'<title>{title}</title><rect x="{x:.1f}" y="{y:.1f}" width="{round(width)}" '
+        f'height="{NODE_H}" rx="6" fill="{fill}" stroke="{stroke}" '
+        f'stroke-width="{3 if saga.pivot == name else 1.5}"{dashed}/>'
+        f'<text x="{cx:.1f}" y="{y + 17:.1f}" text-anchor="middle" font-size="12" '
+        f'font-family="system-ui, sans-serif" fill="#0f172a">'
+        f'{escape(_fit(name, width, CHAR_W))}</text>'
+        f'<text x="{cx:.1f}" y="{y + 31:.1f}" text-anchor="middle" font-size="10" '
+        f'font-family="system-ui, sans-serif" fill="#475569">'
+        f'{escape(_fit(_label(saga, name, state), width, SMALL_W))}</text></g>')
+
+
+def _label(saga: Saga, name: str, state: str) -> str:
+    """The small line under a step's name: what it is, and its state."""
+    return _kind(saga, name) + (f" · {state.replace('_', ' ')}" if state else "")
+
+
+def _fit(text: str, width: float, char_w: float) -> str:
+    room = int((width - 10) / char_w)
+    return text if len(text) <= room else text[:room - 1] + "…"
 
 
 def _kind(saga: Saga, name: str) -> str:

@@ -199,7 +199,12 @@ def _took(run: dict[str, Any]) -> str | None:
 
 
 def _as_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
+    """JSON to read: one line when short (the C encoder: hundreds of outputs stay cheap),
+    indented when long."""
+    line = json.dumps(value, ensure_ascii=False, default=str)
+    if len(line) <= 80:
+        return line
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
 
 
 # -- retry and cancel -----------------------------------------------------------------------
@@ -445,7 +450,7 @@ def _value(f: FormField) -> Any:
 def signal_page(run_id: str) -> Any:
     """The form of one signal (the run page shows the same form for each waiting signal)."""
     found = _run_and_form(run_id, flask.request.args.get("name", ""))
-    if not isinstance(found, tuple):
+    if isinstance(found, flask.Response):
         return found
     run, form = found
     return flask.render_template("console/run_signal.html", run=run, form=form, review=None)
@@ -456,7 +461,7 @@ def signal_page(run_id: str) -> Any:
 def signal(run_id: str) -> Any:
     """As POST /v1/runs/<id>/signals/<name>: first a review of the payload; confirmed, sent."""
     found = _run_and_form(run_id, flask.request.form.get("name", ""))
-    if not isinstance(found, tuple):
+    if isinstance(found, flask.Response):
         return found
     run, blank = found
     form = blank.with_values(flask.request.form)
@@ -479,18 +484,18 @@ def signal(run_id: str) -> Any:
     return _act(run_id, send, f"Signal {form.name!r} sent.", form=form)
 
 
-def _run_and_form(run_id: str, name: str) -> Any:
+def _run_and_form(run_id: str, name: str) -> tuple[dict[str, Any], SignalForm] | flask.Response:
     """(run, blank form of signal `name`), or the page saying why there is none."""
     try:
         run = current().store.get_run(_checked(run_id))
     except RunNotFound:
-        return _not_found(run_id)
+        return flask.make_response(_not_found(run_id))
     saga = _definition(run)
     if saga is None:
-        return _page(run_id, status=409, error=(
+        return flask.make_response(_page(run_id, status=409, error=(
             f"Saga {run['saga']} v{run['version']} is not loaded in this API process, so "
-            "its signals are unknown here."))
+            "its signals are unknown here.")))
     try:
         return run, signal_form(saga, name)
     except UnknownSignal as exc:
-        return _page(run_id, status=404, error=str(exc))
+        return flask.make_response(_page(run_id, status=404, error=str(exc)))

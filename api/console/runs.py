@@ -59,12 +59,12 @@ def runs() -> Any:
     next_cursor = None
     if not query.errors:
         try:
-            page, next_cursor = store.search_runs(query.where, PAGE_SIZE, query.cursor)
+            shown = store.runs_page(query.where, PAGE_SIZE, query.cursor)
         except ValueError:  # a cursor this console did not make
             query.errors["cursor"] = ("This page link is out of date or broken; start again "
                                       "from the first page.")
         else:
-            counts = store.count_runs(query.where)
+            page, next_cursor, counts = shown.runs, shown.cursor, shown.counts
     context = {"query": query, "rows": [_row(run) for run in page], "counts": counts,
                "statuses": STATUSES, "next_url": query.url(cursor=next_cursor)
                if next_cursor else None, "refresh_s": REFRESH_S, "live_target": LIVE_TARGET,
@@ -102,8 +102,9 @@ def read_query(args: Any) -> Query:
         errors["to"] = "The end of the time range must come after its start."
     if len(raw["q"]) > MAX_SEARCH_CHARS:
         errors["q"] = f"Search for at most {MAX_SEARCH_CHARS} characters."
-    if "\x00" in raw["q"] or "\x00" in raw["saga"]:
-        errors["q"] = "The search holds a NUL character."
+    for name, value in raw.items():
+        if "\x00" in value:  # PostgreSQL takes no NUL in text
+            errors[name] = "This field holds a NUL character."
     if not errors:
         query.where = RunFilter(saga=raw["saga"] or None, version=version,
                                 status=raw["status"] or None, started_after=after,

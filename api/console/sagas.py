@@ -52,7 +52,8 @@ def saga_version(name: str, version: int) -> Any:
     except UnknownSaga as exc:
         return flask.render_template("console/error.html", title="No such saga version",
                                      message=str(exc)), 404
-    stats = system.store.version_stats(WINDOWS[window]).get((name, version), VersionStats())
+    stats = system.store.version_stats(WINDOWS[window], name, version).get(
+        (name, version), VersionStats())
     newest = system.registry.get(name).version
     return flask.render_template(
         "console/saga.html", saga=saga, newest=newest, stats=stats, graph=graph_svg(saga),
@@ -139,8 +140,8 @@ def _timed(step: Step) -> bool:
 def _retry(policy: Retry) -> str:
     if policy.attempts == 1:
         return "1 attempt"
-    text = (f"{policy.attempts} attempts, {_span(policy.first_delay)} then ×{policy.multiplier:g}"
-            f" up to {_span(policy.max_delay)}")
+    text = (f"{policy.attempts} attempts, waiting {_span(policy.first_delay)}, "
+            f"×{policy.multiplier:g} each retry, at most {_span(policy.max_delay)}")
     if policy.non_retryable:
         names = ", ".join(k if isinstance(k, str) else k.__qualname__
                           for k in policy.non_retryable)

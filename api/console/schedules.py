@@ -3,7 +3,8 @@ progress (/ui/backfills/<id>), and a backfill's dry run before it starts.
 
 Every change goes through the `Scheduler` the API and CLI call, as the signed-in token and
 with the API's scopes: pausing, resuming and backfilling need `admin` (the API asks
-`admin` for a backfill's dry run too, so the console does). A dry run writes nothing; its
+`admin` for a backfill's dry run too, so the console does), and a backfill or its dry run
+counts against the token's rate limit, as it does under /v1. A dry run writes nothing; its
 confirm button re-plans and starts at most the number of runs it showed, as the API's
 `max_runs` does, so a window that appeared in between is not started unseen.
 """
@@ -11,7 +12,6 @@ confirm button re-plans and starts at most the number of runs it showed, as the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,7 +22,7 @@ from saga.api.auth import actor
 from saga.api.console import charts
 from saga.api.console.blueprint import console
 from saga.api.console.masking import masked
-from saga.api.console.session import signed_in
+from saga.api.console.session import rate_limited, signed_in
 from saga.api.system import current
 from saga.errors import InvalidBackfill, UnknownSaga
 from saga.schedules.backfill import DEFAULT_MAX_RUNNING, MAX_RUNNING, BackfillPlan, parse_lines
@@ -69,6 +69,7 @@ def backfill(backfill_id: str) -> Any:
 
 @console.post("/backfills/plan")
 @signed_in("admin")
+@rate_limited  # as the API's backfills, dry runs too
 def plan_backfill() -> Any:
     """A dry run: what the backfill would start and how the windows that ran differ."""
     form = BackfillForm.read(flask.request.form)
@@ -81,6 +82,7 @@ def plan_backfill() -> Any:
 
 @console.post("/backfills")
 @signed_in("admin")
+@rate_limited  # as the API's backfills, dry runs too
 def start_backfill() -> Any:
     """Start a planned backfill: re-planned now, refused if it would start more than shown."""
     form = BackfillForm.read(flask.request.form)
@@ -189,8 +191,9 @@ class BackfillForm:
         except InvalidBackfill as exc:
             for where, texts in (exc.errors or {"saga": [str(exc)]}).items():
                 text = " ".join(map(str, texts)) if isinstance(texts, list) else str(texts)
-                self.errors[_field_of(where)] = (
-                    self.errors.get(_field_of(where), "") + f" {where}: {text}").strip()
+                name = _field_of(where)
+                said = text if where == name else f"{where}: {text}"  # "line 3: not JSON"
+                self.errors[name] = f"{self.errors.get(name, '')} {said}".strip()
         return None
 
 
@@ -219,4 +222,4 @@ def _plan_view(plan: BackfillPlan) -> dict[str, Any]:
             if w.earlier is not None else None}
            for w in islice(plan.ran, SHOWN)]
     return {"start": start, "ran": ran, "counts": {str(d): n for d, n in plan.counts().items()},
-            "shown": SHOWN, "now": datetime.now(UTC)}
+            "shown": SHOWN}

@@ -39,13 +39,13 @@ from itsdangerous import BadSignature
 from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
-from saga.api.auth import ANONYMOUS, TOKENS
+from saga.api.auth import ANONYMOUS, LIMITED_ATTR, TOKENS
 from saga.api.console.blueprint import console
 from saga.api.system import current
 from saga.store.secret import deployment_secret
 from saga.store.tokens import MAX_TOKEN_CHARS, PREFIX, SCOPES, Principal
 
-__all__ = ["signed_in", "can", "csrf_field", "csrf_token", "principal"]
+__all__ = ["signed_in", "rate_limited", "can", "csrf_field", "csrf_token", "principal"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 COOKIE = "saga_console"
@@ -150,8 +150,17 @@ def _key() -> bytes:
 def _install(state: Any) -> None:
     app = state.app
     app.session_interface = ConsoleSessions(app.session_interface)
+    # First of the app's hooks, so the rate limiter (as under /v1) keys on the signed-in
+    # token of a console request, not on its address.
+    app.before_request_funcs.setdefault(None, []).insert(0, _resolve)
     app.jinja_env.globals.update(can=can, csrf_field=csrf_field, csrf_token=csrf_token,
                                  signed_in_as=principal)
+
+
+def _resolve() -> None:
+    request = flask.request
+    if _ours(request.path) and request.endpoint not in (None, "console.static"):
+        principal()
 
 
 # -- who is signed in ---------------------------------------------------------------------
@@ -161,6 +170,9 @@ def principal() -> Principal | None:
     if "principal" in flask.g:
         found: Principal = flask.g.principal
         return found
+    if flask.g.get("session_ended") or flask.g.get("signed_out"):
+        return None  # asked already in this request
+    flask.g.signed_out = True  # until a token is resolved below
     if flask.current_app.config["SAGA_AUTH"] == "off":
         flask.g.principal = ANONYMOUS
         return ANONYMOUS
@@ -205,6 +217,19 @@ def signed_in(scope: str = "read") -> Callable[[F], F]:
         return guarded  # type: ignore[return-value]
 
     return decorate
+
+
+def rate_limited(view: F) -> F:
+    """The view counts against its token's rate, as the API's starts, signals and backfills
+    do (SAGA_RATE_LIMIT); put it under `signed_in`. Too many: a 429 page with Retry-After."""
+    setattr(view, LIMITED_ATTR, True)
+    return view
+
+
+@console.errorhandler(429)
+def _too_many(error: Exception) -> Any:
+    return flask.render_template("console/error.html", title="Too many requests", message=(
+        f"{getattr(error, 'description', error)} Wait a moment and try again.")), 429
 
 
 def _to_login() -> BaseResponse:

@@ -152,16 +152,20 @@ class Insights(Database):
                           _float(most))
                 for saga, step, role, ended, failed, attempts, mean, most in rows]
 
-    def version_stats(self, window: timedelta) -> dict[tuple[str, int], VersionStats]:
-        """Each (saga, version) with runs unfinished now or ended in the last `window`."""
+    def version_stats(self, window: timedelta, saga: str | None = None,
+                      version: int | None = None) -> dict[tuple[str, int], VersionStats]:
+        """Each (saga, version) with runs unfinished now or ended in the last `window`;
+        `saga` and `version` narrow it to one saga or one version."""
         key = (runs.c.saga, runs.c.version)
         succeeded = runs.c.status == RunStatus.SUCCEEDED
         took = self._seconds(runs.c.finished_at, runs.c.created_at)
+        only = [c == v for c, v in zip(key, (saga, version), strict=True) if v is not None]
         with self.engine.connect() as conn:
             since = self.now(conn) - window
-            ended = (runs.c.finished_at >= since,)
+            ended = (runs.c.finished_at >= since, *only)
             in_flight = conn.execute(sa.select(*key, sa.func.count())
-                                     .where(runs.c.status.in_(UNFINISHED)).group_by(*key)).all()
+                                     .where(runs.c.status.in_(UNFINISHED), *only)
+                                     .group_by(*key)).all()
             counts = conn.execute(sa.select(*key, sa.func.count(),
                                             sa.func.count(sa.case((succeeded, 1))))
                                   .where(*ended).group_by(*key)).all()

@@ -4,21 +4,21 @@ A run's status is one of its own six, or one of two views across them: `waiting`
 running run whose every unfinished step waits on a timer or a signal) and `parked`
 (`runs.parked` set: no worker can go on with it until its version is loaded).
 
-The search text finds a run by its id, its idempotency key, or a value in its input: on
-PostgreSQL any string in the input that contains the text, ignoring case, or a number
-equal to it (one jsonpath, `jsonb_path_exists`); on SQLite the input's JSON text
-containing it. No index serves a search inside values, so it reads the runs the other
-filters leave, newest first, and stops at a page of matches: a common value answers at
-once, a rare one costs a scan (100,000 runs: see the README's console section).
+The search text finds a run by its id, its idempotency key, or a value anywhere in its
+input equal to it (a string as stored, or a number): on PostgreSQL one jsonpath,
+`jsonb_path_exists(input, '$.** ? (@ == "o-1042")')`, on SQLite `json_tree`. No index
+looks inside values, so a search reads every run the other filters leave, once: its
+matches give both the page and the counts (100,000 runs: about 0.2 s on PostgreSQL).
 
-    page, cursor = store.search_runs(RunFilter(status="waiting", text="o-1042"))
-    store.count_runs(RunFilter(saga="order"))   # {"all": 9, "running": 4, "waiting": 1, …}
+    shown = store.runs_page(RunFilter(status="waiting", text="o-1042"), limit=50)
+    shown.runs, shown.cursor, shown.counts   # counts: {"all": 9, "running": 4, "waiting": 1, …}
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -32,7 +32,7 @@ from saga.store.database import Database
 from saga.store.rows import decode_cursor, encode_cursor, run_view
 from saga.store.tables import runs, steps
 
-__all__ = ["RunFilter", "RunSearch", "STATUSES"]
+__all__ = ["RunFilter", "RunSearch", "RunsPage", "STATUSES"]
 
 WAITING, PARKED = "waiting", "parked"
 # The status filter's choices, in the order the console shows them.
@@ -41,6 +41,8 @@ STATUSES = (str(RunStatus.RUNNING), WAITING, str(RunStatus.COMPENSATING),
             str(RunStatus.CANCELLED), PARKED)
 # Unfinished steps that are not a wait: any of these means the run is busy, not waiting.
 BUSY = (StepStatus.QUEUED, StepStatus.RUNNING, StepStatus.RETRY_WAIT, StepStatus.PARKED)
+# A search reads its matches once for both the page and the counts, up to this many.
+MATCHES_READ = 2000
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,34 @@ class RunFilter:
             raise ValueError(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
 
 
+@dataclass(frozen=True)
+class RunsPage:
+    """What the console's runs list shows: a page of runs, the next page's cursor, and
+    the count of each status under the filters other than status."""
+
+    runs: list[dict[str, Any]]
+    cursor: str | None
+    counts: dict[str, int]
+
+
 class RunSearch(Database):
     """Mixed into Store: what the console's runs page reads."""
+
+    def runs_page(self, where: RunFilter, limit: int = 50,
+                  cursor: str | None = None) -> RunsPage:
+        """A page of runs and the counts per status, in as few passes over the runs as can be.
+
+        A search reads every run the other filters leave (no index looks inside values),
+        so it does so once: the matches, when there are at most MATCHES_READ, give both
+        the counts and the page. Without a search, or with more matches, the page reads
+        runs newest first until it is full, and the counts are one GROUP BY.
+        """
+        if where.text:
+            matches = self._matches(where)
+            if matches is not None:
+                return self._page_of(matches, where, limit, cursor)
+        page, next_cursor = self.search_runs(where, limit, cursor)
+        return RunsPage(page, next_cursor, self.count_runs(where))
 
     def search_runs(self, where: RunFilter, limit: int = 50,
                     cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
@@ -68,8 +96,7 @@ class RunSearch(Database):
 
         Raises ValueError for a cursor this store did not make.
         """
-        waiting = sa.and_(runs.c.status == RunStatus.RUNNING, _waiting()).label(WAITING)
-        query = (sa.select(runs, waiting).where(*self._conditions(where))
+        query = (sa.select(runs, _waiting_run().label(WAITING)).where(*self._conditions(where))
                  .order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit + 1))
         if cursor:
             at, run_id = decode_cursor(cursor)
@@ -77,7 +104,7 @@ class RunSearch(Database):
             query = query.where(sa.tuple_(runs.c.created_at, runs.c.id) < (aware(at), run_id))
         with self.engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        page = [dict(run_view(r), waiting=bool(r[WAITING])) for r in rows[:limit]]
+        page = [_view(r) for r in rows[:limit]]
         more = len(rows) > limit
         return page, encode_cursor(rows[limit - 1]) if more and page else None
 
@@ -91,8 +118,7 @@ class RunSearch(Database):
         parked = sa.func.count().filter(runs.c.parked.is_not(None))
         by_status = (sa.select(runs.c.status, sa.func.count(), parked)
                      .where(*conditions).group_by(runs.c.status))
-        waiting = (sa.select(sa.func.count()).select_from(runs)
-                   .where(*conditions, runs.c.status == RunStatus.RUNNING, _waiting()))
+        waiting = sa.select(sa.func.count()).select_from(runs).where(*conditions, _waiting_run())
         counts = dict.fromkeys(("all", *STATUSES), 0)
         with self.engine.connect() as conn:
             for status, count, parked_count in conn.execute(by_status):
@@ -102,6 +128,39 @@ class RunSearch(Database):
             counts[WAITING] = conn.execute(waiting).scalar_one()
         return counts
 
+    def _matches(self, where: RunFilter) -> Sequence[sa.Row] | None:
+        """Every run the search matches, briefly; None when there are more than MATCHES_READ."""
+        query = (sa.select(runs.c.id, runs.c.created_at, runs.c.status,
+                           runs.c.parked.is_not(None).label(PARKED),
+                           _waiting_run().label(WAITING))
+                 .where(*self._conditions(replace(where, status=None)))
+                 .limit(MATCHES_READ + 1))
+        with self.engine.connect() as conn:
+            found = conn.execute(query).all()
+        return found if len(found) <= MATCHES_READ else None
+
+    def _page_of(self, matches: Sequence[sa.Row], where: RunFilter, limit: int,
+                 cursor: str | None) -> RunsPage:
+        counts = dict.fromkeys(("all", *STATUSES), 0)
+        for match in matches:
+            counts["all"] += 1
+            counts[match.status] = counts.get(match.status, 0) + 1
+            counts[PARKED] += bool(match.parked)
+            counts[WAITING] += bool(match.waiting)
+        chosen = [m for m in matches if _is(m, where.status)]
+        chosen.sort(key=lambda m: (aware(m.created_at), m.id), reverse=True)
+        if cursor:
+            at, run_id = decode_cursor(cursor)
+            chosen = [m for m in chosen if (aware(m.created_at), m.id) < (aware(at), run_id)]
+        ids = [m.id for m in chosen[:limit + 1]]
+        waiting = {m.id: bool(m.waiting) for m in chosen}
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.id.in_(ids))).mappings().all()
+        rows = sorted(rows, key=lambda r: ids.index(r["id"]))
+        page = [dict(run_view(r), waiting=waiting[r["id"]]) for r in rows[:limit]]
+        more = len(rows) > limit
+        return RunsPage(page, encode_cursor(rows[limit - 1]) if more and page else None, counts)
+
     def _conditions(self, where: RunFilter) -> list[sa.ColumnElement[bool]]:
         found: list[sa.ColumnElement[bool]] = []
         if where.saga:
@@ -109,7 +168,7 @@ class RunSearch(Database):
         if where.version is not None:
             found.append(runs.c.version == where.version)
         if where.status == WAITING:
-            found += [runs.c.status == RunStatus.RUNNING, _waiting()]
+            found.append(_waiting_run())
         elif where.status == PARKED:
             found.append(runs.c.parked.is_not(None))
         elif where.status:
@@ -124,32 +183,66 @@ class RunSearch(Database):
         return found
 
     def _in_input(self, text: str) -> sa.ColumnElement[bool]:
+        """A value in the input equal to `text`: a string, or a number written as `text`."""
+        number = _number(text)
         if self.is_sqlite:
-            return sa.cast(runs.c.input, sa.Text).icontains(text, autoescape=True)
+            leaves = sa.func.json_tree(runs.c.input).table_valued("atom", "type")
+            same = sa.and_(leaves.c.type == "text", leaves.c.atom == text)
+            if number is not None:
+                same = sa.or_(same, sa.and_(leaves.c.type.in_(["integer", "real"]),
+                                            leaves.c.atom == number))
+            return sa.exists().select_from(leaves).where(same)
         path = sa.cast(sa.literal(input_path(text)), postgresql.JSONPATH)
         return sa.func.jsonb_path_exists(runs.c.input, path)
 
 
 def input_path(text: str) -> str:
-    """A jsonpath true where a string value contains `text` (any case) or a number equals it.
+    """A jsonpath true where a value anywhere equals `text` (a string, or a number).
 
-    `flag "q"` takes the pattern literally, so `text` needs only a string literal's
-    escaping, which JSON's is.
+    The text goes in as a string literal, escaped as JSON's are (jsonpath reads the same
+    escapes), so no text can change the path; a literal is also cheaper per row than a
+    `$var` passed beside it.
     """
-    path = f"@ like_regex {json.dumps(text)} flag \"iq\""
-    try:
-        number = json.loads(text)
-    except ValueError:
-        number = None
-    if isinstance(number, (int, float)) and not isinstance(number, bool) \
-            and math.isfinite(number):
+    path = f"@ == {json.dumps(text)}"
+    number = _number(text)
+    if number is not None:
         path += f" || @ == {json.dumps(number)}"
     return f"$.** ? ({path})"
 
 
-def _waiting() -> sa.ColumnElement[bool]:
-    """The run has a forward step waiting, and no unfinished one that is not a wait."""
-    forward = (steps.c.run_id == runs.c.id, steps.c.role == str(Role.FORWARD))
-    waits = sa.exists().where(*forward, steps.c.status == StepStatus.WAITING)
-    busy = sa.exists().where(*forward, steps.c.status.in_([str(s) for s in BUSY]))
-    return sa.and_(waits, ~busy)
+def _number(text: str) -> int | float | None:
+    try:
+        number = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _waiting_run() -> sa.ColumnElement[bool]:
+    """A running run whose unfinished forward steps are all waits (one at least).
+
+    A scalar subquery, so PostgreSQL probes the steps key per run it asks about, rather
+    than hashing every step of every run as it would for EXISTS … AND NOT EXISTS.
+    """
+    unfinished = (sa.select(sa.func.min(sa.case((steps.c.status == StepStatus.WAITING, 1),
+                                                else_=0)))
+                  .where(steps.c.run_id == runs.c.id, steps.c.role == str(Role.FORWARD),
+                         steps.c.status.in_([str(StepStatus.WAITING), *map(str, BUSY)]))
+                  .scalar_subquery())
+    return sa.and_(runs.c.status == RunStatus.RUNNING, unfinished == 1)
+
+
+def _is(match: sa.Row, status: str | None) -> bool:
+    if status is None:
+        return True
+    if status == WAITING:
+        return bool(match.waiting)
+    if status == PARKED:
+        return bool(match.parked)
+    return bool(match.status == status)
+
+
+def _view(row: Any) -> dict[str, Any]:
+    return dict(run_view(row), waiting=bool(row[WAITING]))

@@ -8,40 +8,20 @@ are skipped with what to install; with CI=true they fail instead.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 
 from tests.auth import create_token
-from tests.conftest import BROKERS, IN_CI, need, template_copies
+from tests.browser.chromium import CHROMIUM, CHROMIUM_ARGS, need_browser
+from tests.conftest import BROKERS, need, template_copies
 from tests.stack import Stack
 
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# Headless and quiet: no GPU, no QUIC, and none of Chromium's own calls home.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 10_000  # what a page may take to show what a test waits for
 SAGAS = "examples.fulfillment,tests.browser.sagas"
-
-
-def need_browser() -> None:
-    """Skip (or, in CI, fail) unless Playwright and Debian's chromium are installed."""
-    missing = []
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("Playwright (pip install -e '.[test]')")
-    if not os.access(CHROMIUM, os.X_OK):
-        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
-    if missing:
-        message = "the browser tests need " + " and ".join(missing)
-        if IN_CI:
-            pytest.fail(f"CI runs the browser tests: {message}")
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -63,10 +43,18 @@ def console_stack(pg_template: str, tmp_path_factory: pytest.TempPathFactory) ->
     need("redis", broker)
     with template_copies(pg_template, "saga_ui") as make, \
             Stack(make(), broker, tmp_path_factory.mktemp("console"), sagas=SAGAS) as stack:
-        stack.api()
-        stack.worker(concurrency=4)
+        with ThreadPoolExecutor(2) as pool:  # each waits until ready: together, not in turn
+            starting = [pool.submit(stack.api), pool.submit(stack.worker, 4)]
+        for started in starting:
+            started.result()
         stack.sweeper()
         yield stack
+
+
+@pytest.fixture(scope="module")
+def sessions() -> dict[str, list[Any]]:
+    """Session cookies by token, once a test has signed in through the form (see sign_in)."""
+    return {}
 
 
 @pytest.fixture(scope="module")

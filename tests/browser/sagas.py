@@ -10,9 +10,10 @@ from pathlib import Path
 from saga import NonRetryable, Retry, Saga, Step, StepContext
 
 
-def warehouse_back(run_id: str) -> Path:
-    """The file that tells `release_stock` the warehouse answers again, for one run."""
-    return Path(os.environ["SAGA_TEST_BARRIER_DIR"]) / f"warehouse-back-{run_id}"
+def warehouse_back(folder: Path, run_id: str) -> Path:
+    """The file (in the stack's SAGA_TEST_BARRIER_DIR) that tells `release_stock` the
+    warehouse answers again, for one run."""
+    return folder / f"warehouse-back-{run_id}"
 
 
 def hold_stock(ctx: StepContext) -> dict:
@@ -20,7 +21,7 @@ def hold_stock(ctx: StepContext) -> dict:
 
 
 def release_stock(ctx: StepContext) -> dict:
-    if not warehouse_back(ctx.run_id).exists():
+    if not warehouse_back(Path(os.environ["SAGA_TEST_BARRIER_DIR"]), ctx.run_id).exists():
         raise RuntimeError("warehouse API gone")
     return {"released": ctx.input["order_id"]}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import flask
 import pytest
+from werkzeug.exceptions import TooManyRequests
 
 from saga import Saga, Step
 from saga.api import create_app
@@ -278,3 +279,30 @@ def test_pages_carry_a_policy_that_allows_only_the_apps_own_scripts(app):
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
     assert response.headers["Cache-Control"] == "no-store"
     assert app.test_client().get("/ui/static/htmx.min.js").status_code == 200
+
+
+def test_a_rate_limited_view_counts_per_token_as_the_api_does(database_url):
+    app, system = make_app(database_url, rate_limit="1/minute")
+    try:
+        @console_session.signed_in("operate")
+        @console_session.rate_limited
+        def send():
+            return "sent"
+
+        # The blueprint is registered already: the view goes on the app, under /ui.
+        app.add_url_rule("/ui/test-send", "test_send", send, methods=["POST"])
+        tokens = TokenStore(system.store.engine)
+        first, second = app.test_client(), app.test_client()
+        sign_in(first, tokens.create("alice", "operate"))
+        sign_in(second, tokens.create("bob", "operate"))
+        assert first.post("/ui/test-send").text == "sent"
+        refused = first.post("/ui/test-send")
+        assert refused.status_code == 429 and "Retry-After" in refused.headers
+        assert "Too many starts, signals and backfills for 'alice'" in refused.text
+        assert second.post("/ui/test-send").text == "sent"  # bob has his own count
+        with app.test_request_context("/ui/runs"):  # a console page answers it as a page
+            page = app.make_response(app.handle_user_exception(TooManyRequests("Slow down.")))
+            assert page.status_code == 429 and page.mimetype == "text/html"
+            assert "Slow down. Wait a moment and try again." in page.get_data(as_text=True)
+    finally:
+        system.store.close()

@@ -367,6 +367,28 @@ def test_a_metrics_port_is_a_port_or_zero(name):
             Settings.from_env({name: wrong})
 
 
+def test_saga_metrics_off_counts_nothing_and_a_bad_value_or_a_port_is_refused(parts):
+    # Given SAGA_METRICS=off, when a run goes through, then no process counts it
+    off = build(Settings.from_env({"SAGA_METRICS": "off"},
+                                  database_url=parts.system.settings.database_url),
+                Registry(SAGAS), parts.clock)
+    assert not any(isinstance(o, metrics.Metrics) for o in off.engine.observer.observers)
+    assert off.sweeper.on_sweep is None
+    assert any(isinstance(o, metrics.Metrics) for o in parts.system.engine.observer.observers)
+    off.engine.dispatcher = RecordingDispatcher()
+    counted = Delta()
+    off.engine.start("m_ok", {})
+    off.store.close()
+    assert counted("saga_runs_started_total", saga="m_ok", version="1") == 0
+    parts.start("m_ok")  # the default (on) counts the same start
+    assert counted("saga_runs_started_total", saga="m_ok", version="1") == 1
+    with pytest.raises(ValueError, match="SAGA_METRICS must be on or off, not 'no'"):
+        Settings.from_env({"SAGA_METRICS": "no"})
+    with pytest.raises(ValueError, match="SAGA_WORKER_METRICS_PORT=9101 serves metrics that "
+                                         "SAGA_METRICS=off does not count"):
+        Settings.from_env({"SAGA_METRICS": "off", "SAGA_WORKER_METRICS_PORT": "9101"})
+
+
 # -- the dashboard and the scrape configuration -------------------------------------------------
 
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "saga.json"

@@ -16,6 +16,14 @@
     if (document.hidden || elt.contains(document.activeElement)) { event.preventDefault(); }
   });
 
+  // On a phone the filters fold away unless some are set: the runs come first.
+  document.addEventListener("DOMContentLoaded", function () {
+    if (!window.matchMedia("(max-width: 40rem)").matches) { return; }
+    document.querySelectorAll('details[data-collapse-on-phone="yes"]').forEach(function (box) {
+      box.open = false;
+    });
+  });
+
   // Confirm buttons without inline script: <button data-confirm="Cancel run …?">
   document.addEventListener("submit", function (event) {
     var button = event.submitter;
