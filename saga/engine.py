@@ -45,7 +45,7 @@ from saga.events import (
     prefix,
 )
 from saga.registry import Registry
-from saga.run import Role, Run, RunStatus
+from saga.run import Role, Run, RunStatus, StepStatus
 from saga.store import RunTransaction, Store
 from saga.testing.faults import crash_point
 
@@ -100,6 +100,15 @@ class Outcome:
     changed: bool
     parked: str | None = None  # why no loaded definition fits the run (it is flagged so)
     claim: Claim | None = None
+    run: Run | None = None  # the run as committed, when it changed
+
+    def retried(self, step: str, role: Role, attempt: int) -> bool:
+        """Whether the committed run gives `step` another attempt after `attempt`."""
+        current = self.run.steps.get((step, role)) if self.run is not None else None
+        if current is None:
+            return False
+        return (current.status in (StepStatus.QUEUED, StepStatus.RETRY_WAIT)
+                or (current.status is StepStatus.RUNNING and current.attempt > attempt))
 
 
 class Engine:
@@ -170,7 +179,7 @@ class Engine:
             return Outcome(False)
         crash_point("after_commit", _label(event))
         self._after_commit(saga, run_id, commands)
-        return Outcome(True, claim=claim)
+        return Outcome(True, claim=claim, run=new)
 
     def claim(self, run_id: str, saga: Saga, step: str, role: Role, worker: str) -> Claim | None:
         """Claim a queued step for `worker` under a new fence; None if it is not to be run.

@@ -17,7 +17,6 @@ from saga.api.console.blueprint import console
 from saga.api.console.session import signed_in
 from saga.api.system import current
 from saga.registry import Registry
-from saga.run import RunStatus
 from saga.store.insights import StepStats
 
 WINDOWS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -44,7 +43,7 @@ def overview() -> Any:
         ended=charts.lines(per_minute.finished, labels, order=ENDED_ORDER,
                            label="Runs ended per minute, by how they ended"),
         slowest=slowest(stats), failing=failing(stats), charts=charts, since=per_minute.start,
-        statuses=[str(s) for s in RunStatus])
+        minutes=MINUTES)
 
 
 def window_named(name: str | None) -> str | None:

@@ -31,7 +31,7 @@ from saga.api.auth import actor
 from saga.api.console.blueprint import console
 from saga.api.console.graph import graph_svg
 from saga.api.console.masking import masked
-from saga.api.console.session import can, signed_in
+from saga.api.console.session import can, rate_limited, signed_in
 from saga.api.parsing import storable
 from saga.api.runs import _checked
 from saga.api.system import current
@@ -458,6 +458,7 @@ def signal_page(run_id: str) -> Any:
 
 @console.post("/runs/<run_id>/signal")
 @signed_in(SIGNAL_SCOPE)
+@rate_limited  # as the API's signals: against the token's SAGA_RATE_LIMIT
 def signal(run_id: str) -> Any:
     """As POST /v1/runs/<id>/signals/<name>: first a review of the payload; confirmed, sent."""
     found = _run_and_form(run_id, flask.request.form.get("name", ""))

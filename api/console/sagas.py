@@ -22,6 +22,7 @@ from saga.api.system import current
 from saga.definitions import Saga, Signal, Step, Timer
 from saga.definitions.retry import Retry
 from saga.errors import UnknownSaga
+from saga.registry import Registry
 from saga.store.insights import VersionStats
 from saga.timeline import duration
 
@@ -61,7 +62,7 @@ def saga_version(name: str, version: int) -> Any:
         inputs=input_fields(saga.input), window=window, windows=WINDOWS, charts=charts)
 
 
-def listed(registry: Any, stats: dict[tuple[str, int], VersionStats]) -> list[dict[str, Any]]:
+def listed(registry: Registry, stats: dict[tuple[str, int], VersionStats]) -> list[dict[str, Any]]:
     """Each saga, by name: its loaded versions (newest first) with their numbers, its newest
     version's graph, and the versions with runs in the log that are not loaded here."""
     by_name: dict[str, list[Saga]] = {}

@@ -171,10 +171,10 @@ class Insights(Database):
                                   .where(*ended).group_by(*key)).all()
             durations = self._percentiles(conn, key, took, (*ended, succeeded))
         found: dict[tuple[str, int], dict[str, Any]] = defaultdict(dict)
-        for saga, version, count in in_flight:
-            found[saga, version]["in_flight"] = count
-        for saga, version, count, ok in counts:
-            found[saga, version].update(finished=count, succeeded=ok)
+        for name, number, count in in_flight:
+            found[name, number]["in_flight"] = count
+        for name, number, count, ok in counts:
+            found[name, number].update(finished=count, succeeded=ok)
         for version_key, (p50, p99) in durations.items():
             found[version_key].update(p50_s=p50, p99_s=p99)
         return {version_key: VersionStats(**values) for version_key, values in found.items()}

@@ -78,7 +78,7 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
         if result.event is None:
             return result.outcome  # no attempt ran here: "dropped", "deferred"
         # The attempt it ran, as its task's state: SUCCESS, or raised as FAILURE or RETRY.
-        return finish(running.registry.get(saga, version), role, result)
+        return finish(result)
 
     # Shared by no other app; a failed attempt is expected (INFO, no traceback: the saga log
     # and the worker's own line hold the error).

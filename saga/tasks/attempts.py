@@ -20,7 +20,6 @@ from celery import Celery
 from celery.exceptions import Retry
 
 from saga.definitions import Saga
-from saga.definitions.steps import OnTimeout
 from saga.events import Event, StepChecked, StepFailed, StepSucceeded
 from saga.run import Checked, Role
 
@@ -45,23 +44,13 @@ def task_name(saga: str, step: str, role: Role | str) -> str:
     return f"{saga}.{step}.compensate" if role == Role.COMPENSATE else f"{saga}.{step}"
 
 
-def state_of(saga: Saga, step: str, role: Role, attempt: int, event: Event) -> str:
-    """SUCCESS, RETRY (the step's policy gives it another attempt) or FAILURE.
-
-    The retry policy's reading of the failure, as the engine decides it; the saga log is the
-    record (a step failing while its run is being cancelled is not retried, though it reads
-    RETRY here).
-    """
+def state_of(event: Event, retried: bool) -> str:
+    """SUCCESS, RETRY (the committed run gives the step another attempt) or FAILURE."""
     if isinstance(event, StepSucceeded):
         return SUCCESS
     if isinstance(event, StepChecked):  # verify found it done (or nothing to undo), or parked it
         return FAILURE if event.answer is Checked.UNKNOWN else SUCCESS
-    definition = saga.by_name[step]
-    retryable = isinstance(event, StepFailed) and event.retryable
-    if isinstance(event, StepFailed) and event.timed_out and role is Role.FORWARD:
-        retryable = retryable and definition.on_timeout == OnTimeout.RETRY
-    policy = definition.for_role(role)[1]
-    return RETRY if retryable and attempt < policy.attempts else FAILURE
+    return RETRY if retried else FAILURE
 
 
 def _text(state: str, attempt: int, event: Event, changed: bool = True) -> str:
@@ -75,12 +64,12 @@ def _text(state: str, attempt: int, event: Event, changed: bool = True) -> str:
     return f"attempt {attempt} failed{', will retry' if state == RETRY else ''}: {error}"
 
 
-def finish(saga: Saga, role: Role, result: StepResult) -> str:
+def finish(result: StepResult) -> str:
     """What a step message's task returns (SUCCESS) or raises for the attempt it ran."""
     event = result.event
     if not isinstance(event, (StepSucceeded, StepFailed, StepChecked)):
         return result.outcome  # no attempt ran: a duplicate or stale message, or the log was away
-    state = state_of(saga, event.step, role, result.attempt, event)
+    state = state_of(event, result.retried)
     text = _text(state, result.attempt, event, result.outcome != "superseded")
     if result.outcome == "superseded" or state == SUCCESS:
         return text + (f"; then {result.inline} more inline" if result.inline else "")
@@ -120,13 +109,14 @@ class InlineEvents:
             ("task-started", {"uuid": task_id}),
         ])
 
-    def ended(self, saga: Saga, claim: Claim, event: Event, changed: bool, inline: bool) -> None:
+    def ended(self, saga: Saga, claim: Claim, event: Event, changed: bool, inline: bool,
+              retried: bool) -> None:
         request = self._carrier(inline)
         if request is None:
             return
         task_id = attempt_id(claim)
         began = self._started.pop(task_id, None)
-        state = state_of(saga, claim.step, claim.role, claim.attempt, event)
+        state = state_of(event, retried)
         text = _text(state, claim.attempt, event, changed)
         if state == SUCCESS or not changed:
             runtime = time.monotonic() - began if began is not None else 0.0

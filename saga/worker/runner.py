@@ -44,6 +44,7 @@ class StepResult:
     attempt: int = 0
     event: Event | None = None  # the first attempt's outcome; None when none ran
     inline: int = 0  # attempts run on inline after it
+    retried: bool = False  # the committed run gives that step another attempt
 
 
 class AttemptListener(Protocol):
@@ -53,7 +54,7 @@ class AttemptListener(Protocol):
     def began(self, saga: Saga, claim: Claim, inline: bool) -> None: ...
 
     def ended(self, saga: Saga, claim: Claim, event: Event, changed: bool,
-              inline: bool) -> None: ...
+              inline: bool, retried: bool) -> None: ...
 
 
 def worker_name() -> str:
@@ -120,12 +121,13 @@ class Worker:
                 event = self._execute(saga, claim)
             outcome = self.engine.advance(run_id, event, worker=worker, known=saga,
                                           claim_next_for=worker if budget > 0 else None)
+            retried = outcome.retried(claim.step, claim.role, claim.attempt)
             if self.attempts is not None:
-                self.attempts.ended(saga, claim, event, outcome.changed, inline > 0)
+                self.attempts.ended(saga, claim, event, outcome.changed, inline > 0, retried)
             if result is None:  # the first step's outcome is this message's
                 done = _ended(event)
                 result = StepResult(done if outcome.changed else "superseded", first_attempt,
-                                    event)
+                                    event, retried=retried)
             claim = outcome.claim
             if claim is not None:
                 inline += 1  # the next attempt runs on here, without a message of its own

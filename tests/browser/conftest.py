@@ -44,7 +44,7 @@ def console_stack(pg_template: str, tmp_path_factory: pytest.TempPathFactory) ->
     with template_copies(pg_template, "saga_ui") as make, \
             Stack(make(), broker, tmp_path_factory.mktemp("console"), sagas=SAGAS) as stack:
         with ThreadPoolExecutor(2) as pool:  # each waits until ready: together, not in turn
-            starting = [pool.submit(stack.api), pool.submit(stack.worker, 4)]
+            starting = [pool.submit(stack.api), pool.submit(stack.worker)]
         for started in starting:
             started.result()
         stack.sweeper()

@@ -85,6 +85,10 @@ def undo_until_fixed(ctx):
     return {"released": True}
 
 
+def hostile(ctx):
+    raise NonRetryable('<img src=x onerror="alert(1)"> declined')
+
+
 def flaky(ctx):
     """Fails the first attempts of each step: a long history quickly (zero-delay retries)."""
     if ctx.attempt < FLAKY_FAILURES + 1:
@@ -110,6 +114,7 @@ SAGAS = [
                            Step("charge", decline)]),
     Saga("pivoted", steps=[Step("charge", ok, pivot=True), WaitForSignal("label"),
                            Step("ship", ok)]),
+    Saga("hostile", steps=[Step("charge", hostile)]),
     Saga("long", steps=[Step(f"s{i:03d}", flaky, retry=Retry(attempts=FLAKY_FAILURES + 1,
                                                               first_delay=timedelta(0)))
                         for i in range(167)]),
@@ -135,11 +140,19 @@ class Console:
         self.tokens = TokenStore(self.kit.store.engine)
         self.made: dict[str, str] = {}
 
-    def client(self, scope: str, name: str | None = None) -> Any:
-        """A new test client signed in with the token `name` (made with `scope` if new)."""
-        client = self.app.test_client()
+    def token(self, scope: str, name: str | None = None) -> str:
+        """The token `name` (default `<scope>-bot`), made with `scope` the first time."""
         name = name or f"{scope}-bot"
-        token = self.made.get(name) or self.made.setdefault(name, self.tokens.create(name, scope))
+        if name not in self.made:
+            self.made[name] = self.tokens.create(name, scope)
+        return self.made[name]
+
+    def client(self, scope: str, name: str | None = None) -> Any:
+        """A new test client signed in with `token(scope, name)`."""
+        return self.sign_in(self.app.test_client(), self.token(scope, name))
+
+    @staticmethod
+    def sign_in(client: Any, token: str) -> Any:
         response = client.post("/ui/login", data={"token": token, "next": "/ui/runs",
                                                   "csrf_token": csrf(client, "/ui/login")})
         assert response.status_code == 302, response.text
@@ -298,6 +311,14 @@ def test_a_run_whose_version_is_not_loaded_shows_its_history_and_masks_all_input
     assert html.count('class="tl-bar ') == 7  # the log alone draws the timeline
 
 
+def test_text_from_steps_and_input_is_escaped_everywhere_on_the_page(console):
+    """An error message or an input value holding markup is shown as text, never run."""
+    result = console.kit.run("hostile", {"note": "</pre><script>alert(2)</script>"})
+    html = page(console.client("read"), result.id)
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;img src=x onerror=" in html and "&lt;/pre&gt;&lt;script&gt;" in html
+
+
 def test_an_unknown_run_is_a_404_page(console):
     response = console.client("read").get("/ui/runs/no-such-run")
     assert response.status_code == 404
@@ -363,6 +384,16 @@ def test_a_signal_that_fails_its_schema_names_the_field_and_sends_nothing(consol
     unknown = post(ops, f"/ui/runs/{run_id}/signal", name="nope", confirmed="yes")
     assert unknown.status_code == 404
     assert alert(unknown.text) == "saga 'parcel' v1 declares no signal 'nope'"
+
+
+def test_signals_count_against_the_tokens_rate_limit_as_in_the_api(console):
+    run_id = waiting(console, "parcel")
+    limited = create_app(dataclasses.replace(console.kit.settings, rate_limit="2/minute"),
+                         console.system)
+    ops = Console.sign_in(limited.test_client(), console.token("operate", "ops-bot"))
+    answers = [post(ops, f"/ui/runs/{run_id}/signal", name="label", tracking="1Z").status_code
+               for _ in range(3)]
+    assert answers == [200, 200, 429]
 
 
 def test_cancel_is_confirmed_then_done_and_recorded_with_the_actor(console):

@@ -14,7 +14,6 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,11 +22,11 @@ import requests
 from click.testing import CliRunner
 from kombu import Connection
 
-from saga import Retry, Saga, Step
 from saga.cli import main
+from saga.engine import Outcome
 from saga.events import RunStep, StepFailed, StepSucceeded
 from saga.registry import Registry
-from saga.run import Role
+from saga.run import Role, Run, RunStatus, StepState, StepStatus
 from saga.settings import Settings
 from saga.system import build
 from saga.tasks import task_name, use_exchanges
@@ -208,26 +207,27 @@ def _noop(ctx: Any) -> None:
     return None
 
 
-TABLE = Saga("table", steps=[
-    Step("pay", _noop, compensate=_noop, retry=Retry(attempts=3),
-         compensate_retry=Retry(attempts=2)),
-    Step("ship", _noop, timeout=timedelta(seconds=5), on_timeout="park"),
-])
+def _outcome(status: StepStatus, attempt: int) -> Outcome:
+    step = StepState("pay", Role.FORWARD, status, attempt=attempt, fence=attempt)
+    run = Run("r", "table", 1, RunStatus.RUNNING, {}, steps={("pay", Role.FORWARD): step})
+    return Outcome(True, run=run)
 
 
-@pytest.mark.parametrize(("step", "role", "attempt", "event", "state"), [
-    ("pay", Role.FORWARD, 1, StepSucceeded("pay", Role.FORWARD, 1), "SUCCESS"),
-    ("pay", Role.FORWARD, 1, StepFailed("pay", Role.FORWARD, 1, "503"), "RETRY"),
-    ("pay", Role.FORWARD, 3, StepFailed("pay", Role.FORWARD, 3, "503"), "FAILURE"),
-    ("pay", Role.FORWARD, 1, StepFailed("pay", Role.FORWARD, 1, "402", retryable=False),
+@pytest.mark.parametrize(("event", "after", "state"), [
+    (StepSucceeded("pay", Role.FORWARD, 1), _outcome(StepStatus.SUCCEEDED, 1), "SUCCESS"),
+    (StepFailed("pay", Role.FORWARD, 1, "503"), _outcome(StepStatus.RETRY_WAIT, 1), "RETRY"),
+    (StepFailed("pay", Role.FORWARD, 1, "503"), _outcome(StepStatus.QUEUED, 1), "RETRY"),
+    # failed, then re-claimed inline in the same commit: attempt 2 is running
+    (StepFailed("pay", Role.FORWARD, 1, "503"), _outcome(StepStatus.RUNNING, 2), "RETRY"),
+    (StepFailed("pay", Role.FORWARD, 3, "503"), _outcome(StepStatus.FAILED, 3), "FAILURE"),
+    (StepFailed("pay", Role.FORWARD, 1, "slow", timed_out=True), _outcome(StepStatus.PARKED, 1),
      "FAILURE"),
-    ("pay", Role.COMPENSATE, 1, StepFailed("pay", Role.COMPENSATE, 1, "503"), "RETRY"),
-    ("pay", Role.COMPENSATE, 2, StepFailed("pay", Role.COMPENSATE, 2, "503"), "FAILURE"),
-    ("ship", Role.FORWARD, 1, StepFailed("ship", Role.FORWARD, 1, "slow", timed_out=True),
-     "FAILURE"),  # on_timeout="park": no other attempt
+    # the run was being cancelled: the policy would retry, the committed run does not
+    (StepFailed("pay", Role.FORWARD, 1, "503"), _outcome(StepStatus.FAILED, 1), "FAILURE"),
 ])
-def test_an_attempts_outcome_is_its_tasks_state(step, role, attempt, event, state):
-    assert state_of(TABLE, step, role, attempt, event) == state
+def test_an_attempts_task_state_is_what_the_committed_run_says(event, after, state):
+    claimed = event.fence  # in this table each attempt's fence is its number
+    assert state_of(event, after.retried("pay", Role.FORWARD, claimed)) == state
 
 
 # -- the command ---------------------------------------------------------------------------
