@@ -235,7 +235,9 @@ def measure(url: str, long_id: str, repeat: int) -> list[tuple[str, tuple, tuple
 
 
 def report(rows: list[tuple[str, tuple, tuple | None]]) -> None:
-    print(f"\n{'page':<34} {'console ms':>18} {'JSON API ms':>18} {'console KB':>11}")
+    load = ", ".join(f"{n:.1f}" for n in os.getloadavg())
+    print(f"\nload average {load} on {os.cpu_count()} cores (others' work slows every figure)")
+    print(f"{'page':<34} {'console ms':>18} {'JSON API ms':>18} {'console KB':>11}")
     print(f"{'':<34} {'median (max)':>18} {'median (max)':>18}")
     for name, ours, base in rows:
         theirs = f"{base[0]:8.1f} ({base[1]:6.1f})" if base else f"{'—':>17}"

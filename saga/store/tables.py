@@ -82,6 +82,11 @@ steps = sa.Table(
              postgresql_where=sa.text("status = 'queued' AND start_by IS NOT NULL"),
              sqlite_where=sa.text("status = 'queued' AND start_by IS NOT NULL")),
     sa.Index("steps_name_status", "name", "role", "status"),
+    # The console's aggregates: a window's finished steps, and the rare steps in doubt.
+    sa.Index("steps_finished", "finished_at", postgresql_where=sa.text("finished_at IS NOT NULL"),
+             sqlite_where=sa.text("finished_at IS NOT NULL")),
+    sa.Index("steps_in_doubt", "run_id", postgresql_where=sa.text("in_doubt"),
+             sqlite_where=sa.text("in_doubt")),
     sa.Index("steps_errored", "run_id", postgresql_where=sa.text("error IS NOT NULL"),
              sqlite_where=sa.text("error IS NOT NULL")),
 )
