@@ -31,11 +31,11 @@ def missing() -> list[str]:
 
 
 def need_browser() -> None:
-    """Skip the calling test module (or, in CI, fail) unless Playwright and chromium are here."""
+    """Skip the calling test (or, in CI, fail it) unless Playwright and chromium are here."""
     lacks = missing()
     if not lacks:
         return
     message = "the browser tests need " + " and ".join(lacks)
     if IN_CI:
         pytest.fail(f"CI runs the browser tests: {message}", pytrace=False)
-    pytest.skip(message, allow_module_level=True)
+    pytest.skip(message)
