@@ -32,9 +32,9 @@ class OrderSchema(Schema):
     order_id = fields.Str(required=True, validate=validate.Length(min=1, max=100))
     items = fields.List(fields.Nested(ItemSchema), required=True, validate=validate.Length(min=1))
     amount_cents = fields.Int(required=True, strict=True, validate=validate.Range(min=1))
-    card = fields.Str(required=True)
+    card = fields.Str(required=True, metadata={"sensitive": True})  # masked in the console
     address = fields.Str(required=True)
-    email = fields.Email(required=True)
+    email = fields.Email(required=True, metadata={"sensitive": True})
 
 
 class ServiceUnavailable(Exception):
