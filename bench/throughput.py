@@ -700,7 +700,11 @@ def flower(db: Database, broker: str, folder: Path) -> subprocess.Popen[bytes]:
         except requests.RequestException:
             return False
 
-    wait_for(answers, 30, "flower to answer")
+    try:
+        wait_for(answers, 30, "flower to answer")
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
     return process
 
 

@@ -9,6 +9,7 @@ elsewhere (a pipe, CI) it exits. `SAGA_DEMO_SERVE=1` or `0` chooses either way.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import shutil
@@ -45,7 +46,7 @@ def main() -> int:
     folder = tempfile.mkdtemp(prefix="saga-demo-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # nothing left behind in /tmp
     for stop in (signal.SIGTERM, signal.SIGHUP):  # killed or its terminal closed: still clean up
-        signal.signal(stop, _exit)
+        signal.signal(stop, functools.partial(_exit_now, folder))
     settings = Settings.from_env(os.environ, database_url=f"sqlite:///{folder}/demo.db",
                                  broker_url="memory://", sagas=("examples.fulfillment",),
                                  worker_concurrency=4, sweep_interval_s=0.2,
@@ -63,9 +64,9 @@ def main() -> int:
             print(f"Watch these orders in the web console: {console} — Ctrl-C to stop",
                   flush=True)
             try:
-                threading.Event().wait()  # until Ctrl-C (or SIGTERM, SIGHUP)
+                threading.Event().wait()  # until Ctrl-C
             except KeyboardInterrupt:
-                print()
+                print("\nstopping the embedded stack (Ctrl-C again: at once)", flush=True)
         else:
             print(f"The web console showed these orders at {console} while the demo ran; "
                   "on a terminal (or with SAGA_DEMO_SERVE=1) the demo keeps serving it.")
@@ -125,9 +126,17 @@ def serving() -> bool:
     return sys.stdout.isatty()
 
 
-def _exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds the stack, so the temp folder is removed
+def _exit_now(folder: str, signum: int, frame: object) -> None:
+    """Remove the folder and exit at once: a throwaway stack has nothing to shut down
+    gracefully, and whoever sent the signal may follow it with SIGKILL (script(1) does,
+    2 s later), while the worker's graceful stop can take longer."""
+    sys.stdout.flush()
+    shutil.rmtree(folder, ignore_errors=True)
+    os._exit(128 + signum)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # while the orders run, or again while stopping
+        sys.exit(130)

@@ -1,6 +1,7 @@
 """The Run page: one run's timeline, graph, input, steps and history, and what may be done to it.
 
     GET  /ui/runs/<id>                    the page (read)
+    GET  /ui/runs/<id>/live?seen=…        its live parts, while the run is not over (read)
     GET  /ui/runs/<id>/retry|cancel       a confirmation page (the no-script way to confirm)
     POST /ui/runs/<id>/retry|cancel       admin, as POST /v1/runs/<id>/retry|cancel
     GET  /ui/runs/<id>/signal?name=…      the signal's form
@@ -11,10 +12,16 @@ Actions call the engine exactly as the API does (`engine.retry/cancel/signal` wi
 token's name as actor), behind the same scopes; a button the token's scope does not allow
 is not offered, and its POST is refused (403) anyway. What the engine refuses is shown on
 the page, naming why; what it did is in the history the page redirects back to.
+
+While the run is not over the page refreshes itself: htmx asks `live` every 2 s with the
+version of the run it shows (`seen`); the answer is 204 while nothing changed, else the
+head, actions and body again, swapped in out of band (run.js keeps open details, scroll
+places and a dialog or a half-filled form as they were).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -56,6 +63,7 @@ ACTIONS = {"retry": "admin", "cancel": "admin"}  # as POST /v1/runs/<id>/retry|c
 SIGNAL_SCOPE = "operate"  # as POST /v1/runs/<id>/signals/<name>
 STATUS_OF = {RunNotFound: 404, UnknownSignal: 404, InvalidInput: 422, RunStateConflict: 409}
 EVENT_DETAIL = ("error", "reason", "message", "answer")
+REFRESH_S = 2  # how often an open Run page asks whether the run changed
 
 
 # -- the page -------------------------------------------------------------------------------
@@ -68,27 +76,63 @@ def run_page(run_id: str) -> Any:
 
 def _page(run_id: str, *, error: str | None = None, status: int = 200,
           form: SignalForm | None = None) -> Any:
-    system = current()
     try:
-        run = system.store.get_run(_checked(run_id))
-        events = system.store.events(run_id)
+        run = current().store.get_run(_checked(run_id))
     except RunNotFound:
         return _not_found(run_id)
+    return flask.render_template("console/run.html", error=error,
+                                 **_shown(run, form=form)), status
+
+
+@console.get("/runs/<run_id>/live", endpoint="run_live")
+@signed_in("read")
+def run_live(run_id: str) -> Any:
+    """The page's live parts, out of band; 204 while the run is as the page saw it (`seen`)."""
+    store = current().store
+    try:
+        run = store.get_run(_checked(run_id))
+    except RunNotFound:
+        return "", 286  # pruned while the page was open: htmx stops asking
+    version = _version(run, store.last_event_id(run_id))
+    if flask.request.args.get("seen") == version:
+        return "", 204
+    return flask.render_template("console/run_live.html",
+                                 **_shown(run, version=version, oob=True))
+
+
+def _shown(run: dict[str, Any], *, form: SignalForm | None = None, version: str | None = None,
+           oob: bool = False) -> dict[str, Any]:
+    """What the page's templates read of the run: its history laid out, its actions; `oob`:
+    each live part marked to be swapped in out of band."""
+    store = current().store
+    events = store.events(run["id"])
     saga = _definition(run)
     signal_steps = {name: [s.name for s in saga.signal_steps(name)]
                     for name in _signal_names(saga)} if saga else None
-    timeline = layout(events, now=system.store.now(), signal_steps=signal_steps,
-                      finished=RunStatus(run["status"]).terminal)
+    over = RunStatus(run["status"]).terminal
+    timeline = layout(events, now=store.now(), signal_steps=signal_steps, finished=over)
     forms = _signal_forms(saga, run)
     if form is not None:  # the form sent, with its values and errors, in place of the blank
         forms = [form if f.name == form.name else f for f in forms]
-    return flask.render_template(
-        "console/run.html", run=run, saga=saga, events=events, error=error,
-        input=masked(saga, run["input"]), timeline=timeline, drawing=_drawing(timeline),
+    if version is None:
+        version = _version(run, events[-1]["id"] if events else 0)
+    return dict(
+        run=run, saga=saga, events=events, input=masked(saga, run["input"]),
+        timeline=timeline, drawing=_drawing(timeline),
         graph=graph_svg(saga, _graph_states(run)) if saga else None,
         actions=_actions(saga, run), signal_forms=forms, detail=_detail, clock=_clock,
-        since=lambda at: _since(run["created_at"], at), as_json=_as_json,
-        took=_took(run)), status
+        since=lambda at: _since(run["created_at"], at), as_json=_as_json, took=_took(run),
+        live_url=None if over else flask.url_for("console.run_live", run_id=run["id"],
+                                                 seen=version),
+        refresh_s=REFRESH_S, oob=oob)
+
+
+def _version(run: dict[str, Any], last_event: int) -> str:
+    """The run as the page shows it, in a few characters: its newest event and a digest of
+    its row and steps (a change without an event, such as a step's worker, shows too)."""
+    digest = hashlib.blake2b(json.dumps(run, sort_keys=True, default=str).encode(),
+                             digest_size=8).hexdigest()
+    return f"{last_event}-{digest}"
 
 
 def _not_found(run_id: str) -> Any:

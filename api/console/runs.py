@@ -4,7 +4,9 @@
 
 Times in the form and on the page are UTC. The page's list is a fragment that htmx asks
 for again every few seconds (the same URL, with `HX-Target: runs-live`), so the filters
-stay as they are and the form keeps its focus.
+stay as they are and the form keeps its focus. The counts per status are a fragment of
+their own (`HX-Target: runs-counts`), asked for less often: they count every run the
+filters leave, where the list reads one page.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from saga.store.search import STATUSES, RunFilter
 PAGE_SIZE = 50
 MAX_SEARCH_CHARS = 200
 INPUT_CHARS = 160  # of a run's input, shown in one table cell
-LIVE_TARGET = "runs-live"
+LIVE_TARGET = "runs-live"  # the list and its pager
+COUNTS_TARGET = "runs-counts"  # the counts per status
 REFRESH_S = 3
+COUNTS_REFRESH_S = 15
 FILTER_ARGS = ("saga", "version", "status", "from", "to", "q")
 
 
@@ -51,28 +55,29 @@ class Query:
 @console.get("/runs")
 @signed_in("read")
 def runs() -> Any:
-    """Runs newest first; with `HX-Target: runs-live`, only the list (the live refresh)."""
+    """Runs newest first; with `HX-Target: runs-live` or `runs-counts`, only that part (the
+    live refresh)."""
     query = read_query(flask.request.args)
-    store = current().store
+    target = flask.request.headers.get("HX-Target")
     page: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
     next_cursor = None
     if not query.errors:
         try:
-            shown = store.runs_page(query.where, PAGE_SIZE, query.cursor)
+            page, next_cursor, counts = _read(query, target)
         except ValueError:  # a cursor this console did not make
             query.errors["cursor"] = ("This page link is out of date or broken; start again "
                                       "from the first page.")
-        else:
-            page, next_cursor, counts = shown.runs, shown.cursor, shown.counts
     context = {"query": query, "rows": [_row(run) for run in page], "counts": counts,
                "statuses": STATUSES, "next_url": query.url(cursor=next_cursor)
                if next_cursor else None, "refresh_s": REFRESH_S, "live_target": LIVE_TARGET,
+               "counts_refresh_s": COUNTS_REFRESH_S, "counts_target": COUNTS_TARGET,
                "now": datetime.now(UTC)}
     status = 400 if query.errors else 200
-    if flask.request.headers.get("HX-Target") == LIVE_TARGET:
+    if target in (LIVE_TARGET, COUNTS_TARGET):
+        part = "runs_list" if target == LIVE_TARGET else "runs_counts"
         response = flask.make_response(
-            flask.render_template("console/runs_list.html", **context), status)
+            flask.render_template(f"console/{part}.html", **context), status)
     else:
         sagas = sorted({saga.name for saga in current().registry} | (
             {query.where.saga} if query.where.saga else set()))
@@ -80,6 +85,19 @@ def runs() -> Any:
             flask.render_template("console/runs.html", sagas=sagas, **context), status)
     response.vary.add("HX-Target")
     return response
+
+
+def _read(query: Query, target: str | None) -> tuple[list[dict[str, Any]], str | None,
+                                                    dict[str, int]]:
+    """(page, next cursor, counts) as the request shows them: each refresh reads its own
+    part alone, but a search reads its matches once for both."""
+    store = current().store
+    if target == COUNTS_TARGET:
+        return [], None, store.count_runs(query.where)
+    if target == LIVE_TARGET and not query.where.text:
+        return (*store.search_runs(query.where, PAGE_SIZE, query.cursor), {})
+    shown = store.runs_page(query.where, PAGE_SIZE, query.cursor)
+    return shown.runs, shown.cursor, shown.counts
 
 
 def read_query(args: Any) -> Query:

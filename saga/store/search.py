@@ -30,7 +30,7 @@ from saga.clock import aware
 from saga.run import Role, RunStatus, StepStatus
 from saga.store.database import Database
 from saga.store.rows import decode_cursor, encode_cursor, run_view
-from saga.store.tables import runs, steps
+from saga.store.tables import events, runs, steps
 
 __all__ = ["RunFilter", "RunSearch", "RunsPage", "STATUSES"]
 
@@ -72,7 +72,7 @@ class RunsPage:
 
 
 class RunSearch(Database):
-    """Mixed into Store: what the console's runs page reads."""
+    """Mixed into Store: what the console's runs page reads, and what its Run page polls."""
 
     def runs_page(self, where: RunFilter, limit: int = 50,
                   cursor: str | None = None) -> RunsPage:
@@ -111,22 +111,44 @@ class RunSearch(Database):
     def count_runs(self, where: RunFilter) -> dict[str, int]:
         """Runs per status (every one of STATUSES, and "all") under the other filters.
 
-        One GROUP BY over the runs the filters leave (parked counted in it), and one count
-        of the waiting among the running, which reads the running runs alone.
+        One statement, so the counts agree with each other. Without a search: a GROUP BY
+        status (with no other filter, an index-only scan), and the parked and the waiting
+        each counted from their own few rows (the partial indexes `runs_parked` and
+        `steps_waiting`), never by asking each running run. A search reads every run the
+        filters leave anyway, so it counts in that one pass.
         """
         conditions = self._conditions(replace(where, status=None))
-        parked = sa.func.count().filter(runs.c.parked.is_not(None))
-        by_status = (sa.select(runs.c.status, sa.func.count(), parked)
-                     .where(*conditions).group_by(runs.c.status))
-        waiting = sa.select(sa.func.count()).select_from(runs).where(*conditions, _waiting_run())
+        parked, waiting = runs.c.parked.is_not(None), _waiting_run()
+        if where.text:
+            query: sa.Select[Any] | sa.CompoundSelect = (
+                sa.select(runs.c.status, sa.func.count(), sa.func.count().filter(parked),
+                          sa.func.count().filter(waiting))
+                .where(*conditions).group_by(runs.c.status))
+        else:
+            none = sa.literal(0)
+            query = sa.union_all(
+                sa.select(runs.c.status, sa.func.count(), none, none)
+                .where(*conditions).group_by(runs.c.status),
+                sa.select(sa.literal(PARKED), none, sa.func.count(), none)
+                .select_from(runs).where(*conditions, parked),
+                sa.select(sa.literal(WAITING), none, none, sa.func.count())
+                .select_from(runs).where(*conditions, waiting))
         counts = dict.fromkeys(("all", *STATUSES), 0)
         with self.engine.connect() as conn:
-            for status, count, parked_count in conn.execute(by_status):
-                counts["all"] += count
-                counts[status] = counts.get(status, 0) + count
+            for status, count, parked_count, waiting_count in conn.execute(query):
+                if status not in (PARKED, WAITING):
+                    counts["all"] += count
+                    counts[status] = counts.get(status, 0) + count
                 counts[PARKED] += parked_count
-            counts[WAITING] = conn.execute(waiting).scalar_one()
+                counts[WAITING] += waiting_count
         return counts
+
+    def last_event_id(self, run_id: str) -> int:
+        """The id of the run's newest event (0 before any): the Run page's live refresh
+        asks it to see whether the history grew (one probe of the `events_run` index)."""
+        query = sa.select(sa.func.max(events.c.id)).where(events.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one() or 0)
 
     def _matches(self, where: RunFilter) -> Sequence[sa.Row] | None:
         """Every run the search matches, briefly; None when there are more than MATCHES_READ."""
@@ -221,17 +243,18 @@ def _number(text: str) -> int | float | None:
 
 
 def _waiting_run() -> sa.ColumnElement[bool]:
-    """A running run whose unfinished forward steps are all waits (one at least).
+    """A running run with a forward step waiting (a timer, a signal) and none busy.
 
-    A scalar subquery, so PostgreSQL probes the steps key per run it asks about, rather
-    than hashing every step of every run as it would for EXISTS … AND NOT EXISTS.
+    EXISTS … AND NOT EXISTS: to count or list the waiting, PostgreSQL starts from the few
+    waiting steps (the partial index `steps_waiting`) and probes each one's run and busy
+    steps by key; for one run (a row's label) it is two probes of the steps' key.
     """
-    unfinished = (sa.select(sa.func.min(sa.case((steps.c.status == StepStatus.WAITING, 1),
-                                                else_=0)))
-                  .where(steps.c.run_id == runs.c.id, steps.c.role == str(Role.FORWARD),
-                         steps.c.status.in_([str(StepStatus.WAITING), *map(str, BUSY)]))
-                  .scalar_subquery())
-    return sa.and_(runs.c.status == RunStatus.RUNNING, unfinished == 1)
+    forward = steps.c.role == str(Role.FORWARD)
+    waits = sa.exists().where(steps.c.run_id == runs.c.id, forward,
+                              steps.c.status == str(StepStatus.WAITING))
+    busy = sa.exists().where(steps.c.run_id == runs.c.id, forward,
+                             steps.c.status.in_(list(map(str, BUSY))))
+    return sa.and_(runs.c.status == str(RunStatus.RUNNING), waits, ~busy)
 
 
 def _is(match: sa.Row, status: str | None) -> bool:

@@ -39,6 +39,9 @@ runs = sa.Table(
     sa.Index("runs_deadline_due", "deadline_at",
              postgresql_where=sa.text("status = 'running' AND deadline_at IS NOT NULL"),
              sqlite_where=sa.text("status = 'running' AND deadline_at IS NOT NULL")),
+    # The console counts and lists the rare parked runs without reading the others.
+    sa.Index("runs_parked", "created_at", "id", postgresql_where=sa.text("parked IS NOT NULL"),
+             sqlite_where=sa.text("parked IS NOT NULL")),
 )
 
 steps = sa.Table(
@@ -89,6 +92,10 @@ steps = sa.Table(
              sqlite_where=sa.text("in_doubt")),
     sa.Index("steps_errored", "run_id", postgresql_where=sa.text("error IS NOT NULL"),
              sqlite_where=sa.text("error IS NOT NULL")),
+    # The console's waiting runs, found from the steps that wait (few) rather than by
+    # asking each running run.
+    sa.Index("steps_waiting", "run_id", postgresql_where=sa.text("status = 'waiting'"),
+             sqlite_where=sa.text("status = 'waiting'")),
 )
 
 events = sa.Table(

@@ -5,7 +5,7 @@ compensated, and repairs runs: retries a failed one, cancels a waiting one, send
 signal it waits for. A read-only token is offered none of that. Every page loads only
 from the app itself (the `page` fixture fails a test whose page asks any other host).
 Each test waits on what the page shows, with Playwright's `expect` and its deadline; the
-run page does not refresh by itself, so a test waits for the run through the API first.
+run page refreshes itself while the run goes on, so a test watches it finish there.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ except ImportError:  # the `browser` fixture skips each test (in CI: fails it), 
     expect = None  # type: ignore[assignment]
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
+
+
+RUN_MS = 20_000  # what a run may take to finish, watched on its page (as wait_terminal's 20 s)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -65,6 +68,13 @@ def failed_run(stack: Stack) -> str:
     return run_id
 
 
+def send_label(stack: Stack, run_id: str, tracking: str) -> None:
+    """The shipping label, sent through the API (not the page under test)."""
+    sent = stack.http.post(f"{stack.base}/v1/runs/{run_id}/signals/shipping_label",
+                           json={"payload": {"tracking": tracking}}, timeout=10)
+    assert sent.status_code == 202, sent.text
+
+
 def history_by(page: Page, name: str) -> Locator:
     """The rows of the run's history that token `name` caused."""
     return page.get_by_role("region", name=re.compile("^History")).get_by_role("row").filter(
@@ -72,7 +82,7 @@ def history_by(page: Page, name: str) -> Locator:
 
 
 def status_badge(page: Page) -> Locator:
-    return page.locator(".run-badges .status").first
+    return page.locator('[data-test="run-status"]')
 
 
 # -- the tests ----------------------------------------------------------------------------
@@ -145,13 +155,13 @@ def test_a_failed_run_is_retried_and_finishes(
     warehouse_back(console_stack.folder, run_id).touch()
     page.get_by_role("button", name="Retry…").click()
     page.get_by_role("dialog").get_by_role("button", name="Retry run").click()
-    # Then the page says so, the run finishes compensated, and its history names ada
+    # Then the page says so and, without a reload, shows the run finish compensated,
+    # its history naming ada
     expect(page.get_by_role("status")).to_contain_text("Retry requested")
-    assert console_stack.wait_terminal(run_id, 20)["status"] == "compensated"
-    page.reload()
-    expect(status_badge(page)).to_have_text("compensated")
+    expect(status_badge(page)).to_have_text("compensated", timeout=RUN_MS)
     expect(history_by(page, "ada").first).to_be_visible()
     expect(page.get_by_role("button", name="Retry…")).to_have_count(0)
+    assert console_stack.run(run_id)["status"] == "compensated"
 
 
 def test_a_waiting_order_is_cancelled(
@@ -165,10 +175,28 @@ def test_a_waiting_order_is_cancelled(
     page.get_by_role("dialog").get_by_role("button", name="Cancel run").click()
     # Then what it did is undone, and the history says ada asked for it
     expect(page.get_by_role("status")).to_contain_text("Cancel requested")
-    assert console_stack.wait_terminal(run_id, 20)["status"] == "cancelled"
-    page.reload()
-    expect(status_badge(page)).to_have_text("cancelled")
+    expect(status_badge(page)).to_have_text("cancelled", timeout=RUN_MS)  # no reload
     expect(history_by(page, "ada").first).to_be_visible()
+    assert console_stack.run(run_id)["status"] == "cancelled"
+
+
+def test_an_open_dialog_stays_open_while_the_page_refreshes_behind_it(
+        page: Page, console_stack: Stack, tokens: dict[str, str],
+        sign_in: Callable[..., None]) -> None:
+    # Given the Cancel dialog open on an order waiting for its label
+    run_id = waiting_for_label(console_stack)
+    sign_in(tokens["admin"], f"/ui/runs/{run_id}")
+    page.get_by_role("button", name="Cancel run…").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_be_visible()
+    # When the label arrives through the API and the run finishes
+    send_label(console_stack, run_id, "1Z-BEHIND")
+    # Then the page behind the dialog shows it, and the dialog stays open
+    expect(status_badge(page)).to_have_text("succeeded", timeout=RUN_MS)
+    expect(dialog).to_be_visible()
+    # When it is closed, then the actions catch up: nothing is left to cancel
+    dialog.get_by_role("link", name="Keep it as it is").click()
+    expect(page.get_by_role("button", name="Cancel run…")).to_have_count(0)
 
 
 def test_a_signal_is_sent_through_its_form(
@@ -186,15 +214,12 @@ def test_a_signal_is_sent_through_its_form(
     review.get_by_role("button", name="Send signal", exact=True).click()
     # Then the run goes on and emails the buyer the tracking number, sent by ada
     expect(page.get_by_role("status")).to_contain_text("sent")
-    run = console_stack.wait_terminal(run_id, 20)
-    assert run["status"] == "succeeded"
-    page.reload()
-    expect(status_badge(page)).to_have_text("succeeded")
+    expect(status_badge(page)).to_have_text("succeeded", timeout=RUN_MS)  # no reload
     expect(history_by(page, "ada").filter(has_text="signal.received")).to_have_count(1)
     expect(page.get_by_role("region", name="Steps")).to_contain_text("1Z999AA10123456784")
 
 
-def test_a_read_token_is_offered_no_repair(
+def test_a_read_token_is_offered_no_repair_and_watches_a_run_finish(
         page: Page, console_stack: Stack, tokens: dict[str, str],
         sign_in: Callable[..., None]) -> None:
     # Given a failed run and a run waiting for a signal
@@ -207,6 +232,11 @@ def test_a_read_token_is_offered_no_repair(
     expect(status_badge(page)).to_have_text("running")
     for name in ("Cancel run…", "Send signal shipping_label…"):
         expect(page.get_by_role("button", name=name)).to_have_count(0)
+    # When the label arrives through the API meanwhile, then the open page shows the run
+    # go on and finish, by itself
+    send_label(console_stack, waiting, "1Z-WATCHED")
+    expect(status_badge(page)).to_have_text("succeeded", timeout=RUN_MS)
+    expect(page.get_by_role("region", name="Steps")).to_contain_text("1Z-WATCHED")
     # and the confirmation page behind the button refuses it
     page.goto(f"/ui/runs/{failed}/retry")
     expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()

@@ -450,6 +450,43 @@ def test_retry_resumes_a_failed_run_and_is_recorded_with_the_actor(console):
     assert "only a failed or parked run can be retried" in alert(refused.text)
 
 
+LIVE = re.compile(r'<div id="run-live" hidden data-live hx-get="([^"]+)" '
+                  r'hx-trigger="every 2s" hx-swap="outerHTML"></div>')
+
+
+def test_the_page_refreshes_itself_until_the_run_is_over(console):
+    """Given a failed run, retried from its page, When the page's live refresh asks while
+    the run is as it saw it, Then 204 (nothing to swap); When the compensation has run,
+    Then the head, actions and body come back out of band, the status and history
+    updated, with an inert poller: the asking stops. A finished run's page never asks."""
+    run_id = console.kit.run("brittle", {}).id
+    admin = console.client("admin", "alice")
+    assert LIVE.search(page(admin, run_id)) is None  # failed: over, unless retried
+    assert '<div id="run-live" hidden></div>' in page(admin, run_id)
+    FIXED_UNDO.add(run_id)
+    assert post(admin, f"/ui/runs/{run_id}/retry").status_code == 303
+    html = page(admin, run_id)
+    assert '<span class="status status-compensating" data-test="run-status">' in html
+    live = unescape(LIVE.search(html).group(1))
+    assert live.startswith(f"/ui/runs/{run_id}/live?seen=")
+    reader = console.client("read")
+    assert reader.get(live).status_code == 204  # a read token may watch; nothing changed
+
+    assert console.kit.settle(run_id).status == "compensated"
+    fresh = reader.get(live)
+    assert fresh.status_code == 200
+    parts = fresh.text
+    assert parts.lstrip().startswith('<div id="run-live" hidden></div>')  # asks no more
+    assert "<html" not in parts and "<form" not in parts  # no actions for a finished run
+    for part in ("run-head", "run-actions", "run-body"):
+        assert re.search(rf'id="{part}" hx-swap-oob="true"', parts), part
+    assert '<span class="status status-compensated" data-test="run-status">' in parts
+    history = parts[parts.index('id="history"'):]
+    assert "compensation.succeeded" in history and ">alice<" in history
+    assert reader.get(f"/ui/runs/{run_id}/live?seen=x").status_code == 200
+    assert reader.get(f"/ui/runs/{'0' * 8}-0000-4000-8000-{'0' * 12}/live").status_code == 286
+
+
 def test_a_read_token_gets_no_action_buttons_and_a_403_on_every_action(console):
     failed = console.kit.run("brittle", {}).id
     parcel = waiting(console, "parcel")

@@ -16,7 +16,7 @@ import flask
 import pytest
 from marshmallow import Schema, fields
 
-from saga import NonRetryable, Saga, Step, WaitForSignal
+from saga import NonRetryable, Parallel, Saga, Step, WaitForSignal
 from saga.api import create_app
 from saga.api.console import runs as runs_page
 from saga.registry import Registry
@@ -164,6 +164,33 @@ def test_a_waiting_run_is_marked_waiting_in_the_list(client, made):
     assert '<span class="status status-waiting">waiting</span>' in row
 
 
+def test_a_run_waits_only_once_no_forward_step_is_busy(pg_template):
+    """Given a run whose signal wait runs beside a step, When the step is still queued,
+    Then the run is running but not waiting; When the step is done and only the wait is
+    left, Then it is counted and listed as waiting (found from the waiting steps)."""
+    fork = Saga("fork", steps=[Step("pack", ok), Parallel(WaitForSignal("label"),
+                                                          Step("weigh", ok)), Step("send", ok)])
+    with template_copies(pg_template, "console_waiting") as make:
+        system = build(Settings(database_url=make(), broker_url="memory://", inline_steps=0),
+                       Registry([fork]))
+        try:
+            store, run_id = system.store, system.engine.start("fork", {})[0]
+            system.worker.run_step(run_id, "pack", Role.FORWARD, "fork", 1, worker="w-test")
+            assert {s["name"]: s["status"] for s in store.get_run(run_id)["steps"]} == {
+                "pack": "succeeded", "label": "waiting", "weigh": "queued"}
+            assert store.count_runs(RunFilter())[search.WAITING] == 0
+            assert store.search_runs(RunFilter(status="waiting"))[0] == []
+            assert store.search_runs(RunFilter())[0][0]["waiting"] is False
+
+            system.worker.run_step(run_id, "weigh", Role.FORWARD, "fork", 1, worker="w-test")
+            assert store.count_runs(RunFilter())[search.WAITING] == 1
+            assert [r["id"] for r in store.search_runs(RunFilter(status="waiting"))[0]] == [run_id]
+            assert store.search_runs(RunFilter())[0][0]["waiting"] is True
+            assert store.runs_page(RunFilter(text=run_id)).counts[search.WAITING] == 1
+        finally:
+            system.store.close()
+
+
 # -- the search box -----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -247,6 +274,25 @@ def test_the_live_refresh_gets_the_list_alone_for_the_same_filters(client, made)
     assert 'hx-get="/ui/runs?saga=parcel&amp;status=running"' in response.text
     assert 'hx-trigger="every 3s"' in response.text
     assert RUN_LINK.findall(response.text) == [made["running"], made["parked"], made["waiting"]]
+
+
+def test_the_counts_refresh_alone_and_less_often_than_the_list(client, made):
+    """The list's refresh reads one page and no counts; the counts' own refresh, every
+    15 s, reads the counts for the same filters and no page."""
+    headers = {"HX-Request": "true", "HX-Target": "runs-counts"}
+    response = client.get("/ui/runs?saga=parcel&status=running", headers=headers)
+    assert response.status_code == 200
+    assert response.text.lstrip().startswith('<div id="runs-counts"')
+    assert 'hx-trigger="every 15s"' in response.text
+    assert RUN_LINK.findall(response.text) == [] and "<table" not in response.text
+    shown = {label: int(n) for n, label in re.findall(
+        r'<span class="n">(\d+)</span><span class="label">([a-z]+)</span>', response.text)}
+    assert shown == {"all": 4, "running": 3, "waiting": 1, "compensating": 0, "succeeded": 0,
+                     "compensated": 0, "failed": 0, "cancelled": 1, "parked": 1}
+    listed_alone = client.get("/ui/runs?saga=parcel", headers={**headers, "HX-Target": "runs-live"})
+    assert 'class="counts"' not in listed_alone.text and RUN_LINK.findall(listed_alone.text)
+    whole = client.get("/ui/runs?saga=parcel").text  # the page has both, each refreshing
+    assert '<div id="runs-counts"' in whole and '<div id="runs-live"' in whole
 
 
 def test_bad_filters_answer_400_and_name_what_is_wrong(client):
