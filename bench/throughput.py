@@ -24,7 +24,8 @@ them (INFO lines of every attempt to a file, the pool's metrics served on a
 consuming them. The bench process starts the runs as the API would, with the same SAGA_*
 settings and log level. Each figure is also given as a ratio to the "off" run of the same
 repeat, with the median of those ratios; CPU ms per saga counts the worker, the bench
-process, PostgreSQL and the broker (not Flower); "load" is the 1-minute load average as
+process, PostgreSQL and the broker (not Flower), worker ms per saga the worker alone (the
+servers are shared with whoever else uses them); "load" is the 1-minute load average as
 the batch ended.
 
 Servers (override with environment variables): BENCH_DATABASE_URL (an admin database on
@@ -288,6 +289,9 @@ def _postgres_aux(pid: int) -> bool:
                              "stats", "logical replication"))
 
 
+WORKER_CPU = "worker (parent + 2 children)"
+
+
 class CpuMeter:
     """CPU seconds by kind of process between "begin" and "end" of the measured batch.
 
@@ -327,7 +331,7 @@ class CpuMeter:
             if pid == os.getpid():
                 kind = "bench process (starts runs, polls)"
             elif group == worker.popen.pid:
-                kind = "worker (parent + 2 children)"
+                kind = WORKER_CPU
             elif name == "postgres" and pid in self.bench_pids:
                 kind = "postgres backends of the bench db"
             elif name == "postgres" and _postgres_aux(pid):
@@ -383,6 +387,7 @@ class Result:
     others: float = 0.0  # cores busy with other people's work meanwhile
     solo_p50: float = 0.0  # end-to-end p50 of runs started one at a time (no queue)
     cpu_s: float = 0.0  # CPU seconds the bench's processes spent on the batch
+    worker_cpu_s: float = 0.0  # of which the worker's (PostgreSQL and the broker are shared)
     load: float = 0.0  # the machine's 1-minute load average as the batch ended
 
 
@@ -530,6 +535,7 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     result.failed = sum(1 for r in rows if r[2] != "succeeded")
     result.ours, result.others = meter.ours, meter.others
     result.cpu_s, result.load = meter.cpu_s, meter.load
+    result.worker_cpu_s = meter.by_kind.get(WORKER_CPU, 0.0)
     result.solo_p50 = percentile([r[0] for r in solo_rows], 0.5)
     return result
 
@@ -583,6 +589,7 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
     result = summarize(spans, submit_s)
     result.ours, result.others = meter.ours, meter.others
     result.cpu_s, result.load = meter.cpu_s, meter.load
+    result.worker_cpu_s = meter.by_kind.get(WORKER_CPU, 0.0)
     result.solo_p50 = percentile([end - start for start, end in solo], 0.5)
     return result
 
@@ -788,6 +795,9 @@ def print_comparison(results: dict[tuple[str, str], list[Result]], variants: Seq
     def cpu_ms(result: Result) -> float:
         return 1000 * result.cpu_s / n
 
+    def worker_ms(result: Result) -> float:
+        return 1000 * result.worker_cpu_s / n
+
     def ratio(got: Result, off: Result, value: Callable[[Result], float]) -> float:
         return value(got) / value(off)
 
@@ -795,7 +805,8 @@ def print_comparison(results: dict[tuple[str, str], list[Result]], variants: Seq
         ("sagas/s", lambda r: r.rate, lambda v: f"{v:.1f}"),
         ("p50", lambda r: r.p50, ms),
         ("p99", lambda r: r.p99, ms),
-        ("cpu ms/saga", cpu_ms, lambda v: f"{v:.1f}")]
+        ("cpu ms/saga", cpu_ms, lambda v: f"{v:.1f}"),
+        ("worker ms/saga", worker_ms, lambda v: f"{v:.1f}")]
     headers = ["broker", "repeat", "saga"]
     for title, _, _ in figures:
         headers += [title, "vs off"]
@@ -824,8 +835,11 @@ def print_comparison(results: dict[tuple[str, str], list[Result]], variants: Seq
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(headers)]
     print(f"\n{n} runs of {STEPS} no-op steps, worker -c 2; each figure beside its ratio to "
           f"the \"off\" saga of the same repeat; medians of {repeat} repeat(s) and of the ratios. "
-          "chain: the plain Celery chain (baseline); others: cores busy with the rest of the "
-          "machine; load: 1-minute load average as the batch ended")
+          "chain: the plain Celery chain (baseline); cpu: the worker, the bench process, the "
+          "bench database's backends, PostgreSQL's helpers and the broker (the last two shared "
+          "with anyone else on those servers); worker: the worker's processes alone; others: "
+          "cores busy with the rest of the machine; load: 1-minute load average as the batch "
+          "ended")
     print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     print("-|-".join("-" * w for w in widths))
     for line in lines:
