@@ -12,7 +12,7 @@ from saga.cli.common import registry as _registry
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
 from saga.observe.logsetup import configure
-from saga.settings import check_log_format, redacted
+from saga.settings import Settings, check_log_format, redacted
 
 
 @click.group(cls=Group)
@@ -98,7 +98,7 @@ def worker(concurrency: int | None, pool: str, metrics_port: int | None,
     from saga.tasks import broker_limit_problems, prepare_worker
 
     settings = _settings()
-    metrics_port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    metrics_port = _metrics_port(settings, metrics_port, settings.worker_metrics_port)
     if metrics_port:
         _count_in_files()  # before the sagas' modules import anything: the children inherit it
     sagas = _registry(settings)
@@ -127,8 +127,8 @@ def worker(concurrency: int | None, pool: str, metrics_port: int | None,
 def sweeper(metrics_port: int | None) -> None:
     """Republish lost dispatches, expire dead leases, fire due retries; safe to run many."""
     settings = _settings()
+    metrics_port = _metrics_port(settings, metrics_port, settings.sweeper_metrics_port)
     system = _system(settings)
-    metrics_port = settings.sweeper_metrics_port if metrics_port is None else metrics_port
     if metrics_port:
         _serve_metrics(metrics_port, "sweeper")
     system.sweeper.run_forever()
@@ -142,6 +142,15 @@ def _count_in_files() -> None:
         count_in_files()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _metrics_port(settings: Settings, given: int | None, configured: int) -> int:
+    """The port to serve metrics on (the option wins over the setting); 0: none."""
+    port = configured if given is None else given
+    if port and settings.metrics == "off":
+        raise click.UsageError(f"--metrics-port {port} would serve nothing: SAGA_METRICS=off "
+                               "counts nothing; unset one of them")
+    return port
 
 
 def _serve_metrics(port: int, what: str) -> None:

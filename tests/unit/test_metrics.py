@@ -461,3 +461,15 @@ def test_prometheus_scrapes_the_api_with_a_token_and_the_worker_and_sweeper_port
         assert target["port"] == int(port), job
     for name in ("prometheus", "grafana"):
         assert compose["services"][name]["profiles"] == ["monitoring"], name
+
+
+def test_a_metrics_port_with_metrics_off_is_refused_on_the_command_line(monkeypatch):
+    from click.testing import CliRunner
+
+    from saga.cli import main
+
+    monkeypatch.setenv("SAGA_METRICS", "off")
+    for command in ("worker", "sweeper"):
+        result = CliRunner().invoke(main, [command, "--metrics-port", "9999"])
+        assert result.exit_code == 2, result.output
+        assert "SAGA_METRICS=off" in result.output
