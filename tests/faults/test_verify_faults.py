@@ -122,3 +122,33 @@ def test_a_killed_charge_is_verified_before_it_is_tried_again(stack: Stack,
                                               "attempt=1 answer=not_done"]
     assert len(charges(stack, orders["unknown"])) == 1
     invariants.check(stack, list(runs.values()), registry)
+
+
+def test_past_the_pivot_a_step_that_cannot_succeed_parks_the_run_and_nothing_is_undone(
+        stack: Stack, registry: Registry) -> None:
+    """Given a run past its pivot (the charge), whose next step's worker child is SIGKILLed
+    and which then refuses for good (NonRetryable),
+    then the run is parked for a person, not compensated: the reservation is kept, nothing
+    is refunded, and a cancel is refused as past the pivot; once the cause is fixed, a retry
+    finishes the run."""
+    start(stack, dict(concurrency=2))
+    order_id = new_order()
+    run_id = stack.post_run("pivoted_order", {"order_id": order_id})
+    parked = wait_for(lambda: (found := stack.run(run_id))["parked"] and found, 30,
+                      "the run to be parked past its pivot")
+    assert parked["status"] == "running" and parked["compensations"] == [], parked
+    assert step_of(parked, "charge")["status"] == "succeeded"
+    assert step_of(parked, "ship")["status"] == "parked"
+    assert (stack.folder / f"ship-died-{run_id}").exists()  # the kill really happened
+    assert [a for a, _ in stack.effects(order_id)] == ["reserve", "charge"]  # nothing undone
+
+    refused = stack.http.post(f"{stack.base}/v1/runs/{run_id}/cancel", timeout=10)
+    assert refused.status_code == 409 and "past-pivot" in refused.json()["type"], refused.text
+
+    (stack.folder / f"ship-ok-{run_id}").touch()
+    response = stack.http.post(f"{stack.base}/v1/runs/{run_id}/retry", timeout=10)
+    assert response.status_code == 200, response.text
+    finished = stack.wait_terminal(run_id, 30)
+    assert finished["status"] == "succeeded", finished
+    assert [a for a, _ in stack.effects(order_id)] == ["reserve", "charge", "ship"]
+    invariants.check(stack, [run_id], registry)

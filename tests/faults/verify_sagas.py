@@ -17,8 +17,8 @@ from datetime import timedelta
 from typing import Any
 
 from examples.fulfillment import DEFAULT_SERVICES_URL
-from saga import Retry, Saga, Step, StepContext, Verified
-from tests.faults.worker_sagas import charge, folder, release, reserve, started
+from saga import NonRetryable, Retry, Saga, Step, StepContext, Verified
+from tests.faults.worker_sagas import charge, folder, release, reserve, ship, started
 
 LEASE = timedelta(seconds=1)  # the charge's heartbeat_timeout: a dead child's lease runs out
 CHECKS = "checks.log"
@@ -64,5 +64,27 @@ def charged(ctx: StepContext) -> Verified:
 verified_charge = Saga("verified_charge", steps=[
     Step("reserve", reserve, compensate=release),
     Step("charge", charge_or_die, verify=charged, heartbeat_timeout=LEASE,
+         retry=Retry(attempts=3, first_delay=timedelta(0))),
+])
+
+
+def ship_or_die(ctx: StepContext) -> dict[str, Any]:
+    """Past the pivot: dies once (SIGKILL after starting), then refuses for good until the
+    test creates `ship-ok-<run>` (a person fixed the address)."""
+    started(ctx)
+    marker = folder() / f"ship-died-{ctx.run_id}"
+    if not marker.exists():
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if not (folder() / f"ship-ok-{ctx.run_id}").exists():
+        raise NonRetryable("no carrier delivers to this address")
+    return ship(ctx)
+
+
+# Once the charge (the pivot) succeeded, nothing before it may be undone.
+pivoted_order = Saga("pivoted_order", steps=[
+    Step("reserve", reserve, compensate=release),
+    Step("charge", charge, pivot=True),
+    Step("ship", ship_or_die, heartbeat_timeout=LEASE,
          retry=Retry(attempts=3, first_delay=timedelta(0))),
 ])
