@@ -152,3 +152,20 @@ def test_past_the_pivot_a_step_that_cannot_succeed_parks_the_run_and_nothing_is_
     assert finished["status"] == "succeeded", finished
     assert [a for a, _ in stack.effects(order_id)] == ["reserve", "charge", "ship"]
     invariants.check(stack, [run_id], registry)
+
+
+def test_a_failed_step_is_undone_by_default_and_left_alone_with_compensate_failed_false(
+        stack: Stack, registry: Registry) -> None:
+    start(stack, dict(concurrency=2))
+    runs = {name: stack.post_run(name, {"order_id": new_order()})
+            for name in ("declined_default", "declined_kept")}
+    for name, run_id in runs.items():
+        finished = stack.wait_terminal(run_id, 30)
+        assert finished["status"] == "compensated", finished
+        undone = [c["name"] for c in finished["compensations"] if c["status"] == "succeeded"]
+        voids = executions(stack, f"{run_id}:charge:compensate")
+        if name == "declined_default":
+            assert undone == ["charge", "reserve"] and len(voids) == 1, finished
+        else:
+            assert undone == ["reserve"] and voids == [], finished
+    invariants.check(stack, list(runs.values()), registry)

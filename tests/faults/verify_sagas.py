@@ -18,7 +18,7 @@ from typing import Any
 
 from examples.fulfillment import DEFAULT_SERVICES_URL
 from saga import NonRetryable, Retry, Saga, Step, StepContext, Verified
-from tests.faults.worker_sagas import charge, folder, release, reserve, ship, started
+from tests.faults.worker_sagas import charge, executed, folder, release, reserve, ship, started
 
 LEASE = timedelta(seconds=1)  # the charge's heartbeat_timeout: a dead child's lease runs out
 CHECKS = "checks.log"
@@ -87,4 +87,25 @@ pivoted_order = Saga("pivoted_order", steps=[
     Step("charge", charge, pivot=True),
     Step("ship", ship_or_die, heartbeat_timeout=LEASE,
          retry=Retry(attempts=3, first_delay=timedelta(0))),
+])
+
+
+def decline(ctx: StepContext) -> dict[str, Any]:
+    raise NonRetryable("card declined")
+
+
+def void_charge(ctx: StepContext) -> dict[str, Any]:
+    executed(ctx)  # the test counts these lines: an undo of a charge that never happened
+    return {"voided": ctx.forward_key}
+
+
+# A declined charge: undone anyway by default (a failed call may have had its effect), or
+# left alone with compensate_failed=False.
+declined_default = Saga("declined_default", steps=[
+    Step("reserve", reserve, compensate=release),
+    Step("charge", decline, compensate=void_charge),
+])
+declined_kept = Saga("declined_kept", steps=[
+    Step("reserve", reserve, compensate=release),
+    Step("charge", decline, compensate=void_charge, compensate_failed=False),
 ])
