@@ -1,0 +1,77 @@
+"""A real `saga api` (gunicorn, as compose runs it) for the benches, and a token to call it.
+
+    with ApiServer(database_url, broker_url, folder, env={"SAGA_SAGAS": "bench.sagas"}) as api:
+        requests.post(f"{api.url}/v1/sagas/bench_five/runs", json={"input": {}},
+                      headers=api.headers(idempotency_key="k-1"))
+
+The server runs in its own process group (bench.throughput.Worker), so `stop` kills gunicorn's
+arbiter and its workers together; the port is chosen by the kernel (`--port 0`) and read from
+the line `saga api on http://HOST:PORT` that `saga api` prints when it listens.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from bench.throughput import ROOT, Worker, wait_for
+
+LISTENING = re.compile(r"saga api on (http://\S+)")
+
+
+class ApiServer:
+    """`python -m saga.cli api` with WORKERS processes of THREADS threads, and an operate token."""
+
+    def __init__(self, database_url: str, broker_url: str, folder: Path, *,
+                 env: dict[str, str] | None = None, workers: int = 2, threads: int = 4,
+                 scope: str = "operate") -> None:
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": database_url,
+                    "SAGA_BROKER_URL": broker_url, **(env or {})}
+        self.argv = [sys.executable, "-m", "saga.cli", "api", "--host", "127.0.0.1", "--port", "0",
+                     "--workers", str(workers), "--threads", str(threads)]
+        self.database_url, self.folder, self.scope = database_url, folder, scope
+        self.url = ""
+        self.token = ""
+        self.process: Worker | None = None
+
+    def __enter__(self) -> ApiServer:
+        import sqlalchemy as sa
+
+        from saga.store.tokens import TokenStore
+
+        engine = sa.create_engine(self.database_url)
+        try:
+            self.token = TokenStore(engine).create(f"bench-{uuid.uuid4().hex[:8]}", self.scope)
+        finally:
+            engine.dispose()
+        self.process = Worker("api", self.argv, self.env, self.folder)
+
+        def listening() -> str | None:
+            assert self.process is not None
+            if self.process.popen.poll() is not None:
+                raise RuntimeError(f"saga api exited ({self.process.popen.returncode}):\n"
+                                   f"{self.process.output()[-3000:]}")
+            found = LISTENING.search(self.process.output())
+            return found.group(1) if found else None
+
+        self.url = wait_for(listening, 60.0, "saga api to listen", interval=0.1)
+        return self
+
+    def headers(self, idempotency_key: str | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return headers
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
