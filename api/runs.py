@@ -20,6 +20,8 @@ from saga.api.schemas import (
 )
 from saga.api.system import current
 from saga.errors import InvalidInput, RunNotFound
+from saga.run import Role, Run
+from saga.store.rows import run_view, step_view
 
 blp = Blueprint("runs", __name__, description="Start, inspect and list saga runs")
 
@@ -46,14 +48,42 @@ def start_run(headers: dict[str, Any], body: dict[str, Any], name: str):
     Validates everything before writing anything, so an error leaves no trace.
     """
     engine = current().engine
+    key = headers.get("idempotency_key")
     try:
-        run_id, created = engine.start(name, body["input"], headers.get("idempotency_key"),
-                                       body.get("version"), actor=actor())
+        run_id, started = engine.start_run(name, body["input"], key, body.get("version"),
+                                           actor=actor())
     except InvalidInput as exc:
         errors = flatten(exc.errors, "input")
         raise Problem(422, f"The input does not match the schema of saga {name!r}.", "invalid-input",
                       errors) from exc
-    return current().store.get_run(run_id), 201 if created else 200, {"Location": f"/v1/runs/{run_id}"}
+    location = {"Location": f"/v1/runs/{run_id}"}
+    if started is None:  # an earlier request with this key started it: as stored now
+        return current().store.get_run(run_id), 200, location
+    # The run as this request committed it: reading it back would cost a connection and
+    # two queries per start for what the process holds already.
+    return started_view(started, key), 201, location
+
+
+def started_view(run: Run, idempotency_key: str | None) -> dict[str, Any]:
+    """A run just inserted, as `Store.get_run` would read it (its rows hold these values)."""
+    view = run_view({"id": run.id, "saga": run.saga, "version": run.version,
+                     "status": str(run.status), "input": run.input, "error": run.error,
+                     "idempotency_key": idempotency_key, "created_at": run.created_at,
+                     "updated_at": run.created_at, "finished_at": run.finished_at,
+                     "deadline_at": run.deadline_at, "parked": run.parked,
+                     "cancel_requested": run.cancel_requested})
+    # get_run's order: ORDER BY queued_at, name (PostgreSQL puts NULLs last)
+    ordered = sorted(run.steps.values(), key=lambda s: (
+        s.queued_at is None, s.queued_at or run.created_at, s.name))
+    views = [(s.role, step_view({
+        "name": s.name, "status": str(s.status), "attempt": s.attempt, "queued_at": s.queued_at,
+        "started_at": s.started_at, "finished_at": s.finished_at,
+        "next_attempt_at": s.next_attempt_at, "wake_at": s.wake_at, "lease_owner": s.lease_owner,
+        "output": s.output, "error": s.error, "in_doubt": s.in_doubt,
+        "checked": str(s.checked) if s.checked else None})) for s in ordered]
+    view["steps"] = [v for role, v in views if role is Role.FORWARD]
+    view["compensations"] = [v for role, v in views if role is Role.COMPENSATE]
+    return view
 
 
 @blp.get("/runs/<run_id>")

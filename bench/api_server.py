@@ -7,6 +7,9 @@
 The server runs in its own process group (bench.throughput.Worker), so `stop` kills gunicorn's
 arbiter and its workers together; the port is chosen by the kernel (`--port 0`) and read from
 the line `saga api on http://HOST:PORT` that `saga api` prints when it listens.
+`workers`/`threads` None: `saga api`'s own defaults (or SAGA_API_WORKERS/THREADS in `env`), as
+compose runs it. `tree`: serve another source tree of the project (a checkout of an older
+commit, say), to compare two versions side by side on the same servers.
 """
 
 from __future__ import annotations
@@ -27,12 +30,21 @@ class ApiServer:
     """`python -m saga.cli api` with WORKERS processes of THREADS threads, and an operate token."""
 
     def __init__(self, database_url: str, broker_url: str, folder: Path, *,
-                 env: dict[str, str] | None = None, workers: int = 2, threads: int = 4,
-                 scope: str = "operate") -> None:
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": database_url,
-                    "SAGA_BROKER_URL": broker_url, **(env or {})}
-        self.argv = [sys.executable, "-m", "saga.cli", "api", "--host", "127.0.0.1", "--port", "0",
-                     "--workers", str(workers), "--threads", str(threads)]
+                 env: dict[str, str] | None = None, workers: int | None = 2,
+                 threads: int | None = 4, scope: str = "operate",
+                 tree: Path | None = None) -> None:
+        self.env = {**os.environ, "PYTHONPATH": str(tree or ROOT),
+                    "SAGA_DATABASE_URL": database_url, "SAGA_BROKER_URL": broker_url,
+                    **(env or {})}
+        # `-m` would put this checkout (the working directory) first on sys.path.
+        command = ["-m", "saga.cli"] if tree is None else [
+            "-c", f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); "
+                  "runpy.run_module('saga.cli', run_name='__main__')"]
+        self.argv = [sys.executable, *command, "api", "--host", "127.0.0.1", "--port", "0"]
+        if workers is not None:
+            self.argv += ["--workers", str(workers)]
+        if threads is not None:
+            self.argv += ["--threads", str(threads)]
         self.database_url, self.folder, self.scope = database_url, folder, scope
         self.url = ""
         self.token = ""

@@ -89,7 +89,7 @@ def experiments(names: set[str]) -> None:
 
     from saga import store
     from saga.store import database
-    from saga.worker.runner import heartbeat
+    from saga.worker import heartbeat
 
     if "no_preping" in names:
         original = database.make_engine

@@ -49,13 +49,14 @@ def report_stats(folder: Path, steps: int) -> None:
               f"{1000 * seconds / steps:8.3f} {1000 * cpu_s / steps:11.3f}")
 
 
-def py_spy(worker: tp.Worker, seconds: float, out: Path) -> subprocess.Popen | None:
+def py_spy(worker: tp.Worker, seconds: float, out: Path,
+           format: str = "raw") -> subprocess.Popen | None:
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         print("  (py-spy is not installed; pip install py-spy)")
         return None
     return subprocess.Popen([exe, "record", "--pid", str(worker.popen.pid), "--subprocesses",
-                             "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
+                             "--duration", str(int(seconds)), "--rate", "200", "--format", format,
                              "--output", str(out), "--nonblocking", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -131,6 +132,9 @@ def main() -> int:
     parser.add_argument("--instrument", action="store_true", help="time store calls and statements")
     parser.add_argument("--chain", action="store_true", help="also profile the chain baseline")
     parser.add_argument("--py-spy", action="store_true", help="sample the worker with py-spy")
+    parser.add_argument("--flame", type=Path, default=None, metavar="SVG",
+                        help="with --py-spy: write the worker's flame graph (SVG) there instead "
+                             "of printing the hottest frames")
     parser.add_argument("--cprofile", action="store_true",
                         help="with --instrument: cProfile the worker children")
     parser.add_argument("--experiments", default="",
@@ -151,8 +155,12 @@ def main() -> int:
                          spy: dict[str, Any] = spy, broker: str = broker) -> None:
                     meter(phase, worker)
                     if args.py_spy and phase == "begin":
-                        spy["path"] = Path(tempfile.gettempdir()) / f"saga-py-spy-{broker}.txt"
-                        spy["proc"] = py_spy(worker, 600, spy["path"])
+                        if args.flame is not None:
+                            spy["path"] = args.flame.with_stem(f"{args.flame.stem}-{broker}")
+                        else:
+                            spy["path"] = Path(tempfile.gettempdir()) / f"saga-py-spy-{broker}.txt"
+                        spy["proc"] = py_spy(worker, 600, spy["path"],
+                                             "flamegraph" if args.flame is not None else "raw")
                     if phase == "end" and spy.get("proc") is not None:
                         spy["proc"].send_signal(2)  # SIGINT: py-spy writes what it has
                         try:
@@ -173,7 +181,9 @@ def main() -> int:
                     report_stats(stats, (tp.WARMUP + args.sagas) * tp.STEPS)
                 if args.instrument and args.cprofile:
                     report_cprofile(stats, (tp.WARMUP + args.sagas) * tp.STEPS)
-                if args.py_spy and spy.get("path"):
+                if args.py_spy and spy.get("path") and args.flame is not None:
+                    print(f"\n  flame graph of the worker: {spy['path']}")
+                elif args.py_spy and spy.get("path"):
                     report_py_spy(spy["path"])
                 if args.chain:
                     chain_meter = tp.CpuMeter()

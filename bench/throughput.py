@@ -38,10 +38,12 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import importlib
 import json
 import logging
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -53,6 +55,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,6 +80,8 @@ TERMINAL = ("succeeded", "compensated", "failed")
 START_THREADS = 4
 WARMUP = 20
 SOLO = 20  # runs started one at a time after the batch: latency without a queue
+DEFAULT_SAGAS = 150  # runs per measurement of the main table: `make bench` in a few minutes
+DEFAULT_SCALING_SAGAS = 100  # runs per worker configuration of the scaling table
 READY_TIMEOUT_S = 60.0
 T = TypeVar("T")
 
@@ -170,6 +175,7 @@ def delete_queue(broker_url: str, queue: str) -> None:
 
         with Connection(broker_url, connect_timeout=3) as conn:
             conn.default_channel.queue_delete(queue)
+            conn.default_channel.exchange_delete(queue)  # its direct exchange, named alike
     except Exception as exc:  # best effort: the queue is unique and should be empty
         print(f"  (could not delete queue {queue}: {exc})", file=sys.stderr)
 
@@ -289,7 +295,9 @@ def _postgres_aux(pid: int) -> bool:
                              "stats", "logical replication"))
 
 
-WORKER_CPU = "worker (parent + 2 children)"
+WORKER_CPU = "worker (its process group)"
+BENCH_CPU = "bench process (starts runs, polls)"
+OTHERS_CPU = "others (the rest of the machine)"
 
 
 class CpuMeter:
@@ -307,6 +315,7 @@ class CpuMeter:
         self.by_kind: dict[str, float] = {}
         self.bench_pids: set[int] = set()
         self.load = 0.0  # the machine's 1-minute load average as the batch ended
+        self.groups: dict[int, str] = {}  # more process groups to name: pgid -> kind
 
     def _backends(self) -> set[int]:
         if self.db is None:
@@ -329,9 +338,11 @@ class CpuMeter:
         for pid, (name, group, cpu) in now.items():
             spent = cpu - (self.began[pid][2] if pid in self.began else 0.0)
             if pid == os.getpid():
-                kind = "bench process (starts runs, polls)"
+                kind = BENCH_CPU
             elif group == worker.popen.pid:
                 kind = WORKER_CPU
+            elif group in self.groups:
+                kind = self.groups[group]
             elif name == "postgres" and pid in self.bench_pids:
                 kind = "postgres backends of the bench db"
             elif name == "postgres" and _postgres_aux(pid):
@@ -344,7 +355,7 @@ class CpuMeter:
                 continue
             totals[kind] += spent
         busy -= self.machine[0]
-        totals["others (the rest of the machine)"] = max(0.0, busy - sum(totals.values()))
+        totals[OTHERS_CPU] = max(0.0, busy - sum(totals.values()))
         totals["iowait (idle, waiting for disk)"] = iowait - self.machine[1]
         self.by_kind = dict(totals)
 
@@ -361,7 +372,7 @@ class CpuMeter:
 
     @property
     def others(self) -> float:
-        return self.by_kind.get("others (the rest of the machine)", 0.0) / max(self.wall, 1e-9)
+        return self.by_kind.get(OTHERS_CPU, 0.0) / max(self.wall, 1e-9)
 
     def report(self, label: str, n: int) -> None:
         print(f"\n  CPU during the measured batch of {label} ({self.wall:.1f}s wall, "
@@ -376,7 +387,7 @@ class CpuMeter:
 @dataclass
 class Result:
     rate: float  # completed per second: N / (last end - first start)
-    p50: float  # seconds, end-to-end
+    p50: float  # seconds, end-to-end, in the batch (queueing included)
     p99: float
     submit_s: float  # how long the bench took to start all N
     commits_per_step: float | None = None
@@ -385,10 +396,30 @@ class Result:
     failed: int = 0
     ours: float = 0.0  # cores busy with the bench during the batch
     others: float = 0.0  # cores busy with other people's work meanwhile
-    solo_p50: float = 0.0  # end-to-end p50 of runs started one at a time (no queue)
+    # Runs started one at a time, each after the previous finished (no queue), in seconds:
+    # from the start being accepted (the API's 201 received; apply_async returned) to the end
+    # (the run's finished_at; the chain's last task), and from the request being sent.
+    solo: list[float] = field(default_factory=list)
+    solo_sent: list[float] = field(default_factory=list)
     cpu_s: float = 0.0  # CPU seconds the bench's processes spent on the batch
     worker_cpu_s: float = 0.0  # of which the worker's (PostgreSQL and the broker are shared)
     load: float = 0.0  # the machine's 1-minute load average as the batch ended
+    cpu_by_kind: dict[str, float] = field(default_factory=dict)  # CPU seconds in the batch
+    window_s: float = 0.0  # the batch: first start to last end
+    cpu_wall_s: float = 0.0  # the CPU meter's window: the batch as the bench saw it
+    writes: int = 0  # write transactions of the batch's runs
+    # Task events the broker carried (bench/taps.py) over `tapped_steps` steps, by routing key.
+    tapped: dict[str, int] | None = None
+    tapped_steps: int = 0
+    # saga_messages_published_total per series (the worker's and the API's scrapes summed)
+    # over `published_steps` steps; None when no scrape has it.
+    published: dict[str, float] | None = None
+    published_steps: int = 0
+    took_s: float = 0.0  # the whole measurement, processes started and stopped
+
+    @property
+    def solo_p50(self) -> float:
+        return percentile(self.solo, 0.5) if self.solo else float("nan")
 
 
 @dataclass
@@ -407,7 +438,7 @@ def summarize(spans: list[tuple[float, float]], submit_s: float) -> Result:
     last = max(e for _, e in spans)
     latencies = [e - s for s, e in spans]
     return Result(rate=len(spans) / (last - first), p50=percentile(latencies, 0.50),
-                  p99=percentile(latencies, 0.99), submit_s=submit_s)
+                  p99=percentile(latencies, 0.99), submit_s=submit_s, window_s=last - first)
 
 
 def in_threads(n: int, work: Callable[[int], T]) -> tuple[list[T], float]:
@@ -440,10 +471,68 @@ def in_threads(n: int, work: Callable[[int], T]) -> tuple[list[T], float]:
 Hook = Callable[[str, "Worker"], None]  # called with "begin" and "end" around the measured batch
 
 
+class RunPoller:
+    """The bench's reads of the runs table, on one autocommit connection; `polls` counts its
+    statements (each one a commit in pg_stat_database, subtracted from the saga's)."""
+
+    def __init__(self, db: Database, broker: str) -> None:
+        self.conn = psycopg.connect(db.libpq, autocommit=True)
+        self.broker = broker
+        self.polls = 0
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        self.polls += 1
+        return self.conn.execute(sql, params).fetchall()
+
+    def wait_done(self, ids: list[str]) -> None:
+        def done() -> bool:
+            finished = self.query("SELECT count(*) FROM runs WHERE id = ANY(%s) AND status = ANY(%s)",
+                                  (ids, list(TERMINAL)))[0][0]
+            return finished == len(ids)
+
+        wait_for(done, drain_deadline(len(ids)), f"{len(ids)} sagas to finish on {self.broker}",
+                 interval=0.1)
+
+    def wait_one(self, run_id: str) -> None:
+        # finished_at is the database's clock: how soon the bench notices changes nothing.
+        wait_for(lambda: self.query("SELECT finished_at IS NOT NULL FROM runs WHERE id = %s",
+                                    (run_id,))[0][0], 30, "one saga to finish", interval=0.01)
+
+    def spans(self, ids: list[str]) -> list[tuple[float, float, str]]:
+        """(created_at, finished_at, status) of each run, as epoch seconds."""
+        return [(r[0], r[1], r[2]) for r in self.query(
+            "SELECT extract(epoch FROM created_at)::float8, extract(epoch FROM finished_at)::float8,"
+            " status FROM runs WHERE id = ANY(%s)", (ids,))]
+
+    def finished(self, ids: list[str]) -> dict[str, float]:
+        return {r[0]: r[1] for r in self.query(
+            "SELECT id, extract(epoch FROM finished_at)::float8 FROM runs WHERE id = ANY(%s)",
+            (ids,))}
+
+    def writes(self, ids: list[str]) -> int:
+        # Every write transaction of the protocol appends an event and events are never
+        # updated, so their distinct xmin count is the number of write transactions.
+        return int(self.query("SELECT count(DISTINCT xmin::text) FROM events WHERE run_id = ANY(%s)",
+                              (ids,))[0][0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def finish_result(result: Result, meter: CpuMeter) -> None:
+    result.ours, result.others = meter.ours, meter.others
+    result.cpu_s, result.load = meter.cpu_s, meter.load
+    result.worker_cpu_s = meter.by_kind.get(WORKER_CPU, 0.0)
+    result.cpu_by_kind = dict(meter.by_kind)
+    result.cpu_wall_s = meter.wall
+
+
 def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = "saga.cli",
                  extra_env: dict[str, str] | None = None, hook: Hook | None = None,
                  log_level: str = "INFO", worker_args: Sequence[str] = ()) -> Result:
-    """N sagas through a real `saga.cli worker -c 2` (or `module`, the same CLI with timers).
+    """N sagas through a real `saga.cli worker -c 2` (or `module`, the same CLI with timers),
+    started by this process with `engine.start`, as the API would (the comparisons'
+    and bench/profile_saga.py's way: no API process to share the CPU with).
 
     `extra_env` goes to the worker and its SAGA_* settings also to the bench's own parts,
     which start the runs; `log_level` is the worker's `--log-level`, `worker_args` follow
@@ -456,71 +545,45 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     queue = f"bench-saga-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": db.url,
            "SAGA_BROKER_URL": broker_url, "SAGA_SAGAS": "bench.sagas",
-           "SAGA_DEFAULT_QUEUE": queue, **(extra_env or {})}
+           "SAGA_QUEUE": queue, **(extra_env or {})}
     settings = Settings.from_env(extra_env or {}, database_url=db.url, broker_url=broker_url,
-                                 sagas=("bench.sagas",), default_queue=queue)
+                                 sagas=("bench.sagas",), queue=queue)
     worker = Worker(f"saga-{broker}", [sys.executable, "-m", module, "--log-level", log_level,
                                        "worker", "-c", "2", *worker_args], env, folder)
     system = None
-    polls = 0
     meter = CpuMeter(db)
+    poll: RunPoller | None = None
     try:
         # Above INFO, Celery's "ready." line is not logged: wait for its banner instead (the
         # warm-up then waits for the consumer; publishing declares the queue).
         worker.wait_ready(marker=" ready." if log_level in ("DEBUG", "INFO") else "[tasks]")
         system = build(settings)
         engine = system.engine
-        poll = psycopg.connect(db.libpq, autocommit=True)  # each statement: one commit
-        try:
-            def wait_done(ids: list[str]) -> None:
-                def done() -> bool:
-                    nonlocal polls
-                    polls += 1
-                    finished = poll.execute(
-                        "SELECT count(*) FROM runs WHERE id = ANY(%s) AND status = ANY(%s)",
-                        (ids, list(TERMINAL))).fetchone()[0]
-                    return finished == len(ids)
-
-                wait_for(done, drain_deadline(len(ids)), f"{len(ids)} sagas to finish on {broker}",
-                         interval=0.1)
-
-            def done_one(run_id: str) -> bool:
-                nonlocal polls
-                polls += 1
-                return poll.execute("SELECT finished_at IS NOT NULL FROM runs WHERE id = %s",
-                                    (run_id,)).fetchone()[0]
-
-            before = db.counters()
-            warm, _ = in_threads(WARMUP, lambda _i: engine.start(SAGA, {})[0])
-            wait_done(warm)
-            meter("begin", worker)
-            if hook:
-                hook("begin", worker)
-            ids, submit_s = in_threads(n, lambda _i: engine.start(SAGA, {})[0])
-            wait_done(ids)
-            meter("end", worker)
-            if hook:
-                hook("end", worker)
-            polls += 1
-            rows = poll.execute(
-                "SELECT extract(epoch FROM created_at)::float8, extract(epoch FROM finished_at)::float8,"
-                " status FROM runs WHERE id = ANY(%s)", (ids,)).fetchall()
-            # Every write transaction of the protocol appends an event and events are never
-            # updated, so their distinct xmin count is the number of write transactions.
-            polls += 1
-            writes = poll.execute("SELECT count(DISTINCT xmin::text) FROM events"
-                                  " WHERE run_id = ANY(%s)", (ids,)).fetchone()[0]
-            solo = []
-            for _ in range(SOLO):
-                solo.append(engine.start(SAGA, {})[0])
-                wait_for(lambda: done_one(solo[-1]), 30, "one saga to finish", interval=0.002)
-            polls += 1
-            solo_rows = poll.execute(
-                "SELECT extract(epoch FROM finished_at - created_at)::float8 FROM runs"
-                " WHERE id = ANY(%s)", (solo,)).fetchall()
-        finally:
-            poll.close()
+        poll = RunPoller(db, broker)
+        before = db.counters()
+        warm, _ = in_threads(WARMUP, lambda _i: engine.start(SAGA, {})[0])
+        poll.wait_done(warm)
+        meter("begin", worker)
+        if hook:
+            hook("begin", worker)
+        ids, submit_s = in_threads(n, lambda _i: engine.start(SAGA, {})[0])
+        poll.wait_done(ids)
+        meter("end", worker)
+        if hook:
+            hook("end", worker)
+        rows = poll.spans(ids)
+        writes = poll.writes(ids)
+        solo: list[tuple[str, float]] = []
+        for _ in range(SOLO):
+            run_id = engine.start(SAGA, {})[0]
+            solo.append((run_id, time.time()))
+            poll.wait_one(run_id)
+        solo_spans = {r[0]: r[1] for r in poll.query(
+            "SELECT id, extract(epoch FROM finished_at - created_at)::float8 FROM runs"
+            " WHERE id = ANY(%s)", ([i for i, _ in solo],))}
     finally:
+        if poll is not None:
+            poll.close()
         worker.stop()
         if system is not None:
             system.store.close()  # broker connections stay in kombu's shared pool
@@ -529,34 +592,196 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     after = db.counters()
     result = summarize([(r[0], r[1]) for r in rows], submit_s)
     step_count = (WARMUP + n + SOLO) * STEPS
-    result.commits_per_step = (after[0] - before[0] - polls) / step_count
+    result.commits_per_step = (after[0] - before[0] - poll.polls) / step_count
     result.rollbacks_per_step = (after[1] - before[1]) / step_count
-    result.writes_per_step = writes / (n * STEPS)
+    result.writes, result.writes_per_step = writes, writes / (n * STEPS)
     result.failed = sum(1 for r in rows if r[2] != "succeeded")
-    result.ours, result.others = meter.ours, meter.others
-    result.cpu_s, result.load = meter.cpu_s, meter.load
-    result.worker_cpu_s = meter.by_kind.get(WORKER_CPU, 0.0)
-    result.solo_p50 = percentile([r[0] for r in solo_rows], 0.5)
+    finish_result(result, meter)
+    result.solo = [solo_spans[i] for i, _ in solo]  # created_at -> finished_at
     return result
 
 
-def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -> Result:
-    """N chains of 5 no-op tasks through a real `celery -A bench.baseline_tasks worker -c 2`."""
-    from bench.baseline_tasks import LENGTH, make_app, start_chain
+# -- the saga as a user runs it: started through `saga api` ---------------------------------
+
+# Starts are rate-limited per token (SAGA_RATE_LIMIT, 200/s and 5000/min by default). The
+# bench keeps the limiter and its storage, only out of the way: the same two windows, higher.
+UNTHROTTLED = "100000/second;6000000/minute"
+
+
+class ApiClient:
+    """POST /v1/sagas/bench_five/runs with an Idempotency-Key; one requests.Session per thread."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        self.url = f"{api.url}/v1/sagas/{SAGA}/runs"
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            self._sessions.append(session)
+        return session
+
+    def start(self) -> tuple[str, float, float]:
+        """(run id, time the request was sent, time its 201 was received)."""
+        headers = self.api.headers(idempotency_key=f"bench-{uuid.uuid4().hex}")
+        sent = time.time()
+        response = self._session().post(self.url, json={"input": {}}, headers=headers, timeout=30)
+        received = time.time()
+        if response.status_code != 201:
+            raise RuntimeError(f"POST {self.url}: {response.status_code} {response.text[:500]}")
+        return response.headers["Location"].rsplit("/", 1)[-1], sent, received
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+
+
+def scrape_published(urls: Sequence[tuple[str, dict[str, str]]]) -> dict[str, float] | None:
+    """saga_messages_published_total by series (its labels, as text), summed over the
+    endpoints; None if none of them has it (the counter is not in this version)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found: dict[str, float] = {}
+    for url, headers in urls:
+        text = requests.get(url, headers=headers, timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "saga_messages_published_total":
+                    series = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                    found[series] = found.get(series, 0.0) + sample.value
+    return found or None
+
+
+def measure_api_saga(db: Database, broker: str, n: int, folder: Path, *, solo: int,
+                     concurrency: int = 2, pool: str = "prefork", tap: bool = True,
+                     warmup: int = WARMUP) -> Result:
+    """N sagas started through a real `saga api` (gunicorn, its default workers and threads)
+    from START_THREADS client threads, run by a real `saga worker -c CONCURRENCY` with the
+    defaults a user gets (task events on, INFO logs, metrics counted) and its metrics served
+    on a port; then `solo` more, one at a time. With `tap`, the warm-up runs are counted on
+    the broker (bench/taps.py)."""
+    from bench.api_server import ApiServer
+    from bench.taps import Tap
+    from tests.stack import free_port
+
+    broker_url = BROKERS[broker]
+    queue = f"bench-saga-{uuid.uuid4().hex[:8]}"
+    saga_env = {"SAGA_SAGAS": "bench.sagas", "SAGA_QUEUE": queue, "SAGA_RATE_LIMIT": UNTHROTTLED}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": db.url,
+           "SAGA_BROKER_URL": broker_url, **saga_env}
+    metrics_port = free_port()
+    argv = [sys.executable, "-m", "saga.cli", "worker", "-c", str(concurrency), "--pool", pool,
+            "--metrics-port", str(metrics_port)]
+    worker = Worker(f"saga-{broker}-{pool}{concurrency}", argv, env, folder)
+    meter = CpuMeter(db)
+    poll: RunPoller | None = None
+    client: ApiClient | None = None
+    tapped: dict[str, int] | None = None
+    began = time.monotonic()
+    try:
+        with ApiServer(db.url, broker_url, folder, env=saga_env) as api:
+            assert api.process is not None
+            meter.groups[api.process.popen.pid] = "api (gunicorn: arbiter + workers)"
+            worker.wait_ready()
+            found = re.search(r"deployment (\S+), queue", worker.output())
+            if not found:
+                raise RuntimeError(f"the worker named no deployment:\n{worker.output()[-2000:]}")
+            client = ApiClient(api)
+            poll = RunPoller(db, broker)
+            before = db.counters()
+            if tap:
+                events = exchanges_for(found.group(1))["event_exchange"]
+                with Tap(broker_url, events) as taps:
+                    warm, _ = in_threads(warmup, lambda _i: client.start()[0])
+                    poll.wait_done(warm)
+                    tapped = taps.settled()
+            else:
+                warm, _ = in_threads(warmup, lambda _i: client.start()[0])
+                poll.wait_done(warm)
+            meter("begin", worker)
+            started, submit_s = in_threads(n, lambda _i: client.start())
+            ids = [run_id for run_id, _, _ in started]
+            poll.wait_done(ids)
+            meter("end", worker)
+            rows = poll.spans(ids)
+            writes = poll.writes(ids)
+            alone = []
+            for _ in range(solo):
+                alone.append(client.start())
+                poll.wait_one(alone[-1][0])
+            finished = poll.finished([run_id for run_id, _, _ in alone])
+            published = scrape_published([
+                (f"http://127.0.0.1:{metrics_port}/metrics", {}),
+                (f"{api.url}/metrics", {"Authorization": f"Bearer {api.token}"})])
+    finally:
+        if client is not None:
+            client.close()
+        if poll is not None:
+            poll.close()
+        worker.stop()
+        delete_queue(broker_url, queue)
+    db.wait_idle()
+    after = db.counters()
+    result = summarize([(r[0], r[1]) for r in rows], submit_s)
+    step_count = (warmup + n + solo) * STEPS
+    result.commits_per_step = (after[0] - before[0] - poll.polls) / step_count
+    result.rollbacks_per_step = (after[1] - before[1]) / step_count
+    result.writes, result.writes_per_step = writes, writes / (n * STEPS)
+    result.failed = sum(1 for r in rows if r[2] != "succeeded")
+    finish_result(result, meter)
+    result.solo = [finished[run_id] - received for run_id, _, received in alone]
+    result.solo_sent = [finished[run_id] - sent for run_id, sent, _ in alone]
+    result.tapped, result.tapped_steps = tapped, warmup * STEPS
+    result.published, result.published_steps = published, step_count
+    result.took_s = time.monotonic() - began
+    return result
+
+
+def exchanges_for(deployment_id: str) -> dict[str, str]:
+    from saga.tasks.namespace import exchanges_for as names
+
+    return names(deployment_id)
+
+
+CHAINS = {  # kind -> (Celery app module, what it is)
+    "chain": ("bench.baseline_tasks", "the saga's delivery settings"),
+    "plain": ("bench.plain_tasks", "Celery's defaults"),
+}
+
+
+def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None, *,
+                  kind: str = "chain", solo: int = SOLO, tap: bool = False) -> Result:
+    """N chains of 5 no-op tasks through a real `celery -A <module> worker -c 2` (prefork),
+    then `solo` more one at a time. `kind` "chain": bench.baseline_tasks, the saga's own
+    Celery settings; "plain": bench.plain_tasks, Celery's defaults. With `tap`, the warm-up's
+    task events are counted on the broker (the plain chain sends none)."""
+    from bench.baseline_tasks import LENGTH, start_chain
+    from bench.taps import Tap
 
     assert LENGTH == STEPS
+    module = CHAINS[kind][0]
+    make_app = importlib.import_module(module).make_app
     broker_url = BROKERS[broker]
-    queue = f"bench-chain-{uuid.uuid4().hex[:8]}"
+    queue = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
     key = f"bench:chain:{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_BROKER_URL": broker_url,
            "BENCH_QUEUE": queue, "BENCH_REDIS_URL": REPORT_REDIS_URL, "BENCH_RESULTS_KEY": key}
-    argv = [sys.executable, "-m", "celery", "-A", "bench.baseline_tasks", "worker", "-c", "2",
+    # Gossip and mingle off, as `saga worker` has them: on a shared broker they would talk
+    # with everyone else's workers. The plain app consumes its task_default_queue unasked.
+    argv = [sys.executable, "-m", "celery", "-A", module, "worker", "-c", "2",
             "--pool", "prefork", "--without-gossip", "--without-mingle", "--loglevel=INFO",
-            f"--queues={queue}"]
-    worker = Worker(f"chain-{broker}", argv, env, folder)
+            f"--hostname=bench-{kind}-{os.getpid()}@%h"]
+    if kind == "chain":
+        argv.append(f"--queues={queue}")
+    worker = Worker(f"{kind}-{broker}", argv, env, folder)
     app = make_app(broker_url, queue, REPORT_REDIS_URL, key)
     reports = redis.Redis.from_url(REPORT_REDIS_URL)
     meter = CpuMeter()
+    tapped: dict[str, int] | None = None
+    began = time.monotonic()
     try:
         worker.wait_ready()
 
@@ -564,8 +789,14 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
             wait_for(lambda: reports.llen(key) >= count, drain_deadline(count),
                      f"{count} chains to finish on {broker}", interval=0.1)
 
-        in_threads(WARMUP, lambda _i: start_chain(app))
-        wait_done(WARMUP)
+        if tap and app.conf.worker_send_task_events:
+            with Tap(broker_url, app.conf.event_exchange) as taps:
+                in_threads(WARMUP, lambda _i: start_chain(app))
+                wait_done(WARMUP)
+                tapped = taps.settled()
+        else:
+            in_threads(WARMUP, lambda _i: start_chain(app))
+            wait_done(WARMUP)
         reports.delete(key)
         meter("begin", worker)
         if hook:
@@ -577,21 +808,54 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None) -
             hook("end", worker)
         spans = [tuple(json.loads(raw)) for raw in reports.lrange(key, 0, -1)]
         reports.delete(key)
-        for i in range(SOLO):
-            start_chain(app)
-            wait_for(lambda i=i: reports.llen(key) > i, 30, "one chain to finish", interval=0.002)
-        solo = [json.loads(raw) for raw in reports.lrange(key, 0, -1)]
+        alone = []
+        for i in range(solo):
+            sent = time.time()
+            alone.append((sent, start_chain(app)))
+            wait_for(partial(finished_chains, reports, key, i + 1), 30, "one chain to finish",
+                     interval=0.01)
+        ends = [json.loads(raw)[1] for raw in reports.lrange(key, 0, -1)]
     finally:
         worker.stop()
         reports.delete(key)
         reports.close()
         delete_queue(broker_url, queue)
     result = summarize(spans, submit_s)
-    result.ours, result.others = meter.ours, meter.others
-    result.cpu_s, result.load = meter.cpu_s, meter.load
-    result.worker_cpu_s = meter.by_kind.get(WORKER_CPU, 0.0)
-    result.solo_p50 = percentile([end - start for start, end in solo], 0.5)
+    finish_result(result, meter)
+    result.solo = [end - returned for (_, returned), end in zip(alone, ends, strict=True)]
+    result.solo_sent = [end - sent for (sent, _), end in zip(alone, ends, strict=True)]
+    result.tapped, result.tapped_steps = tapped, WARMUP * STEPS
+    result.took_s = time.monotonic() - began
     return result
+
+
+def finished_chains(reports: redis.Redis, key: str, count: int) -> bool:
+    return int(reports.llen(key)) >= count
+
+
+# -- many workers: where PostgreSQL becomes the limit ---------------------------------------
+
+@dataclass
+class Scaled:
+    pool: str
+    concurrency: int
+    result: Result
+
+
+def measure_scaling(db: Database, broker: str, n: int, folder: Path,
+                    counts: Sequence[int]) -> list[Scaled]:
+    """The API-started saga with 1, 2, 4... worker processes (prefork) and threads."""
+    out = []
+    for pool in ("prefork", "threads"):
+        for c in counts:
+            result = measure_api_saga(db, broker, n, folder, solo=0, concurrency=c, pool=pool,
+                                      tap=False, warmup=max(10, 5 * c))
+            out.append(Scaled(pool, c, result))
+            print(f"  {broker} {pool} -c {c}: {result.rate:.1f} sagas/s, "
+                  f"{result.writes / result.window_s:.0f} write tx/s, worker "
+                  f"{result.worker_cpu_s / result.cpu_wall_s:.2f} cores, others "
+                  f"{result.others:.2f}", flush=True)
+    return out
 
 
 # -- comparisons: the saga measured several ways in one run --------------------------------
@@ -735,58 +999,7 @@ def print_result(label: str, result: Result) -> None:
             extra += f"  NOT SUCCEEDED: {result.failed}"
     print(f"  {label:<16} {result.rate:7.1f}/s  p50 {ms(result.p50):>8}  p99 {ms(result.p99):>8}"
           f"  one at a time p50 {ms(result.solo_p50)}"
-          f"  (submitted in {result.submit_s:.2f}s){extra}", flush=True)
-
-
-def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[float],
-                n: int, repeat: int) -> None:
-    headers = ["broker", "saga sagas/s", "chain chains/s", "ratio", "saga p50", "chain p50",
-               "p50 ratio", "saga p99", "chain p99", "commits/step", "write tx/step",
-               "others' load"]
-    lines = []
-    for broker, row in rows.items():
-        pairs = list(zip(row.saga, row.chain, strict=False))
-        if not pairs:
-            continue
-        lines.append([
-            broker,
-            f"{median(r.rate for r in row.saga):.1f}",
-            f"{median(r.rate for r in row.chain):.1f}",
-            f"{median(s.rate / c.rate for s, c in pairs):.2f}x",
-            ms(median(r.p50 for r in row.saga)),
-            ms(median(r.p50 for r in row.chain)),
-            f"{median(s.p50 / c.p50 for s, c in pairs):.2f}x",
-            ms(median(r.p99 for r in row.saga)),
-            ms(median(r.p99 for r in row.chain)),
-            f"{median(r.commits_per_step for r in row.saga):.2f}",
-            f"{median(r.writes_per_step for r in row.saga):.2f}",
-            f"{median(r.others for r in row.saga + row.chain):.2f} cores",
-        ])
-    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(headers)]
-    print(f"\n{n} runs of {STEPS} no-op steps, worker -c 2, medians of {repeat} repeat(s); "
-          "ratios are medians of the per-repeat saga/chain ratios")
-    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for line in lines:
-        print(" | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
-    print(f"\nOne at a time ({SOLO} runs each started after the previous finished, no queue):")
-    for broker, row in rows.items():
-        pairs = list(zip(row.saga, row.chain, strict=False))
-        if pairs:
-            print(f"  {broker}: saga p50 {ms(median(r.solo_p50 for r in row.saga))}, chain p50 "
-                  f"{ms(median(r.solo_p50 for r in row.chain))}, ratio "
-                  f"{median(s.solo_p50 / c.solo_p50 for s, c in pairs):.2f}x")
-    one, two = median(pg_rates), median(pg_rates2)
-    print(f"\nPostgreSQL commit rate (single-row INSERT + COMMIT): {one:.0f}/s on 1 connection, "
-          f"{two:.0f}/s on 2 connections")
-    for broker, row in rows.items():
-        writes = median(r.writes_per_step for r in row.saga)
-        if row.saga and writes == writes and writes > 0:
-            print(f"  {broker}: at {writes:.2f} write transactions per step, commits alone cap the "
-                  f"saga near {two / (writes * STEPS):.0f} sagas/s (2 connections)")
-    print("commits/step is pg_stat_database xact_commit / steps: it also counts the pool's "
-          "pre-ping (an autocommit SELECT 1 per checkout) and any read-only transaction; "
-          "write tx/step counts only transactions that wrote (distinct xmin of their events).")
+          f"  (submitted in {result.submit_s:.2f}s, took {result.took_s:.0f}s){extra}", flush=True)
 
 
 def print_comparison(results: dict[tuple[str, str], list[Result]], variants: Sequence[Variant],
@@ -846,31 +1059,52 @@ def print_comparison(results: dict[tuple[str, str], list[Result]], variants: Seq
         print(" | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sagas", type=int, default=500, help="runs per measurement")
-    parser.add_argument("--brokers", default="rabbitmq,redis",
-                        help="comma-separated, from: " + ",".join(BROKERS))
-    parser.add_argument("--repeat", type=int, default=3)
-    compare = parser.add_mutually_exclusive_group()
-    compare.add_argument("--observability", dest="compare", action="store_const",
-                         const="observability", help="the saga with task events, metrics and "
-                         "INFO logs off, then on (metrics served), beside the chain")
-    compare.add_argument("--task-events", dest="compare", action="store_const",
-                         const="task-events", help="the saga with task events off, on, and on "
-                         "with Flower watching, beside the chain")
-    args = parser.parse_args(argv)
-    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
-    unknown = set(brokers) - BROKERS.keys()
-    if unknown or not brokers or args.sagas < 1 or args.repeat < 1:
-        parser.error(f"unknown broker(s) {sorted(unknown)}" if unknown else "nothing to run")
+def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[float],
+                n: int, repeat: int) -> None:
+    """The comparisons' summary: the saga as a user gets it against the chain."""
+    headers = ["broker", "saga sagas/s", "chain chains/s", "ratio", "saga p50", "chain p50",
+               "p50 ratio", "saga p99", "chain p99", "commits/step", "write tx/step",
+               "others' load"]
+    lines = []
+    for broker, row in rows.items():
+        pairs = list(zip(row.saga, row.chain, strict=False))
+        if not pairs:
+            continue
+        lines.append([
+            broker,
+            f"{median(r.rate for r in row.saga):.1f}",
+            f"{median(r.rate for r in row.chain):.1f}",
+            f"{median(s.rate / c.rate for s, c in pairs):.2f}x",
+            ms(median(r.p50 for r in row.saga)),
+            ms(median(r.p50 for r in row.chain)),
+            f"{median(s.p50 / c.p50 for s, c in pairs):.2f}x",
+            ms(median(r.p99 for r in row.saga)),
+            ms(median(r.p99 for r in row.chain)),
+            f"{median(r.commits_per_step for r in row.saga):.2f}",
+            f"{median(r.writes_per_step for r in row.saga):.2f}",
+            f"{median(r.others for r in row.saga + row.chain):.2f} cores",
+        ])
+    print(f"\n{n} runs of {STEPS} no-op steps, worker -c 2, medians of {repeat} repeat(s); "
+          "ratios are medians of the per-repeat saga/chain ratios")
+    print_markdown(headers, lines)
+    one, two = median(pg_rates), median(pg_rates2)
+    print(f"\nPostgreSQL commit rate (single-row INSERT + COMMIT): {one:.0f}/s on 1 connection, "
+          f"{two:.0f}/s on 2 connections")
 
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    atexit.register(Worker.stop_all)
-    variants = {v.name: v for v in COMPARISONS.get(args.compare, ())}
-    kinds = ["chain", *variants] if variants else ["saga", "chain"]
+
+def print_markdown(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> None:
+    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) + " |")
+
+
+def compare(args: argparse.Namespace, brokers: list[str]) -> int:
+    """--observability / --task-events: the saga several ways beside the chain, per repeat."""
+    variants = {v.name: v for v in COMPARISONS[args.compare]}
+    kinds = ["chain", *variants]
     results: dict[tuple[str, str], list[Result]] = {(b, k): [] for b in brokers for k in kinds}
-    rows = {b: Row() for b in brokers}
     pg_rates: list[float] = []
     pg_rates2: list[float] = []
     db = Database()
@@ -890,8 +1124,6 @@ def main(argv: list[str] | None = None) -> int:
                     for kind in kinds[shift:] + kinds[:shift]:
                         if kind == "chain":
                             result = measure_chain(broker, args.sagas, folder)
-                        elif kind == "saga":
-                            result = measure_saga(db, broker, args.sagas, folder)
                         else:
                             result = measure_variant(db, broker, args.sagas, folder,
                                                      variants[kind])
@@ -900,13 +1132,112 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         Worker.stop_all()
         db.drop()
-    for broker in brokers:
-        rows[broker].chain = results[(broker, "chain")]
-        rows[broker].saga = results[(broker, DEFAULTS if variants else "saga")]
+    rows = {b: Row(saga=results[(b, DEFAULTS)], chain=results[(b, "chain")]) for b in brokers}
     print_table(rows, pg_rates, pg_rates2, args.sagas, args.repeat)
-    if variants:
-        print_comparison(results, list(variants.values()), args.sagas, args.repeat)
+    print_comparison(results, list(variants.values()), args.sagas, args.repeat)
     print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench import report
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sagas", type=int, default=None,
+                        help=f"runs per measurement (default {DEFAULT_SAGAS}; "
+                             "300 with a comparison)")
+    parser.add_argument("--brokers", default="rabbitmq,redis",
+                        help="comma-separated, from: " + ",".join(BROKERS))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--latency-samples", type=int, default=100,
+                        help="runs started one at a time, per kind and broker, spread over "
+                             "the repeats (the p99 is of all of them)")
+    parser.add_argument("--scaling", choices=("on", "off", "only"), default="on",
+                        help="the table of 1, 2, 4 worker processes and threads")
+    parser.add_argument("--scaling-sagas", type=int, default=DEFAULT_SCALING_SAGAS,
+                        help="runs per worker configuration")
+    parser.add_argument("--scaling-brokers", default="rabbitmq",
+                        help="comma-separated brokers for the scaling table")
+    parser.add_argument("--scaling-counts", default="1,2,4",
+                        help="worker processes / threads to try")
+    compare_with = parser.add_mutually_exclusive_group()
+    compare_with.add_argument("--observability", dest="compare", action="store_const",
+                              const="observability", help="the saga with task events, metrics "
+                              "and INFO logs off, then on (metrics served), beside the chain")
+    compare_with.add_argument("--task-events", dest="compare", action="store_const",
+                              const="task-events", help="the saga with task events off, on, "
+                              "and on with Flower watching, beside the chain")
+    args = parser.parse_args(argv)
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    scaling_brokers = [b.strip() for b in args.scaling_brokers.split(",") if b.strip()]
+    counts = [int(c) for c in args.scaling_counts.split(",") if c.strip()]
+    unknown = (set(brokers) | set(scaling_brokers)) - BROKERS.keys()
+    if args.sagas is None:
+        args.sagas = 300 if args.compare else DEFAULT_SAGAS
+    if (unknown or not brokers or args.sagas < 1 or args.repeat < 1 or args.latency_samples < 1
+            or not counts or min(counts) < 1 or args.scaling_sagas < 1):
+        parser.error(f"unknown broker(s) {sorted(unknown)}" if unknown else "nothing to run")
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    atexit.register(Worker.stop_all)
+    if args.compare:
+        return compare(args, brokers)
+
+    began = time.monotonic()
+    load_before = os.getloadavg()
+    kinds = ["saga", "plain", "chain"]
+    main_run = args.scaling != "only"
+    results: dict[tuple[str, str], list[Result]] = {(b, k): [] for b in brokers for k in kinds}
+    pg_rates: dict[int, list[float]] = collections.defaultdict(list)
+    scaled: dict[str, list[Scaled]] = {}
+    solo = math.ceil(args.latency_samples / args.repeat)
+    db = Database()
+    print(f"database {db.name}; load average {' '.join(f'{v:.2f}' for v in load_before)}",
+          flush=True)
+    if main_run:
+        print(f"{args.sagas} runs x {args.repeat} repeat(s) on {', '.join(brokers)}, "
+              f"{solo} one at a time per repeat", flush=True)
+    try:
+        clock = report.clock_offset(db.libpq)
+        with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp:
+            folder = Path(tmp)
+            for r in range(args.repeat if main_run else 0):
+                print(f"repeat {r + 1}/{args.repeat}", flush=True)
+                for connections in (1, 2):
+                    pg_rates[connections].append(commit_rate(db, 2.0, connections))
+                print(f"  PG commits/s       1 conn {pg_rates[1][-1]:.0f}, "
+                      f"2 conns {pg_rates[2][-1]:.0f}", flush=True)
+                for broker in brokers:
+                    shift = r % len(kinds)  # each kind goes first in turn
+                    for kind in kinds[shift:] + kinds[:shift]:
+                        if kind == "saga":
+                            result = measure_api_saga(db, broker, args.sagas, folder, solo=solo)
+                        else:
+                            result = measure_chain(broker, args.sagas, folder, kind=kind,
+                                                   solo=solo, tap=True)
+                        results[(broker, kind)].append(result)
+                        print_result(f"{broker} {report.SHORT[kind]}", result)
+            if args.scaling != "off":
+                print(f"many workers: {args.scaling_sagas} runs per configuration, 1 repeat",
+                      flush=True)
+                for connections in sorted({1, 2, *counts, 2 * max(counts)}):
+                    pg_rates[connections].append(commit_rate(db, 2.0, connections))
+                print("  PG commits/s       " + ", ".join(
+                    f"{c} conn {median(v):.0f}" for c, v in sorted(pg_rates.items())), flush=True)
+                for broker in scaling_brokers:
+                    scaled[broker] = measure_scaling(db, broker, args.scaling_sagas, folder, counts)
+    finally:
+        Worker.stop_all()
+        db.drop()
+    print()
+    report.machine(load_before, clock, [r for rs in results.values() for r in rs]
+                   + [s.result for ss in scaled.values() for s in ss])
+    if main_run:
+        report.tables(results, brokers, args.sagas, args.repeat, solo, pg_rates)
+    if scaled:
+        report.scaling(scaled, args.scaling_sagas, pg_rates)
+    print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
+          f"the bench took {time.monotonic() - began:.0f} s", flush=True)
     return 0
 
 

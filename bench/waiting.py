@@ -1,40 +1,47 @@
-"""What a waiting run costs: start rate, database bytes, worker and sweeper memory, sweep time.
+"""What a waiting run costs: its creation, database bytes, worker and sweeper memory, sweep time.
 
-    python bench/waiting.py [--runs 100000] [--due 10] [--small 1000] [--sweeps 25]
-                            [--fill-to N] [--redispatch-s 600] [--deadline S] [--timeout S]
+    python bench/waiting.py [--runs 100000] [--small 1000] [--due 10] [--sweeps 25]
+                            [--threads 4] [--redispatch-s 600] [--deadline S] [--timeout S]
 
 Two fresh PostgreSQL databases (`bench_wait_<random>`, created and dropped): a small one
-with `--small` runs and a large one with `--runs`. For each, a real `saga worker -c 2`
-and a real `saga sweeper` run on RabbitMQ; the bench starts the runs from a few threads
-calling `Engine.start` as fast as they return, half of them a saga whose second step is a
-30-day `Wait`, half one whose second step is a `WaitForSignal` with a 30-day timeout
-(`bench/waiting_sagas.py`), and polls until every run's second step is `waiting`. Then it
-reads the worker's resident memory (the prefork parent and its children), the sweeper's,
-and what the idle sweeper and its PostgreSQL backends burn in CPU for a while.
+with `--small` runs and a large one with `--runs`. Every run in both is real: this process
+starts it with `Engine.start` (the path `POST /runs` and `saga start` take, minus HTTP),
+from `--threads` threads as fast as the calls return, half of them a saga whose second
+step is a 30-day `Wait`, half one whose second step is a `WaitForSignal` with a 30-day
+timeout (`bench/waiting_sagas.py`). A real `saga worker -c 2` runs the first step of each
+and takes it to its wait, a real `saga sweeper` runs beside it, both on RabbitMQ; the bench
+polls until every run's second step is `waiting`. The creation time is the wall time of
+the `Engine.start` calls; "all waiting" is from the first start to the last run waiting.
+Then it reads the worker's resident memory (the prefork parent and its children), the
+sweeper's, and what the idle sweeper and its PostgreSQL backends burn in CPU.
 
 The start burst outruns the worker, so the broker holds a backlog; with the default
 SAGA_REDISPATCH_S (10 s) the real sweeper would republish every queued step of it, again
 and again (backing off), and the worker would spend its time dropping duplicates. The
 bench runs every process with `--redispatch-s` (600 s) so it measures waiting, not that.
 
-`--fill-to N`: when the worker is too slow to start N runs in reasonable time, start
-`--runs` of them for real, then copy those waiting runs (runs, steps and events rows,
-new ids) in SQL up to N in the large database, while the worker and sweeper still run.
-Sizes, sweeps and the sweeper's figures then count the copies; the start rate does not.
+Sizes: after a VACUUM ANALYZE (this server runs with autovacuum off; a live one would
+have vacuumed), `pg_total_relation_size` of runs, steps, events and signals (heap, TOAST
+and indexes) divided by the runs in the database, per table and in all; and the marginal
+bytes of one more waiting run, the difference between the two databases over the
+difference in runs, which leaves out what an empty schema takes.
 
-With both databases populated and the processes stopped (so no real sweeper takes the
-due rows), it measures `sweep_once` in this process, alternating between the databases:
-before each sweep one UPDATE makes `--due` waiting steps due (half timers, half signal
-timeouts, picked at random, wake_at in the past), the sweep must wake exactly those, and
-the median duration (and the part spent advancing the due runs) is reported beside the
-median of an empty sweep. The wakeup query is captured as the store sends it and run
-under EXPLAIN ANALYZE to show its plan; every other sweep query is EXPLAIN ANALYZEd for
-the index it reads and the buffers it touches. Both databases are VACUUM ANALYZEd before
-the sweeps, as autovacuum would have done on a live system.
+Sweeps: with both databases populated and the processes stopped (so no real sweeper takes
+the due rows), it measures `sweep_once` in this process, alternating between the
+databases: before each sweep one UPDATE makes `--due` waiting steps due (half timers, half
+signal timeouts, picked at random, wake_at in the past), the sweep must wake exactly
+those, and the median duration (and the part spent advancing the due runs) is reported
+beside the median of an empty sweep, with the ratio large / small. The wakeup query is
+captured as the store sends it and run under EXPLAIN ANALYZE to show its plan; every other
+sweep query is EXPLAIN ANALYZEd for the index it reads and the buffers it touches.
+
+The end: a Markdown table of the figures (for docs/scaling.md) and whether they meet the
+targets (sweep at --runs within 1.5x of --small; at most 3 KB of PostgreSQL per waiting run).
 
 Everything is bounded: `--deadline` for populating the large database (default
-120 + runs / 10 s), `--timeout` for the whole bench; on any error, SIGTERM or timeout the
-processes are stopped, their queues deleted and both databases dropped.
+600 + runs / 15 s), `--timeout` for the whole bench; on any error, SIGTERM or timeout the
+processes are stopped, their queues deleted and both databases dropped. On this 2-core
+machine 100,000 runs take about 30-40 minutes to reach their wait.
 
 Servers (override with environment variables, as in bench/throughput.py):
 BENCH_DATABASE_URL (an admin database on the PostgreSQL server) and BENCH_RABBITMQ_URL.
@@ -198,21 +205,19 @@ def backends(db: Database, application: str) -> list[int]:
 @dataclass
 class Population:
     label: str
-    runs: int
+    runs: int  # started by the bench's threads (two warm-up starts come on top)
     start_s: float = 0.0  # all Engine.start calls returned
     waiting_s: float = 0.0  # from the first start until every run was waiting
     republished: int = 0  # extra dispatches of the no-op step by the real sweeper (a backlog)
-    copied: int = 0  # waiting runs copied in SQL after the real ones (--fill-to)
-    worker_idle: Memory | None = None
-    worker_after: Memory | None = None
-    sweeper_idle: Memory | None = None
-    sweeper_after: Memory | None = None
+    worker_idle: Memory = field(default_factory=lambda: Memory(0, 0, 0))
+    worker_after: Memory = field(default_factory=lambda: Memory(0, 0, 0))
+    sweeper_idle: Memory = field(default_factory=lambda: Memory(0, 0, 0))
+    sweeper_after: Memory = field(default_factory=lambda: Memory(0, 0, 0))
     sweeper_cpu: float = 0.0  # CPU seconds per second: the idle sweeper process
     sweeper_pg_cpu: float = 0.0  # ... and its PostgreSQL backends
+    rows: int = 0  # runs in the database, counted
     db_bytes: int = 0
     tables: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (total, indexes)
-    wake_index_bytes: int = 0
-    deadline_index_bytes: int = 0  # runs_deadline_due: every running run, deadline or not
     indexes: list[tuple[str, int]] = field(default_factory=list)  # (name, bytes), largest first
     events_per_run: float = 0.0
     sweep_due: list[float] = field(default_factory=list)
@@ -221,7 +226,7 @@ class Population:
     plans: list[str] = field(default_factory=list)
     wakeup_plan: str = ""
     due_statements: int = 0  # SQL statements of one sweep with `due` due
-    due_checkouts: int = 0  # pool checkouts of that sweep (each with a pre-ping)
+    due_checkouts: int = 0  # pool checkouts of that sweep
 
     @property
     def start_rate(self) -> float:
@@ -231,11 +236,22 @@ class Population:
     def waiting_rate(self) -> float:
         return self.runs / self.waiting_s
 
+    @property
+    def log_bytes(self) -> int:
+        """runs + steps + events + signals: heap, TOAST and indexes."""
+        return sum(total for total, _ in self.tables.values())
 
-def start_in_threads(engine: Any, n: int, threads: int, deadline: float) -> float:
+    def per_run(self, table: str | None = None) -> float:
+        """Bytes per run in the database: of one table, or of the four."""
+        total = self.log_bytes if table is None else self.tables[table][0]
+        return total / max(1, self.rows)
+
+
+def start_in_threads(engine: Any, n: int, threads: int, deadline: float, label: str) -> float:
     """Start n runs (even: timer, odd: signal) from `threads` threads; seconds taken."""
     errors: list[BaseException] = []
     counter = iter(range(n))
+    started = [0]
     lock = threading.Lock()
 
     def run() -> None:
@@ -246,6 +262,7 @@ def start_in_threads(engine: Any, n: int, threads: int, deadline: float) -> floa
                 if i is None:
                     return
                 engine.start(TIMER_SAGA if i % 2 == 0 else SIGNAL_SAGA, {"i": i})
+                started[0] += 1  # a racy count is fine: it only feeds the progress line
         except BaseException as exc:  # re-raised below
             errors.append(exc)
 
@@ -253,8 +270,13 @@ def start_in_threads(engine: Any, n: int, threads: int, deadline: float) -> floa
     began = time.perf_counter()
     for thread in workers:
         thread.start()
-    for thread in workers:
-        thread.join(max(1.0, deadline - time.monotonic() + 5))
+    next_report = began + 60
+    while (alive := [t for t in workers if t.is_alive()]) and time.monotonic() < deadline + 5:
+        alive[0].join(5.0)
+        if time.perf_counter() >= next_report:
+            next_report += 60
+            print(f"    {label}: {started[0]}/{n} started after "
+                  f"{time.perf_counter() - began:.0f}s", flush=True)
     taken = time.perf_counter() - began
     if errors:
         raise errors[0]
@@ -263,17 +285,21 @@ def start_in_threads(engine: Any, n: int, threads: int, deadline: float) -> floa
     return taken
 
 
+def one(conn: psycopg.Connection, query: str, parameters: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    row = conn.execute(query, parameters).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from {query}")
+    return row
+
+
 def count_waiting(conn: psycopg.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM steps WHERE status = 'waiting'").fetchone()[0]
+    return int(one(conn, "SELECT count(*) FROM steps WHERE status = 'waiting'")[0])
 
 
 def populate(db: Database, n: int, options: argparse.Namespace, folder: Path,
-             deadline_s: float, fill_to: int = 0) -> Population:
-    """N runs waiting in `db`, started through a real worker and sweeper; their costs.
-
-    With `fill_to`, copies of the waiting runs are then added in SQL up to that many
-    while both processes keep running, before their memory and the sweeper's CPU are read.
-    """
+             deadline_s: float) -> Population:
+    """N runs waiting in `db`, each started by `Engine.start` and taken to its wait by a real
+    worker while a real sweeper runs; their costs."""
     from saga.settings import Settings
     from saga.system import build
 
@@ -311,7 +337,7 @@ def populate(db: Database, n: int, options: argparse.Namespace, folder: Path,
         n_total = n + 2
         deadline = time.monotonic() + deadline_s
         began = time.perf_counter()
-        result.start_s = start_in_threads(engine, n, options.threads, deadline)
+        result.start_s = start_in_threads(engine, n, options.threads, deadline, db.label)
         print(f"  {db.label}: started {n} runs in {result.start_s:.1f}s "
               f"({result.start_rate:.0f}/s)", flush=True)
         with db.connect() as poll:
@@ -331,16 +357,10 @@ def populate(db: Database, n: int, options: argparse.Namespace, folder: Path,
             wait_for(all_waiting, max(5.0, deadline - time.monotonic()),
                      f"{n_total} runs to be waiting in {db.label}", interval=0.5)
             result.waiting_s = time.perf_counter() - began
-            result.republished = poll.execute(
-                "SELECT coalesce(sum(dispatches - 1), 0) FROM steps WHERE name = 'prepare'"
-            ).fetchone()[0]
+            result.republished = one(
+                poll, "SELECT coalesce(sum(dispatches - 1), 0) FROM steps WHERE name = 'prepare'")[0]
         print(f"  {db.label}: all waiting after {result.waiting_s:.1f}s "
               f"({result.waiting_rate:.0f} runs/s end to end)", flush=True)
-        if fill_to > n_total:
-            began = time.perf_counter()
-            result.copied = fill(db, fill_to - n_total)
-            print(f"  {db.label}: copied {result.copied} waiting runs in SQL in "
-                  f"{time.perf_counter() - began:.0f}s", flush=True)
         time.sleep(2.0)
         result.worker_after = memory(worker.popen.pid)
         result.sweeper_after = memory(sweeper.popen.pid)
@@ -365,56 +385,21 @@ def populate(db: Database, n: int, options: argparse.Namespace, folder: Path,
     return result
 
 
-def fill(db: Database, extra: int) -> int:
-    """Copy the waiting runs (runs, steps, events rows) under new ids until `extra` more exist.
-
-    The copies have the bytes and index entries of real ones; they only share their
-    wake_at values with the run they copy.
-    """
-    with db.connect() as conn, conn.transaction():
-        conn.execute("SET LOCAL statement_timeout = '900s'")
-
-        def columns(table: str) -> list[str]:
-            return [r[0] for r in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
-                " AND table_schema = current_schema() ORDER BY ordinal_position", (table,))]
-
-        conn.execute(
-            "CREATE TEMP TABLE fill_map ON COMMIT DROP AS"
-            " SELECT s.id AS old_id, gen_random_uuid()::text AS new_id FROM"
-            " (SELECT id, count(*) OVER () AS n FROM runs WHERE status = 'running') s,"
-            " generate_series(1, ceil(%s::float8 / s.n)::int) g"
-            " ORDER BY g, s.id LIMIT %s", (extra, extra))
-        copied = conn.execute("SELECT count(*) FROM fill_map").fetchone()[0]
-        for table, key in (("runs", "id"), ("steps", "run_id"), ("events", "run_id"),
-                           ("signals", "run_id")):
-            names = [c for c in columns(table) if not (table in ("events", "signals") and c == "id")]
-            target = ", ".join(f'"{c}"' for c in names)
-            source = ", ".join("m.new_id" if c == key else f't."{c}"' for c in names)
-            conn.execute(f"INSERT INTO {table} ({target}) SELECT {source} FROM {table} t"
-                         f" JOIN fill_map m ON m.old_id = t.{key}")
-    return copied
-
-
 # -- sizes, plans and sweeps ------------------------------------------------------------------
 
 def sizes(db: Database, result: Population) -> None:
     with db.connect() as conn:
         conn.execute("VACUUM ANALYZE")
-        result.db_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+        result.db_bytes = one(conn, "SELECT pg_database_size(current_database())")[0]
         for table in TABLES:
-            result.tables[table] = tuple(conn.execute(
-                "SELECT pg_total_relation_size(%s), pg_indexes_size(%s)",
-                (table, table)).fetchone())
+            total, indexes = one(conn, "SELECT pg_total_relation_size(%s), pg_indexes_size(%s)",
+                                 (table, table))
+            result.tables[table] = (total, indexes)
         result.indexes = [(r[0], r[1]) for r in conn.execute(
             "SELECT indexrelname, pg_relation_size(indexrelid) FROM pg_stat_user_indexes"
             " WHERE relname = ANY(%s) ORDER BY 2 DESC", (list(TABLES),))]
-        result.events_per_run = conn.execute(
-            "SELECT (SELECT count(*) FROM events)::float8 / greatest(1, (SELECT count(*) FROM runs))"
-        ).fetchone()[0]
-        result.wake_index_bytes, result.deadline_index_bytes = conn.execute(
-            "SELECT pg_relation_size('steps_wake_due'), pg_relation_size('runs_deadline_due')"
-        ).fetchone()
+        result.rows = one(conn, "SELECT count(*) FROM runs")[0]
+        result.events_per_run = one(conn, "SELECT count(*) FROM events")[0] / max(1, result.rows)
 
 
 def commit_latency(db: Database, count: int = 200) -> float:
@@ -436,10 +421,10 @@ def make_due(conn: psycopg.Connection, due: int) -> int:
     return conn.execute(
         "UPDATE steps SET wake_at = clock_timestamp() - interval '1 second'"
         " WHERE (run_id, name, role) IN ("
-        "  (SELECT run_id, name, kind FROM steps WHERE status = 'waiting' AND name = %s"
+        "  (SELECT run_id, name, role FROM steps WHERE status = 'waiting' AND name = %s"
         "   AND wake_at > clock_timestamp() ORDER BY random() LIMIT %s)"
         "  UNION ALL"
-        "  (SELECT run_id, name, kind FROM steps WHERE status = 'waiting' AND name = %s"
+        "  (SELECT run_id, name, role FROM steps WHERE status = 'waiting' AND name = %s"
         "   AND wake_at > clock_timestamp() ORDER BY random() LIMIT %s))",
         (TIMER_STEP, timers, SIGNAL_STEP, due // 2)).rowcount
 
@@ -579,80 +564,76 @@ def measure_sweeps(dbs: list[tuple[Database, Population]], due: int, rounds: int
 
 # -- the report --------------------------------------------------------------------------------
 
+SWEEP_RATIO_TARGET = 1.5  # a sweep at --runs waiting may cost at most this times one at --small
+BYTES_PER_RUN_TARGET = 3 * 1024  # PostgreSQL bytes per waiting run, at most
+
+
 def mb(n: float) -> str:
     return f"{n / 1024 / 1024:.1f} MB"
 
 
-def ms(values: list[float]) -> str:
-    return f"{statistics.median(values) * 1000:.1f} ms" if values else "-"
+def kb(n: float) -> str:
+    return f"{n / 1024:.2f} KB"
 
 
-def table_size(table: str) -> Callable[[Population], str]:
-    return lambda p: f"{mb(p.tables[table][0])} ({mb(p.tables[table][1])})"
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000 if values else float("nan")
+
+
+def ratio(large: list[float], small: list[float]) -> float:
+    return median_ms(large) / median_ms(small) if large and small else float("nan")
+
+
+def marginal_bytes(small: Population, large: Population) -> float:
+    """Bytes of runs, steps, events and signals one more waiting run adds: the difference
+    of the two databases, so what an empty schema takes is left out."""
+    return (large.log_bytes - small.log_bytes) / max(1, large.rows - small.rows)
 
 
 def print_report(small: Population, large: Population, args: argparse.Namespace) -> None:
     due, rounds = args.due, args.sweeps
 
-    def waiting(p: Population) -> str:
-        real = p.runs + 2  # two warm-up starts
-        return f"{real + p.copied} ({p.copied} copied in SQL)" if p.copied else f"{real}"
-
-    def memory_after(p: Population) -> str:
-        return f"{p.worker_after} (PSS {p.worker_after.pss_kb / 1024:.0f} MB)"
+    def table_row(table: str) -> Callable[[Population], str]:
+        return lambda p: (f"{kb(p.per_run(table))} ({mb(p.tables[table][0])}, "
+                          f"indexes {mb(p.tables[table][1])})")
 
     rows: list[tuple[str, Callable[[Population], str]]] = [
-        ("runs waiting (half timer, half signal)", waiting),
-        (f"start rate, {args.threads} threads of Engine.start", lambda p: f"{p.start_rate:.0f} runs/s"),
+        ("runs waiting (half timer, half signal)", lambda p: f"{p.rows}"),
+        (f"created by Engine.start, {args.threads} threads", lambda p:
+            f"{p.start_s:.1f} s ({p.start_rate:.0f} runs/s)"),
         ("first start -> all waiting", lambda p: f"{p.waiting_s:.1f} s ({p.waiting_rate:.0f} runs/s)"),
         ("no-op steps republished by the sweeper", lambda p: f"{p.republished}"),
+        ("events rows per run", lambda p: f"{p.events_per_run:.1f}"),
+        *[(f"{t} per run (total, indexes)", table_row(t)) for t in TABLES],
+        ("the four tables per run", lambda p: f"{kb(p.per_run())} ({mb(p.log_bytes)})"),
         ("database size (pg_database_size)", lambda p: mb(p.db_bytes)),
-        *[(f"  {t} total (of which indexes)", table_size(t)) for t in TABLES],
-        ("  events rows per run", lambda p: f"{p.events_per_run:.1f}"),
-        ("  steps_wake_due partial index", lambda p: mb(p.wake_index_bytes)),
-        ("  runs_deadline_due partial index", lambda p: mb(p.deadline_index_bytes)),
-        (f"worker RSS, -c {args.concurrency}: at ready", lambda p: f"{p.worker_idle} "
-                                                              f"({p.worker_idle.processes} procs)"),
-        (f"worker RSS, -c {args.concurrency}: at the end", memory_after),
+        (f"worker RSS, -c {args.concurrency}: at ready", lambda p:
+            f"{p.worker_idle} ({p.worker_idle.processes} procs)"),
+        (f"worker RSS, -c {args.concurrency}: at the end", lambda p:
+            f"{p.worker_after} (PSS {p.worker_after.pss_kb / 1024:.0f} MB)"),
         ("sweeper RSS: at start -> at the end", lambda p: f"{p.sweeper_idle} -> {p.sweeper_after}"),
         (f"idle sweeper CPU over {IDLE_WINDOW_S:.0f}s: process / PG", lambda p:
             f"{100 * p.sweeper_cpu:.1f}% / {100 * p.sweeper_pg_cpu:.1f}% of a core"),
-        (f"sweep_once, {due} due (median of {rounds})", lambda p: ms(p.sweep_due)),
-        (f"  of which advancing the {due} due runs", lambda p: ms(p.advancing)),
-        (f"sweep_once, 0 due (median of {rounds})", lambda p: ms(p.sweep_empty)),
+        (f"sweep_once, {due} due (median of {rounds})", lambda p: f"{median_ms(p.sweep_due):.1f} ms"),
+        (f"  of which advancing the {due} due runs", lambda p: f"{median_ms(p.advancing):.1f} ms"),
+        (f"sweep_once, 0 due (median of {rounds})", lambda p: f"{median_ms(p.sweep_empty):.1f} ms"),
         (f"one sweep with {due} due: statements / checkouts", lambda p:
             f"{p.due_statements} / {p.due_checkouts}"),
     ]
+    pops = (small, large)
     labels = [label for label, _ in rows]
-    cols = [[fmt(p) for _, fmt in rows] for p in (small, large)]
+    cols = [[fmt(p) for _, fmt in rows] for p in pops]
     width = max(len(x) for x in labels)
-    widths = [max(len(x) for x in col + [p.label]) for col, p in zip(cols, (small, large), strict=True)]
+    widths = [max(len(x) for x in [*col, p.label]) for col, p in zip(cols, pops, strict=True)]
     print(f"\n{'':<{width}} | {small.label:<{widths[0]}} | {large.label:<{widths[1]}}")
     print("-" * width + "-|-" + "-" * widths[0] + "-|-" + "-" * widths[1])
     for i, label in enumerate(labels):
         print(f"{label:<{width}} | {cols[0][i]:<{widths[0]}} | {cols[1][i]:<{widths[1]}}")
-    n_small, n_large = small.runs + 2 + small.copied, large.runs + 2 + large.copied
-    print()
-    if large.sweep_due and small.sweep_due and large.sweep_empty and small.sweep_empty:
-        due_ratio = statistics.median(large.sweep_due) / statistics.median(small.sweep_due)
-        empty_ratio = statistics.median(large.sweep_empty) / statistics.median(small.sweep_empty)
-        print(f"sweep ratio, {n_large} waiting / {n_small} waiting: {due_ratio:.2f}x with {due} "
-              f"due, {empty_ratio:.2f}x with none due")
-        for p in (large, small):
-            print(f"  each sweep with {due} due, {p.label}: "
-                  f"{' '.join(f'{1000 * v:.0f}' for v in p.sweep_due)} ms")
-    per_run = (large.db_bytes - small.db_bytes) / max(1, n_large - n_small)
-    print(f"database bytes per waiting run (the difference of the two): {per_run / 1024:.2f} KB, "
-          f"so 100,000 waiting runs take about {mb(small.db_bytes + per_run * (100_000 - n_small))}")
-    if large.waiting_rate:
-        print(f"at {large.waiting_rate:.0f} runs/s end to end, 100,000 runs take about "
-              f"{100_000 / large.waiting_rate / 60:.0f} min to start and reach their wait here; "
-              f"starting alone at {large.start_rate:.0f} runs/s, about "
-              f"{100_000 / large.start_rate / 60:.0f} min")
+
     print(f"\nindexes with {large.label}, largest first (bytes per waiting run):")
     for name, size in large.indexes:
-        print(f"  {name:<32} {mb(size):>9}  {size / n_large:6.0f} B")
-    for p in (small, large):
+        print(f"  {name:<32} {mb(size):>9}  {size / max(1, large.rows):6.0f} B")
+    for p in pops:
         print(f"\nsweep queries with {p.label}, none due (EXPLAIN ANALYZE: indexes read, "
               "buffers of the top node, execution time):")
         for line in p.plans:
@@ -660,6 +641,64 @@ def print_report(small: Population, large: Population, args: argparse.Namespace)
         print(f"wakeup query with {p.label} and {due} due (EXPLAIN ANALYZE, BUFFERS):")
         for line in p.wakeup_plan.splitlines():
             print(f"  {line}")
+    for p in pops:
+        print(f"\neach sweep with {due} due, {p.label}: "
+              f"{' '.join(f'{1000 * v:.0f}' for v in p.sweep_due)} ms")
+
+
+def print_summary(small: Population, large: Population, args: argparse.Namespace) -> None:
+    """The figures against their targets, and a Markdown table for docs/scaling.md."""
+    due_ratio, empty_ratio = ratio(large.sweep_due, small.sweep_due), ratio(
+        large.sweep_empty, small.sweep_empty)
+    marginal = marginal_bytes(small, large)
+
+    def verdict(ok: bool) -> str:
+        return "meets" if ok else "MISSES"
+
+    print(f"\nsweep, {large.rows} waiting / {small.rows} waiting: {due_ratio:.2f}x with {args.due} "
+          f"due, {empty_ratio:.2f}x with none due -> {verdict(due_ratio <= SWEEP_RATIO_TARGET)} "
+          f"the {SWEEP_RATIO_TARGET}x target")
+    print(f"PostgreSQL per waiting run at {large.rows}: {kb(large.per_run())} (marginal, "
+          f"the two databases' difference: {kb(marginal)}) -> "
+          f"{verdict(max(large.per_run(), marginal) <= BYTES_PER_RUN_TARGET)} the "
+          f"{kb(BYTES_PER_RUN_TARGET)} target")
+    if large.start_rate:
+        print(f"creating 100,000 runs at {large.start_rate:.0f} runs/s takes about "
+              f"{100_000 / large.start_rate / 60:.0f} min; all waiting at "
+              f"{large.waiting_rate:.0f} runs/s, about {100_000 / large.waiting_rate / 60:.0f} min")
+
+    def split(p: Population) -> str:
+        return " / ".join(f"{p.per_run(t) / 1024:.2f}" for t in TABLES)
+
+    lines = [
+        ("waiting runs (half 30-day timer, half signal with a 30-day timeout)",
+         lambda p: f"{p.rows:,}"),
+        (f"created by `Engine.start` ({args.threads} threads)",
+         lambda p: f"{p.start_s:.0f} s, {p.start_rate:.0f} runs/s"),
+        ("first start to all waiting (`saga worker -c 2`)",
+         lambda p: f"{p.waiting_s:.0f} s, {p.waiting_rate:.0f} runs/s"),
+        ("PostgreSQL per waiting run (runs, steps, events, signals with indexes)",
+         lambda p: kb(p.per_run())),
+        ("&nbsp;&nbsp;runs / steps / events / signals, KB", split),
+        ("events per waiting run", lambda p: f"{p.events_per_run:.0f}"),
+        (f"sweep with {args.due} due, median of {args.sweeps}",
+         lambda p: f"{median_ms(p.sweep_due):.1f} ms"),
+        ("sweep with none due", lambda p: f"{median_ms(p.sweep_empty):.1f} ms"),
+        (f"worker RSS (`-c {args.concurrency}`, {large.worker_after.processes} processes)",
+         lambda p: str(p.worker_after)),
+        ("sweeper RSS", lambda p: str(p.sweeper_after)),
+        ("idle sweeper CPU (process + PostgreSQL)",
+         lambda p: f"{100 * (p.sweeper_cpu + p.sweeper_pg_cpu):.1f}% of a core"),
+    ]
+    print(f"\nFor docs/scaling.md (bench/waiting.py --runs {args.runs} --small {args.small}):\n")
+    print(f"| | {small.rows:,} waiting | {large.rows:,} waiting |")
+    print("|---|---:|---:|")
+    for label, fmt in lines:
+        print(f"| {label} | {fmt(small)} | {fmt(large)} |")
+    print(f"\nSweep at {large.rows:,} / at {small.rows:,}: {due_ratio:.2f}x with {args.due} due, "
+          f"{empty_ratio:.2f}x with none (target <= {SWEEP_RATIO_TARGET}x). One more waiting run "
+          f"adds {kb(marginal)} (target <= {kb(BYTES_PER_RUN_TARGET)}). "
+          f"{os.cpu_count()} cores, PostgreSQL and RabbitMQ on the same machine.")
 
 
 def _on_alarm(signum: int, _frame: Any) -> None:
@@ -678,28 +717,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redispatch-s", type=float, default=600.0,
                         help="SAGA_REDISPATCH_S for the bench (the default 10 makes the sweeper "
                              "republish a start burst's backlog again and again)")
-    parser.add_argument("--fill-to", type=int, default=0,
-                        help="after the real runs, copy waiting runs in SQL up to this many in "
-                             "the large database (its sizes, sweeps and sweeper figures then "
-                             "count the copies; start rate and worker figures do not)")
     parser.add_argument("--deadline", type=float, default=None,
                         help="seconds allowed to start the large database's runs and see them "
-                             "all waiting (default 120 + runs / 10)")
+                             "all waiting (default 600 + runs / 15)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds for the whole bench (default deadline + 1200)")
     args = parser.parse_args(argv)
     if min(args.runs, args.small, args.due, args.sweeps, args.threads, args.concurrency) < 1 \
-            or args.small >= max(args.runs, args.fill_to):
-        parser.error("need 1 <= --small < --runs (or --fill-to), positive --due, --sweeps, "
+            or args.small >= args.runs:
+        parser.error("need 1 <= --small < --runs, positive --due, --sweeps, "
                      "--threads, --concurrency")
     if args.due * (args.sweeps + 2) > args.small:
         parser.error("--small too small for --due x (--sweeps + 2) wakeups")
-    deadline = args.deadline or 120 + args.runs / 10
+    deadline = args.deadline or 600 + args.runs / 15
     timeout = args.timeout or deadline + 1200
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("saga.alerts").setLevel(logging.ERROR)  # each signal timeout alerts
+    logging.getLogger("saga.runs").setLevel(logging.ERROR)  # ... and is logged as a failed step
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(int(timeout))
@@ -708,15 +744,13 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     failure: BaseException | None = None
     try:
-        small_db, large_db = Database(f"{args.small} waiting"), Database(
-            f"{max(args.runs, args.fill_to)} waiting")
-        print(f"databases {small_db.name} ({args.small} runs), {large_db.name} ({args.runs} runs"
-              f"{f', filled to {args.fill_to}' if args.fill_to else ''}); "
-              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+        small_db, large_db = Database(f"{args.small} waiting"), Database(f"{args.runs} waiting")
+        print(f"databases {small_db.name} ({args.small} runs), {large_db.name} ({args.runs} "
+              f"runs); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
         with tempfile.TemporaryDirectory(prefix="saga-bench-wait-") as tmp:
             folder = Path(tmp)
             small = populate(small_db, args.small, args, folder, 120 + args.small / 10)
-            large = populate(large_db, args.runs, args, folder, deadline, args.fill_to)
+            large = populate(large_db, args.runs, args, folder, deadline)
         for db, result in ((small_db, small), (large_db, large)):
             sizes(db, result)
         commit_ms = commit_latency(small_db)
@@ -733,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nPostgreSQL INSERT + COMMIT latency on one connection: median {commit_ms:.1f} ms")
     print(f"(total {time.monotonic() - began:.0f}s; load average now "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print_summary(small, large, args)
     if failure is not None:
         print(f"\nTHE SWEEP MEASUREMENT FAILED: {failure!r}")
         return 1

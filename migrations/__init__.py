@@ -8,6 +8,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from saga.store.database import driver_url
+
 HERE = Path(__file__).parent
 
 
@@ -20,7 +22,11 @@ def config(url: str) -> Config:
 
 def upgrade(engine_or_url: sa.Engine | str, revision: str = "head") -> None:
     """Bring the database to `revision`; safe to run again (Alembic records the version)."""
-    engine = sa.create_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+    if isinstance(engine_or_url, str):  # its `?prepare_threshold=` is read, not handed to psycopg
+        address, driver = driver_url(engine_or_url)
+        engine = sa.create_engine(address, connect_args=driver)
+    else:
+        engine = engine_or_url
     with engine.begin() as conn:
         cfg = config(str(engine.url))
         cfg.attributes["connection"] = conn

@@ -131,6 +131,14 @@ class Engine:
 
         Validates before any write: `UnknownSaga`, `InvalidInput`, `IdempotencyConflict`.
         """
+        run_id, started = self.start_run(saga_name, input, idempotency_key, version, actor)
+        return run_id, started is not None
+
+    def start_run(self, saga_name: str, input: Any, idempotency_key: str | None = None,
+                  version: int | None = None, actor: str | None = None
+                  ) -> tuple[str, Run | None]:
+        """As `start`, with the run as committed when this call started it, or None when
+        the key found an earlier run (the API answers it without reading it back)."""
         saga = self.registry.get(saga_name, version)
         validate_input(saga, input)
         request_hash = hashlib.sha256(json.dumps(
@@ -140,9 +148,9 @@ class Engine:
             existing = tx.insert(run, idempotency_key, request_hash, actor)
         crash_point("after_start_commit", saga.name)
         if existing is not None:
-            return existing, False
+            return existing, None
         self._after_commit(saga, run.id, commands)
-        return run.id, True
+        return run.id, run
 
     # -- advancing --------------------------------------------------------------------
 

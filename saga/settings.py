@@ -39,6 +39,9 @@ class Settings:
     # two deployments on one broker never share a queue (saga/tasks, README).
     queue: str = ""
     default_queue: str = ""  # the older name of `queue` (SAGA_DEFAULT_QUEUE), still read
+    # RabbitMQ only: "quorum" declares that queue replicated (x-queue-type, as RabbitMQ and
+    # Celery's task_default_queue_type call it); "classic" declares it as before.
+    queue_type: str = "classic"
     result_backend: str = ""  # only for RemoteTask steps, which wait for another worker's result
     alert_webhook: str = ""  # POSTed a JSON alert on every timeout and every run needing a person
     alert_hook: str = ""  # "module:function" called with the same alert
@@ -157,6 +160,13 @@ def database_url(url: str) -> str:
     dialect, _, driver = scheme.lower().partition("+")
     rest = url[len(scheme) + 3:]
     if dialect in ("postgres", "postgresql") and driver in ("", "psycopg"):
+        if "prepare_threshold" in rest:  # ?prepare_threshold=none: behind a transaction pooler
+            from saga.store.database import prepare_threshold
+
+            try:
+                prepare_threshold(f"postgresql+psycopg://{rest}")
+            except ValueError as exc:
+                raise ValueError(f"{PREFIX}DATABASE_URL={redacted(url)!r}: {exc}") from None
         return f"postgresql+psycopg://{rest}"
     if dialect == "sqlite" and driver in ("", "pysqlite"):
         return url
@@ -240,6 +250,7 @@ def check_log_format(value: str) -> str:
 # -- the queue ----------------------------------------------------------------------------
 
 QUEUE_MAX = 200  # RabbitMQ takes 255 bytes; room for Redis's priority suffixes
+QUEUE_TYPES = ("classic", "quorum")
 
 
 def check_queue(settings: Settings) -> None:
@@ -248,6 +259,15 @@ def check_queue(settings: Settings) -> None:
         raise ValueError(f"{PREFIX}QUEUE={settings.queue!r} and {PREFIX}DEFAULT_QUEUE="
                          f"{settings.default_queue!r} disagree: set only {PREFIX}QUEUE "
                          "(SAGA_DEFAULT_QUEUE is its older name)")
+    if settings.queue_type not in QUEUE_TYPES:
+        raise ValueError(f"{PREFIX}QUEUE_TYPE must be classic or quorum, not {settings.queue_type!r}")
+    # Refused, not ignored: a deployment that asked for replicated queues must not run
+    # believing it has them.
+    if settings.queue_type == "quorum" and not settings.broker_url.startswith(("amqp", "pyamqp")):
+        raise ValueError(f"{PREFIX}QUEUE_TYPE=quorum is a RabbitMQ queue type, and "
+                         f"{PREFIX}BROKER_URL={redacted(settings.broker_url)!r} is not RabbitMQ "
+                         "(Redis keeps a queue as durable as its own persistence, with no "
+                         f"queue types): unset {PREFIX}QUEUE_TYPE or use an amqp:// broker")
     name = settings.explicit_queue
     variable = f"{PREFIX}QUEUE" if settings.queue else f"{PREFIX}DEFAULT_QUEUE"
     if name and (name != name.strip() or len(name) > QUEUE_MAX or name.startswith("amq.")):

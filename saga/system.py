@@ -23,6 +23,7 @@ from saga.store import Store
 from saga.store.deployment import deployment_id
 from saga.sweeper import Sweeper
 from saga.tasks import CeleryDispatcher, InlineEvents, Namespace, make_celery
+from saga.tasks.limits import inline_window_s
 from saga.testing import clock as test_clock
 from saga.worker.runner import Worker
 
@@ -66,7 +67,8 @@ def build(settings: Settings, registry: Registry | None = None,
                     observer=observers)
     # Steps run inline have no message: their task events for Flower are sent by hand.
     worker = parts["worker"] = Worker(engine, registry, dispatcher, settings.inline_steps,
-                                      attempts=InlineEvents(celery))
+                                      attempts=InlineEvents(celery),
+                                      inline_for_s=inline_window_s(settings))
     scheduler = Scheduler(engine, store, registry, settings.sweep_batch)
     sweeper = Sweeper(engine, store, registry, scheduler, settings,
                       on_sweep=swept if settings.metrics == "on" else None)

@@ -14,6 +14,7 @@ no process: `DatabaseGauges` reads it once per scrape, and the API serves it.
     saga_retries_scheduled_total{saga,step,role}     saga_timeouts_total{saga,step,kind}
     saga_leases_expired_total{saga,step,role}        saga_results_superseded_total{saga,step,role}
     saga_sweep_duration_seconds                      saga_sweeper_republished_total
+    saga_messages_published_total{role}              saga_task_event_messages_total{kind}
     (the API's, from the log:) saga_runs{saga,version,status}, saga_runs_parked{saga,version},
     saga_steps_waiting{saga,version,step,kind}, saga_sweeper_lag_seconds{work}
 """
@@ -89,6 +90,16 @@ SWEEP_DURATION = Histogram("saga_sweep_duration_seconds", "How long one sweep to
                            buckets=SWEEP_BUCKETS)
 REPUBLISHED = Counter("saga_sweeper_republished", "Queued steps published again because no "
                       "worker took them within SAGA_REDISPATCH_S.")
+# Broker traffic, counted where it is published (saga.tasks): per step run, the dearest part
+# of a step after its commits.
+MESSAGES_PUBLISHED = Counter(
+    "saga_messages_published", "Step messages published to the broker, by role: a run's first "
+    "steps, the steps not run inline after another, republished ones.", ["role"])
+TASK_EVENT_MESSAGES = Counter(
+    "saga_task_event_messages", "Broker messages of task events (for Flower) the saga sent "
+    "itself, by kind: sent (a step message's task-sent event, before it) or inline (the events "
+    "of attempts run inline, several per message). Celery's own task and worker events are "
+    "not counted.", ["kind"])
 
 SUCCEEDED, FAILED, TIMED_OUT = "succeeded", "failed", "timed_out"
 AGAIN = (StepStatus.RETRY_WAIT, StepStatus.QUEUED)  # after a failed attempt: a retry is scheduled

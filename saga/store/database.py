@@ -1,5 +1,8 @@
 """The connection to the saga log: one SQLAlchemy engine per process, and the database clock.
 
+Behind a transaction pooler (PgBouncer's pool_mode = transaction) the URL says
+`?prepare_threshold=none`, so psycopg prepares no statement (`prepare_threshold`).
+
 PostgreSQL locks rows and its clock times leases; SQLite, the embedded default, takes
 its single write lock up front (`BEGIN IMMEDIATE`) instead, so the lock clauses and
 `SKIP LOCKED` fall away there.
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 import sqlalchemy as sa
 
@@ -114,6 +118,51 @@ class Database:
             yield conn
 
 
+PREPARE_THRESHOLD = "prepare_threshold"
+DEFAULT_PREPARE_THRESHOLD = 5  # psycopg's own
+
+
+def prepare_threshold(url: str) -> int | None:
+    """psycopg's `prepare_threshold` as the URL's `?prepare_threshold=` says: `none` behind a
+    transaction pooler, else how often a statement runs before it is prepared (default 5).
+
+    Behind PgBouncer in transaction mode (before 1.21, or without max_prepared_statements)
+    each transaction may get another server connection: one this client prepared nothing
+    on ("prepared statement … does not exist"), or one another client prepared the same
+    name on ("… already exists"). psycopg's documented fix is `prepare_threshold=None`.
+    It is a query parameter, not a setting, because it describes the address: every
+    process and command reading SAGA_DATABASE_URL gets it, and a direct URL (for
+    `saga migrate`, say) beside a pooled one keeps its prepared statements.
+    """
+    # Read here, not from SQLAlchemy's URL, which drops an empty `prepare_threshold=`.
+    query = url.rpartition("@")[2].partition("?")[2]
+    values = parse_qs(query, keep_blank_values=True).get(PREPARE_THRESHOLD)
+    if not values:
+        return DEFAULT_PREPARE_THRESHOLD
+    value = values[-1]
+    if value.strip().lower() == "none":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count >= 0:
+        return count
+    raise ValueError(f"{PREPARE_THRESHOLD}={value!r}: use none (behind a transaction pooler "
+                     "such as PgBouncer) or how many runs before a statement is prepared "
+                     f"(0 or more; psycopg's default is {DEFAULT_PREPARE_THRESHOLD})")
+
+
+def driver_url(url: str) -> tuple[sa.URL, dict[str, Any]]:
+    """The URL SQLAlchemy gets (without the options read here) and the driver's connect
+    arguments those options come to."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "postgresql" or PREPARE_THRESHOLD not in url:
+        return parsed, {}
+    return (parsed.difference_update_query([PREPARE_THRESHOLD]),
+            {PREPARE_THRESHOLD: prepare_threshold(url)})
+
+
 def make_engine(url: str, echo: bool = False) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, echo=echo, connect_args={"check_same_thread": False,
@@ -137,5 +186,10 @@ def make_engine(url: str, echo: bool = False) -> sa.Engine:
     # Pre-ping costs a round trip per checkout, but without it a database restart fails
     # every in-flight commit on a dead pooled connection, and each step waits out its lease.
     # A host that drops packets must fail a connect in seconds, not the OS's two minutes.
-    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_recycle=1800,
-                            pool_size=5, max_overflow=10, connect_args={"connect_timeout": 10})
+    # Behind a transaction pooler the same pool settings hold: the pooler keeps these client
+    # connections however its server connections come and go, and the ping (autocommit,
+    # one statement) finds a pooler that restarted.
+    address, driver = driver_url(url)
+    return sa.create_engine(address, echo=echo, pool_pre_ping=True, pool_recycle=1800,
+                            pool_size=5, max_overflow=10,
+                            connect_args={"connect_timeout": 10, **driver})

@@ -111,7 +111,8 @@ events = sa.Table(
     sa.Column("attempt", sa.Integer),
     sa.Column("worker", sa.String(200)),
     sa.Column("data", JSON, nullable=False),
-    sa.Index("events_run", "run_id", "id"),
+    # On run_id alone: PostgreSQL deduplicates it to one entry per run (0012).
+    sa.Index("events_run", "run_id"),
 )
 
 signals = sa.Table(

@@ -36,8 +36,14 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
     app = Celery("saga", broker=settings.broker_url, set_as_current=False)
     in_process = settings.broker_url.startswith("memory")
     transport_options: dict[str, Any] = {}
+    quorum: dict[str, Any] = {}
     if settings.broker_url.startswith(("amqp", "pyamqp")):
         transport_options["confirm_publish"] = True  # a publish that is not confirmed raises
+        if settings.queue_type == "quorum":
+            # The step queue itself is declared by `use_step_queue`; the worker turns global
+            # QoS off for it (worker_detect_quorum_queues, on by default).
+            quorum = {"task_default_queue_type": "quorum",
+                      "worker_consumer": "saga.tasks.consumer:StepConsumer"}
     elif settings.broker_url.startswith(("redis", "rediss")):
         # Unacknowledged messages come back after this; it must outlast every hard limit.
         transport_options["visibility_timeout"] = settings.visibility_timeout_s
@@ -65,6 +71,7 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         result_backend=settings.result_backend or None,
+        **quorum,
     )
 
     def run(task: Any, role: Role, run_id: str, step: str, saga: str, version: int) -> str:

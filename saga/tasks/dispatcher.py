@@ -20,11 +20,12 @@ from saga.definitions import RemoteTask
 from saga.events import Dispatch
 from saga.run import Role
 from saga.tasks.app import TASKS
-from saga.tasks.attempts import task_name
+from saga.tasks.attempts import count_event_messages, task_name
 from saga.tasks.limits import HARD_LIMIT_GRACE_S
 from saga.tasks.namespace import DEPLOYMENT_HEADER, Namespace, use_exchanges
 
 log = logging.getLogger("saga.tasks")
+SENT = "sent"  # saga_task_event_messages_total{kind}: a step message's task-sent event
 
 
 class CeleryDispatcher:
@@ -56,6 +57,7 @@ class CeleryDispatcher:
                 self._announce(producer, task_id, shadow, kwargs)
                 self.app.send_task(TASKS[command.role], kwargs=kwargs, task_id=task_id,
                                    shadow=shadow, queue=self.queue, producer=producer, **options)
+                count_published(command.role)
 
     def _announce(self, producer: Any, task_id: str, name: str, kwargs: dict[str, Any]) -> None:
         """Send a message's "task-sent" event, with task events on; routed (confirmed, on
@@ -74,6 +76,7 @@ class CeleryDispatcher:
                 "exchange": "", "routing_key": self.queue, "root_id": task_id,
                 "parent_id": None}, producer, retry=True,
                 retry_policy=self.app.conf.task_publish_retry_policy)
+            count_event_messages(SENT)
         except Exception as exc:
             log.debug("the task-sent event of %s was not sent: %s", task_id, exc)
 
@@ -86,3 +89,13 @@ class CeleryDispatcher:
     def ping(self) -> None:
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
+
+
+def count_published(role: Role) -> None:
+    """Count one step message (saga_messages_published_total{role}).
+
+    Imported on use: saga.tasks loads before a command picks prometheus-client's mode.
+    """
+    from saga.observe.metrics import MESSAGES_PUBLISHED
+
+    MESSAGES_PUBLISHED.labels(role.value).inc()

@@ -4,6 +4,10 @@ Each deployment (one database) has its own queue, `saga.<deployment id>` unless 
 names one, and stamps its id on every message: a worker hands another deployment's back.
 Its task events and remote control have their own exchanges too, so Flower and `celery
 inspect` on one deployment see its workers and tasks alone.
+
+On RabbitMQ the step queue is of SAGA_QUEUE_TYPE (classic, or quorum: replicated), declared
+alike by every process that publishes or consumes it; one whose broker queue is of the other
+type is told so (QueueTypeMismatch), once, not as a channel error on every publish.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
+from amqp.exceptions import PreconditionFailed  # type: ignore[import-untyped]
 from celery import Celery
+from kombu import Exchange, Queue
 
 from saga.settings import Settings
 
@@ -39,14 +45,76 @@ def exchanges_for(deployment_id: str) -> dict[str, str]:
             "control_exchange": f"saga.{deployment_id}"}
 
 
-def use_exchanges(app: Celery, namespace: Namespace) -> None:
-    """Give `app` this deployment's event and control exchanges; before its first publish,
-    event or remote-control call (Celery reads them once). None on the in-memory broker."""
+def use_exchanges(app: Celery, namespace: Namespace, wait: bool = False) -> None:
+    """Give `app` this deployment's event and control exchanges, and on RabbitMQ its step
+    queue of SAGA_QUEUE_TYPE; before its first publish, event or remote-control call (Celery
+    reads them once). None on the in-memory broker.
+
+    The first call in a process checks the broker's queue (`wait`: for the broker to answer).
+    """
     if namespace.id is None:
         return
     wanted = exchanges_for(namespace.id)
     if app.conf.event_exchange != wanted["event_exchange"]:
         app.conf.update(wanted)
+    if app.conf.broker_url.startswith(("amqp", "pyamqp")):
+        use_step_queue(app, namespace, wait)
+
+
+class QueueTypeMismatch(Exception):
+    """The broker's step queue is of another type than SAGA_QUEUE_TYPE asks for."""
+
+
+def step_queue(name: str, queue_type: str) -> Queue:
+    """The step queue as every process of a deployment declares it: durable, bound to a
+    direct exchange of its name (as Celery makes a queue it is only named), and of
+    `queue_type`. A classic queue has no arguments, as before the setting existed."""
+    arguments = {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True,
+                 queue_arguments=arguments)
+
+
+def use_step_queue(app: Celery, namespace: Namespace, wait: bool = False) -> None:
+    """Make Celery declare this deployment's queue as `step_queue` says, wherever it
+    publishes to or consumes it (RabbitMQ refuses a declaration that disagrees with the
+    queue's); check the broker's once per process.
+
+    Only this queue: Celery's reply and pidbox queues (auto-delete) and RemoteTask queues
+    (another service's) stay as they are.
+    """
+    queue = step_queue(namespace.queue, namespace.queue_type)
+    queues = app.amqp.queues
+    if dict.get(queues, queue.name) != queue:  # dict.get: Celery's `[]` adds a classic one
+        queues.add(queue)
+    if not namespace.queue_checked:
+        check_step_queue(app, queue, namespace.queue_type, wait)
+        namespace.queue_checked = True
+
+
+def check_step_queue(app: Celery, queue: Queue, queue_type: str, wait: bool = False) -> None:
+    """Declare `queue` on the broker (creating it if missing); QueueTypeMismatch if the
+    broker has it with another type. `wait`: retry while the broker does not answer, as a
+    starting worker does."""
+    with app.connection_for_write() as connection:
+        if wait:
+            connection.ensure_connection(max_retries=app.conf.broker_connection_max_retries)
+        channel = connection.channel()  # its own: the broker closes it on a mismatch
+        try:
+            queue(channel).declare()
+        except PreconditionFailed as exc:
+            raise QueueTypeMismatch(type_mismatch(queue.name, queue_type, exc)) from None
+        finally:
+            channel.close()
+
+
+def type_mismatch(name: str, queue_type: str, exc: Exception) -> str:
+    other = "classic" if queue_type == "quorum" else "quorum"
+    return (f"the broker's queue {name!r} is not a {queue_type} queue, and SAGA_QUEUE_TYPE="
+            f"{queue_type} asks for one (RabbitMQ: {exc}). A queue's type cannot change. "
+            f"Either set SAGA_QUEUE_TYPE={other} as the queue is, or give SAGA_QUEUE a new "
+            "name in every process of this deployment, or stop them all and delete the queue "
+            f"(rabbitmqctl delete_queue {name}). Nothing is lost: the sweeper republishes "
+            "every queued step within SAGA_REDISPATCH_S, so the old queue's messages can go")
 
 
 class Namespace:
@@ -59,6 +127,8 @@ class Namespace:
     def __init__(self, settings: Settings, read_id: Callable[[], str]) -> None:
         self._settings = settings
         self._read_id = read_id
+        self.queue_type = settings.queue_type
+        self.queue_checked = False  # the broker's queue found of queue_type (RabbitMQ)
 
     @cached_property
     def id(self) -> str | None:
@@ -111,14 +181,15 @@ def hand_back(app: Celery, request: Any, namespace: Namespace) -> str:
 
 
 def prepare_worker(app: Celery, namespace: Namespace) -> str:
-    """The queue a worker consumes, set as the app's default; on Redis, this deployment's
+    """The queue a worker consumes, set as the app's default and, on RabbitMQ, checked to
+    be of SAGA_QUEUE_TYPE (QueueTypeMismatch if not); on Redis, this deployment's
     own unacked-message keys, so its SAGA_VISIBILITY_TIMEOUT_S alone decides when its
     unacknowledged messages come back (kombu's default keys are shared by every app on
     that Redis database, and the shortest timeout among them would win).
     """
     queue = namespace.queue
     app.conf.task_default_queue = queue
-    use_exchanges(app, namespace)
+    use_exchanges(app, namespace, wait=True)  # QueueTypeMismatch before the worker starts
     if app.conf.broker_url.startswith(("redis", "rediss")):
         app.conf.broker_transport_options = {**app.conf.broker_transport_options,
                                              **redis_unacked_keys(queue)}

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 from dataclasses import dataclass, replace
+from time import monotonic
 from typing import Any, Protocol
 
 from saga import state
@@ -56,6 +57,9 @@ class AttemptListener(Protocol):
     def ended(self, saga: Saga, claim: Claim, event: Event, changed: bool,
               inline: bool, retried: bool) -> None: ...
 
+    def delivered(self) -> None:
+        """The message's attempts are over (it may hold what it was told until then)."""
+
 
 def worker_name() -> str:
     """This process's name in leases and events: `host/pid`, as Celery's tasks name it."""
@@ -64,11 +68,15 @@ def worker_name() -> str:
 
 class Worker:
     def __init__(self, engine: Engine, registry: Registry, dispatcher: Dispatcher,
-                 inline_steps: int = 50, attempts: AttemptListener | None = None) -> None:
+                 inline_steps: int = 50, attempts: AttemptListener | None = None,
+                 inline_for_s: float | None = None) -> None:
         self.engine = engine
         self.registry = registry
         self.dispatcher = dispatcher  # for RemoteTask steps, which another service runs
         self.inline_steps = inline_steps
+        # The message stays unacknowledged while its inline steps run: none is taken on past
+        # this (saga.tasks.limits.inline_window_s), before the broker redelivers or cancels it.
+        self.inline_for_s = inline_for_s
         self.attempts = attempts
         self.outage = Outage(log, "worker")
 
@@ -92,6 +100,9 @@ class Worker:
             if self.outage.failed(exc):
                 return StepResult("deferred")
             raise
+        finally:
+            if self.attempts is not None:
+                self.attempts.delivered()
         self.outage.answered()
         return result
 
@@ -110,6 +121,7 @@ class Worker:
             return StepResult("dropped")
         # Steps taken inline run without Celery's time limits, so only after one without.
         budget = self.inline_steps if definition.timeout is None else 0
+        window_ends = None if self.inline_for_s is None else monotonic() + self.inline_for_s
         first_attempt, result, inline = claim.attempt, None, 0
         while claim is not None:
             if self.attempts is not None:
@@ -119,8 +131,9 @@ class Worker:
                             step=claim.step, role=str(claim.role), attempt=claim.attempt,
                             worker=worker):
                 event = self._execute(saga, claim)
+            go_on = budget > 0 and (window_ends is None or monotonic() < window_ends)
             outcome = self.engine.advance(run_id, event, worker=worker, known=saga,
-                                          claim_next_for=worker if budget > 0 else None)
+                                          claim_next_for=worker if go_on else None)
             retried = outcome.retried(claim.step, claim.role, claim.attempt)
             if self.attempts is not None:
                 self.attempts.ended(saga, claim, event, outcome.changed, inline > 0, retried)
