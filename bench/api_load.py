@@ -2,6 +2,7 @@
 
     python bench/api_load.py [--concurrency 16] [--seconds 20] [--repeat 3]
     python bench/api_load.py --compare /tmp/before      # another source tree, side by side
+    python bench/api_load.py --variant t8:SAGA_API_THREADS=8   # other settings, side by side
     python bench/api_load.py --flame /tmp/flame.svg     # py-spy on the gunicorn workers
 
 A real `saga api` (gunicorn, its default --workers/--threads, as compose runs it;
@@ -24,8 +25,9 @@ server sustains; latencies include queueing in gunicorn's backlog when the serve
 `--compare TREE` measures TREE's `saga api` (a `git archive` of an older commit, with
 `saga/api` and `saga/migrations` symlinked to its `api` and `migrations`) and this checkout's
 in alternating order on each repeat, each on its own fresh database, and prints medians.
-`--flame PATH` records the workers with `py-spy record --gil` for the measured window (of
-this checkout's server) and writes a flame graph SVG.
+`--flame PATH.svg` records the workers with `py-spy record --gil` (CPU, not waiting) for the
+measured window of each server's first repeat and writes a flame graph SVG, PATH-this.svg
+(and PATH-compare.svg with --compare); PATH.txt: py-spy's raw collapsed stacks instead.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ SAGA = "bench_five"
 RATE_LIMIT_STORAGE = os.environ.get("BENCH_RATE_LIMIT_REDIS_URL", "redis://127.0.0.1:6379/1")
 REPLAYED = 50  # keys started again after the batch: each must answer 200 with its run
 PY_SPY = Path(sys.executable).parent / "py-spy"
+SERVER = "saga api (gunicorn)"
+# What a start costs on the machine: the server and what serves it (postgres counts every
+# database's backends, so another user's queries count too).
+OURS = (SERVER, "postgres (all databases)", "rabbitmq", "redis-server",
+        "load generator (this process)")
 
 
 @dataclass
@@ -194,7 +201,7 @@ class Cpu:
             if pid == os.getpid():
                 kind = "load generator (this process)"
             elif group == self.group:
-                kind = "saga api (gunicorn)"
+                kind = SERVER
             elif name == "postgres":
                 kind = "postgres (all databases)"
             elif "beam" in name or name.startswith(("erl_", "epmd")):
@@ -214,11 +221,11 @@ class Cpu:
 # -- one measurement -----------------------------------------------------------------------
 
 def measure(label: str, args: argparse.Namespace, folder: Path, tree: Path | None = None,
-            flame: Path | None = None) -> Result:
+            flame: Path | None = None, settings: dict[str, str] | None = None) -> Result:
     db = Database()
     queue = f"bench-api-{uuid.uuid4().hex[:8]}"
     env = {"SAGA_SAGAS": "bench.sagas", "SAGA_QUEUE": queue,
-           "SAGA_RATE_LIMIT_STORAGE": RATE_LIMIT_STORAGE, **dict(args.env)}
+           "SAGA_RATE_LIMIT_STORAGE": RATE_LIMIT_STORAGE, **dict(args.env), **(settings or {})}
     api = ApiServer(db.url, BROKERS[args.broker], folder, env=env, workers=args.workers,
                     threads=args.threads, tree=tree)
     try:
@@ -258,8 +265,8 @@ def _py_spy(pid: int, warmup_s: float, seconds: float, flame: Path) -> subproces
     """py-spy on the arbiter and its workers, for the measured window (it starts now and
     waits out the warm-up first)."""
     argv = [str(PY_SPY), "record", "--pid", str(pid), "--subprocesses", "--gil", "--nonblocking",
-            "--rate", "250", "--duration", str(int(seconds)), "--format", "flamegraph",
-            "--output", str(flame)]
+            "--rate", "250", "--duration", str(int(seconds)),
+            "--format", "raw" if flame.suffix == ".txt" else "flamegraph", "--output", str(flame)]
     delayed = ["sh", "-c", f'sleep {warmup_s}; exec "$@"', "py-spy", *argv]
     return subprocess.Popen(delayed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -273,6 +280,12 @@ def report(result: Result) -> None:
     cpu = "  ".join(f"{kind} {cores:.2f}" for kind, cores in
                     sorted(result.cpu.items(), key=lambda kv: -kv[1]))
     print(f"           cores busy: {cpu}  (of {CORES})")
+    if result.rate:
+        api = result.cpu.get(SERVER, 0.0)
+        ours = sum(v for k, v in result.cpu.items() if k in OURS)
+        print(f"           CPU per start: saga api {1000 * api / result.rate:.2f} ms, with postgres, "
+              f"the broker, redis and this client {1000 * ours / result.rate:.2f} ms: "
+              f"{CORES} idle cores would sustain ~{CORES * result.rate / max(ours, 1e-9):.0f}/s")
     for problem in result.checks:
         print(f"           BROKEN PROMISE: {problem}")
 
@@ -292,22 +305,29 @@ def main() -> int:
                         metavar="SAGA_X=VALUE", help="a setting for the server (repeatable)")
     parser.add_argument("--compare", type=Path, default=None, metavar="TREE",
                         help="also measure this source tree's saga api, alternating")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:SAGA_X=V,...",
+                        help="also measure this checkout with these settings (repeatable)")
     parser.add_argument("--flame", type=Path, default=None, metavar="SVG",
-                        help="py-spy flame graph of this checkout's server, first repeat")
+                        help="py-spy flame graphs of each server's first repeat")
     args = parser.parse_args()
     atexit.register(Worker.stop_all)
     folder = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    trees: list[tuple[str, Path | None]] = [("this", None)]
+    trees: list[tuple[str, Path | None, dict[str, str]]] = [("this", None, {})]
     if args.compare is not None:
-        trees = [("compare", args.compare.resolve()), *trees]
+        trees = [("compare", args.compare.resolve(), {}), *trees]
+    for variant in args.variant:
+        label, _, pairs = variant.partition(":")
+        trees.append((label, None, dict(p.split("=", 1) for p in pairs.split(",") if p)))
     print(f"POST /v1/sagas/{SAGA}/runs, {args.concurrency} in flight, {args.warmup:.0f}s warm-up "
           f"+ {args.seconds:.0f}s measured, broker {args.broker}, logs in {folder}")
-    results: dict[str, list[Result]] = {label: [] for label, _ in trees}
+    results: dict[str, list[Result]] = {label: [] for label, _, _ in trees}
     for repeat in range(args.repeat):
         order = trees if repeat % 2 == 0 else trees[::-1]
-        for label, tree in order:
-            flame = args.flame if (args.flame and tree is None and repeat == 0) else None
-            result = measure(label, args, folder, tree, flame)
+        for label, tree, settings in order:
+            flame = None
+            if args.flame and repeat == 0:
+                flame = args.flame.with_name(f"{args.flame.stem}-{label}{args.flame.suffix}")
+            result = measure(label, args, folder, tree, flame, settings)
             results[label].append(result)
             report(result)
     broken = any(r.checks for rs in results.values() for r in rs)
@@ -318,7 +338,7 @@ def main() -> int:
                   f"p50 {statistics.median(r.p50_ms for r in rs):6.1f} ms  "
                   f"p99 {statistics.median(r.p99_ms for r in rs):6.1f} ms")
     if args.flame:
-        print(f"\n  flame graph: {args.flame}")
+        print(f"\n  flame graphs: {args.flame.with_name(args.flame.stem)}-<label>.svg")
     return 1 if broken else 0
 
 

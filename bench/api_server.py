@@ -79,9 +79,10 @@ class ApiServer:
             headers["Idempotency-Key"] = idempotency_key
         return headers
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Gracefully (SIGTERM: gunicorn lets requests finish), or with `kill` at once."""
         if self.process is not None:
-            self.process.stop()
+            self.process.stop(kill=kill)
             self.process = None
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -29,6 +29,7 @@ from bench.throughput import (
     WORKER_CPU,
     Result,
     Scaled,
+    Session,
     median,
     ms,
     percentile,
@@ -121,11 +122,6 @@ def _ratio(saga: Sequence[Result], chain: Sequence[Result], value: Callable[[Res
     return f"{median(pairs):.2f}x" if pairs else "n/a"
 
 
-def _published_per_step(result: Result, index: int) -> float | None:
-    count = _published(result)[index]
-    return None if count is None or not result.published_steps else count / result.published_steps
-
-
 def _tapped(results: Sequence[Result], key: str) -> str:
     """Per step, the task events of routing key `key` (or taps.ALL) the tap counted."""
     def per_step(r: Result) -> float | None:
@@ -140,14 +136,15 @@ def _cpu_ms(result: Result, kind: str, n: int) -> float | None:
     return None if spent is None else 1000 * spent / n
 
 
-def _published(result: Result) -> tuple[float | None, float | None]:
-    """(step messages, task events) from saga_messages_published_total, by its series'
-    labels: a series naming an event counts as events; None where there is none."""
-    if result.published is None:
-        return None, None
-    events = [v for k, v in result.published.items() if "event" in k.lower()]
-    messages = [v for k, v in result.published.items() if "event" not in k.lower()]
-    return (sum(messages) if messages else None), (sum(events) if events else None)
+def _published(session: Session) -> tuple[str, str]:
+    """(step messages, task events) per step from saga_messages_published_total, by its
+    series' labels: a series naming an event counts as events; n/a where there is none."""
+    if session.published is None or not session.steps:
+        return "n/a", "n/a"
+    events = [v for k, v in session.published.items() if "event" in k.lower()]
+    messages = [v for k, v in session.published.items() if "event" not in k.lower()]
+    return tuple(f"{sum(found) / session.steps:.2f}" if found else "n/a"  # type: ignore[return-value]
+                 for found in (messages, events))
 
 
 def _median_text(results: Iterable[Result], value: Callable[[Result], float | None],
@@ -156,8 +153,9 @@ def _median_text(results: Iterable[Result], value: Callable[[Result], float | No
     return shown(statistics.median(present)) if present else missing
 
 
-def tables(results: dict[tuple[str, str], list[Result]], brokers: Sequence[str], n: int,
-           repeat: int, solo: int, pg_rates: dict[int, list[float]]) -> None:
+def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Session],
+           brokers: Sequence[str], n: int, repeat: int, solo: int,
+           pg_rates: dict[int, list[float]]) -> None:
     saga, plain, chain = "saga", "plain", "chain"
 
     print(f"\n### Throughput: {n} runs of {STEPS} no-op steps, medians of {repeat} repeat(s)\n")
@@ -213,36 +211,36 @@ def tables(results: dict[tuple[str, str], list[Result]], brokers: Sequence[str],
 
     print("\n### Cost per step\n")
     print("write tx: transactions that wrote, count(DISTINCT xmin) of the measured runs' events "
-          "/ their steps (every write transaction appends an event). commits: pg_stat_database "
-          "xact_commit over the whole measurement, minus the bench's own polls, / steps: also "
-          "the pool's pre-pings, the API's token reads and read-only transactions. app counter: "
-          "saga_messages_published_total from the worker's --metrics-port and the API's "
-          "/metrics over every run of the measurement (n/a: not in this version). On the "
+          "/ their steps (every write transaction appends an event). commits and rollbacks: "
+          "pg_stat_database over the broker's whole session (every run of every repeat; read "
+          "before the saga's processes started and after they all ended), minus the bench's own "
+          "polls, / steps: also the pool's pre-pings, the API's token reads and read-only "
+          "transactions. app counter: saga_messages_published_total from the worker's "
+          "--metrics-port and the API's /metrics, at the session's end, / its steps"
+          " (n/a: not in this version). On the "
           f"broker: the task events of the {WARMUP} warm-up runs, counted by a tap on the "
           "deployment's event exchange (bench/taps.py): the dispatcher announces each step "
-          "message with one task-sent event, so task-sent/step is the step messages published; "
-          "task-received, the messages a worker took; all, every task event. The plain chain "
-          "sends no events and publishes one message per task (each task publishes the next); "
-          "the chain on the saga's settings is tapped the same way (per task).\n")
-    headers = ["broker", "write tx/step", "commits/step", "step msgs/step (app counter)",
-               "task events/step (app counter)", "task-sent/step (broker)",
-               "task-received/step (broker)", "task events/step (broker)",
-               "chain (saga's): task-received/task", "task events/task"]
+          "message with one task-sent event of its own, so task-sent/step is the step messages "
+          "published; event msgs, every message of task events (a worker sends its own several "
+          "to a task.multi message). The plain chain sends no events and publishes one message "
+          "per task (each task publishes the next); the chain on the saga's settings is tapped "
+          "the same way (per task).\n")
+    headers = ["broker", "write tx/step", "commits/step", "rollbacks/step",
+               "step msgs/step (app counter)", "task events/step (app counter)",
+               "task-sent/step (broker)", "event msgs/step (broker)",
+               "chain (saga's): event msgs/task"]
     lines = []
     series: set[str] = set()
     for broker in brokers:
         s, c = results[(broker, saga)], results[(broker, chain)]
-        if not s:
+        session = sessions.get(broker)
+        if not s or session is None:
             continue
-        for result in s:
-            series |= set(result.published or ())
+        series |= set(session.published or ())
         lines.append([
             broker, _median_text(s, lambda r: r.writes_per_step, lambda v: f"{v:.2f}"),
-            _median_text(s, lambda r: r.commits_per_step, lambda v: f"{v:.2f}"),
-            _median_text(s, lambda r: _published_per_step(r, 0), lambda v: f"{v:.2f}"),
-            _median_text(s, lambda r: _published_per_step(r, 1), lambda v: f"{v:.2f}"),
-            _tapped(s, "task.sent"), _tapped(s, "task.received"), _tapped(s, ALL),
-            _tapped(c, "task.received"), _tapped(c, ALL)])
+            f"{session.commits_per_step:.2f}", f"{session.rollbacks_per_step:.2f}",
+            *_published(session), _tapped(s, "task.sent"), _tapped(s, ALL), _tapped(c, ALL)])
     print_markdown(headers, lines)
     if series:
         print(f"\nsaga_messages_published_total series seen: {', '.join(sorted(series))}")
@@ -293,10 +291,14 @@ def scaling(scaled: dict[str, list[Scaled]], n: int, pg_rates: dict[int, list[fl
     print("prefork: `saga worker -c N`; threads: `saga worker --pool threads -c N`. write tx/s: "
           "the batch's write transactions (distinct xmin of its events) over its window; PG "
           "commits/s: single-row INSERT + COMMIT on as many connections, the commit rate "
-          "PostgreSQL gives this machine; the last column is how much of it the saga used. "
-          "worker: cores its process group used.\n")
+          "PostgreSQL gives this machine, and how much of it the saga used. worker: cores its "
+          "process group used; bench: the cores of every process of the bench (worker, API, "
+          f"client, the bench database's backends, the broker), of {CORES}; others: the rest of "
+          "the machine's. Where bench + others reach the cores, the CPU is the limit; where "
+          "write tx / PG nears 100%, PostgreSQL's commits are.\n")
     headers = ["broker", "pool", "N", "sagas/s", "steps/s", "write tx/s",
-               "PG commits/s at N conns", "write tx / PG", "worker cores", "others (cores)"]
+               "PG commits/s at N conns", "write tx / PG", "worker cores", "bench cores",
+               "others (cores)"]
     lines = []
     for broker, rows in scaled.items():
         for row in rows:
@@ -308,7 +310,7 @@ def scaling(scaled: dict[str, list[Scaled]], n: int, pg_rates: dict[int, list[fl
                           f"{pg:.0f}" if pg == pg else "n/a",
                           f"{writes / pg:.0%}" if pg == pg and pg else "n/a",
                           f"{r.worker_cpu_s / r.cpu_wall_s:.2f}" if r.cpu_wall_s else "n/a",
-                          f"{r.others:.2f}"])
+                          f"{r.ours:.2f}", f"{r.others:.2f}"])
     print_markdown(headers, lines)
     print("\nPostgreSQL commit rate by connections (single-row INSERT + COMMIT, 2 s): " + ", ".join(
         f"{c}: {median(v):.0f}/s" for c, v in sorted(pg_rates.items())))

@@ -112,10 +112,14 @@ class Worker:
 
         wait_for(ready, timeout, f"{self.name} to be ready", interval=0.1)
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (a warm shutdown), then SIGKILL, to the whole group; with `kill`, SIGKILL
+        at once (a measured process with nothing left to finish: its graceful shutdown only
+        costs the bench seconds)."""
         if self in Worker.live:
             Worker.live.remove(self)
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        first = signal.SIGKILL if kill else signal.SIGTERM
+        for sig, grace in ((first, 10.0), (signal.SIGKILL, 10.0)):
             try:
                 os.killpg(self.popen.pid, sig)  # the group: the main process and its children
             except ProcessLookupError:
@@ -124,7 +128,7 @@ class Worker:
                 self.popen.wait(grace)
             except subprocess.TimeoutExpired:
                 continue
-            if sig is signal.SIGTERM:  # children may linger a moment after the parent
+            if sig is first:  # children may linger a moment after the parent
                 try:
                     os.killpg(self.popen.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -178,6 +182,27 @@ def delete_queue(broker_url: str, queue: str) -> None:
             conn.default_channel.exchange_delete(queue)  # its direct exchange, named alike
     except Exception as exc:  # best effort: the queue is unique and should be empty
         print(f"  (could not delete queue {queue}: {exc})", file=sys.stderr)
+
+
+def delete_exchanges(broker_url: str, names: Iterable[str]) -> None:
+    """Remove exchanges the bench made (its event and remote-control exchanges), once
+    nothing publishes to them: RabbitMQ's, or on Redis their binding sets."""
+    names = list(names)
+    try:
+        if broker_url.startswith(("redis://", "rediss://")):
+            client = redis.Redis.from_url(broker_url)
+            try:
+                client.delete(*(f"_kombu.binding.{name}" for name in names))
+            finally:
+                client.close()
+            return
+        from kombu import Connection
+
+        with Connection(broker_url, connect_timeout=3) as conn:
+            for name in names:
+                conn.default_channel.exchange_delete(name)
+    except Exception as exc:  # best effort, as delete_queue
+        print(f"  (could not delete exchanges {names}: {exc})", file=sys.stderr)
 
 
 # -- the database -----------------------------------------------------------------------
@@ -316,6 +341,8 @@ class CpuMeter:
         self.bench_pids: set[int] = set()
         self.load = 0.0  # the machine's 1-minute load average as the batch ended
         self.groups: dict[int, str] = {}  # more process groups to name: pgid -> kind
+        # The broker measured: the other one's CPU is someone else's (shared servers).
+        self.broker: str | None = None
 
     def _backends(self) -> set[int]:
         if self.db is None:
@@ -348,6 +375,8 @@ class CpuMeter:
             elif name == "postgres" and _postgres_aux(pid):
                 kind = "postgres walwriter/checkpointer/..."
             elif "beam" in name or name.startswith(("erl_", "epmd")):
+                if self.broker not in (None, "rabbitmq"):
+                    continue
                 kind = "rabbitmq"
             elif name.startswith("redis-server"):
                 kind = "redis-server"
@@ -552,13 +581,17 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
                                        "worker", "-c", "2", *worker_args], env, folder)
     system = None
     meter = CpuMeter(db)
+    meter.broker = broker
     poll: RunPoller | None = None
+    began = time.monotonic()
     try:
         # Above INFO, Celery's "ready." line is not logged: wait for its banner instead (the
         # warm-up then waits for the consumer; publishing declares the queue).
         worker.wait_ready(marker=" ready." if log_level in ("DEBUG", "INFO") else "[tasks]")
         system = build(settings)
         engine = system.engine
+        if system.dispatcher.namespace.id is not None:
+            SagaSetup.deployments.add((broker_url, system.dispatcher.namespace.id))
         poll = RunPoller(db, broker)
         before = db.counters()
         warm, _ = in_threads(WARMUP, lambda _i: engine.start(SAGA, {})[0])
@@ -584,7 +617,7 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     finally:
         if poll is not None:
             poll.close()
-        worker.stop()
+        worker.stop(kill=True)
         if system is not None:
             system.store.close()  # broker connections stay in kombu's shared pool
         delete_queue(broker_url, queue)
@@ -598,6 +631,7 @@ def measure_saga(db: Database, broker: str, n: int, folder: Path, module: str = 
     result.failed = sum(1 for r in rows if r[2] != "succeeded")
     finish_result(result, meter)
     result.solo = [solo_spans[i] for i, _ in solo]  # created_at -> finished_at
+    result.took_s = time.monotonic() - began
     return result
 
 
@@ -655,88 +689,191 @@ def scrape_published(urls: Sequence[tuple[str, dict[str, str]]]) -> dict[str, fl
     return found or None
 
 
+API_CPU = "api (gunicorn: arbiter + workers)"
+IDLE_CPU = "the other kinds' idle processes"
+
+
+class SagaSetup:
+    """A real `saga api` (gunicorn, its default workers and threads) and a real `saga worker`
+    on one queue of the bench database, kept for every repeat on one broker.
+
+    The worker runs with the defaults a user gets (prefork, task events on, INFO logs,
+    metrics counted) and its metrics served on a port. Runs are started by POST
+    /v1/sagas/bench_five/runs with an Idempotency-Key, from START_THREADS client threads.
+    """
+
+    kind = "saga"
+    # (broker URL, deployment id) of every setup: their exchanges go once all have stopped.
+    deployments: set[tuple[str, str]] = set()
+
+    def __init__(self, db: Database, broker: str, folder: Path) -> None:
+        self.db, self.broker, self.folder = db, broker, folder
+        self.broker_url = BROKERS[broker]
+        self.queue = f"bench-saga-{uuid.uuid4().hex[:8]}"
+        self.saga_env = {"SAGA_SAGAS": "bench.sagas", "SAGA_QUEUE": self.queue,
+                         "SAGA_RATE_LIMIT": UNTHROTTLED}
+        self.api: Any = None
+        self.worker: Worker | None = None
+        self.client: ApiClient | None = None
+        self.poll: RunPoller | None = None
+        self.metrics_port = 0
+        self.events = ""  # the deployment's event exchange
+        self.steps = 0  # saga steps started so far: the denominator of the session's figures
+        self.before = (0, 0)
+
+    def spawn(self, concurrency: int = 2, pool: str = "prefork") -> None:
+        """Start both processes; `ready` waits for them."""
+        from bench.api_server import ApiServer
+
+        self.db.wait_idle()  # nothing else on the bench database: its counters are exact
+        self.before = self.db.counters()
+        self._spawn_worker(concurrency, pool)
+        self.api = ApiServer(self.db.url, self.broker_url, self.folder, env=self.saga_env)
+
+    def _spawn_worker(self, concurrency: int, pool: str) -> None:
+        from tests.stack import free_port
+
+        self.metrics_port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": self.db.url,
+               "SAGA_BROKER_URL": self.broker_url, **self.saga_env}
+        argv = [sys.executable, "-m", "saga.cli", "worker", "-c", str(concurrency),
+                "--pool", pool, "--metrics-port", str(self.metrics_port)]
+        self.worker = Worker(f"saga-{self.broker}-{pool}{concurrency}", argv, env, self.folder)
+
+    def ready(self) -> None:
+        assert self.worker is not None
+        self.api.__enter__()
+        self._worker_ready()
+        self.client = ApiClient(self.api)
+        self.poll = RunPoller(self.db, self.broker)
+
+    def _worker_ready(self) -> None:
+        assert self.worker is not None
+        self.worker.wait_ready()
+        found = re.search(r"deployment (\S+), queue", self.worker.output())
+        if not found:
+            raise RuntimeError(f"the worker named no deployment:\n{self.worker.output()[-2000:]}")
+        self.events = exchanges_for(found.group(1))["event_exchange"]
+        SagaSetup.deployments.add((self.broker_url, found.group(1)))
+
+    def replace_worker(self, concurrency: int, pool: str) -> None:
+        """Another worker on the same queue (every run finished: nothing is in flight)."""
+        assert self.worker is not None
+        self.worker.stop(kill=True)
+        self._spawn_worker(concurrency, pool)
+        self._worker_ready()
+
+    def groups(self) -> dict[int, str]:
+        assert self.worker is not None and self.api.process is not None
+        return {self.worker.popen.pid: WORKER_CPU, self.api.process.popen.pid: API_CPU}
+
+    def measure(self, n: int, solo: int, *, tap: bool = True, warmup: int = WARMUP,
+                idle: Iterable[int] = ()) -> Result:
+        """WARMUP runs (their task events counted on the broker with `tap`), N runs as fast
+        as the client threads start them (the measured batch), then `solo` one at a time.
+        `idle`: the process groups of the other kinds, named in the CPU figures."""
+        from bench.taps import Tap
+
+        assert self.worker is not None and self.client is not None and self.poll is not None
+        client, poll = self.client, self.poll
+        began = time.monotonic()
+        tapped: dict[str, int] | None = None
+        if tap:
+            with Tap(self.broker_url, self.events) as taps:
+                warm, _ = in_threads(warmup, lambda _i: client.start()[0])
+                poll.wait_done(warm)
+                tapped = taps.settled()
+        else:
+            warm, _ = in_threads(warmup, lambda _i: client.start()[0])
+            poll.wait_done(warm)
+        meter = CpuMeter(self.db)
+        meter.groups = {**{pgid: IDLE_CPU for pgid in idle}, **self.groups()}
+        meter.broker = self.broker
+        meter("begin", self.worker)
+        started, submit_s = in_threads(n, lambda _i: client.start())
+        ids = [run_id for run_id, _, _ in started]
+        poll.wait_done(ids)
+        meter("end", self.worker)
+        rows = poll.spans(ids)
+        writes = poll.writes(ids)
+        alone = []
+        for _ in range(solo):
+            alone.append(client.start())
+            poll.wait_one(alone[-1][0])
+        finished = poll.finished([run_id for run_id, _, _ in alone])
+        self.steps += (warmup + n + solo) * STEPS
+        result = summarize([(r[0], r[1]) for r in rows], submit_s)
+        result.writes, result.writes_per_step = writes, writes / (n * STEPS)
+        result.failed = sum(1 for r in rows if r[2] != "succeeded")
+        finish_result(result, meter)
+        result.solo = [finished[run_id] - received for run_id, _, received in alone]
+        result.solo_sent = [finished[run_id] - sent for run_id, sent, _ in alone]
+        result.tapped, result.tapped_steps = tapped, warmup * STEPS
+        result.took_s = time.monotonic() - began
+        return result
+
+    @classmethod
+    def delete_exchanges(cls) -> None:
+        """The deployments' event and remote-control exchanges, once every process stopped."""
+        for broker_url, deployment in cls.deployments:
+            names = exchanges_for(deployment)
+            delete_exchanges(broker_url, [names["event_exchange"],
+                                          f"{names['control_exchange']}.pidbox"])
+        cls.deployments.clear()
+
+    def close(self) -> Session:
+        """Stop both (killed: nothing is left to finish), delete the queue; what the whole
+        session cost per step: commits, rollbacks (pg_stat_database, once every session
+        closed) and the app's published-messages counter (scraped first)."""
+        published = None
+        try:
+            if self.api is not None and self.api.process is not None and self.worker is not None:
+                published = scrape_published([
+                    (f"http://127.0.0.1:{self.metrics_port}/metrics", {}),
+                    (f"{self.api.url}/metrics", {"Authorization": f"Bearer {self.api.token}"})])
+        finally:
+            if self.client is not None:
+                self.client.close()
+            if self.poll is not None:
+                self.poll.close()
+            if self.api is not None:
+                self.api.stop(kill=True)
+            if self.worker is not None:
+                self.worker.stop(kill=True)
+            delete_queue(self.broker_url, self.queue)
+        self.db.wait_idle()
+        after = self.db.counters()
+        polls = self.poll.polls if self.poll is not None else 0
+        steps = max(self.steps, 1)
+        return Session(commits_per_step=(after[0] - self.before[0] - polls) / steps,
+                       rollbacks_per_step=(after[1] - self.before[1]) / steps,
+                       published=published, steps=self.steps)
+
+
+@dataclass
+class Session:
+    """One broker's saga processes, over every repeat: what they cost per step."""
+
+    commits_per_step: float
+    rollbacks_per_step: float
+    published: dict[str, float] | None  # saga_messages_published_total by series
+    steps: int
+
+
 def measure_api_saga(db: Database, broker: str, n: int, folder: Path, *, solo: int,
                      concurrency: int = 2, pool: str = "prefork", tap: bool = True,
                      warmup: int = WARMUP) -> Result:
-    """N sagas started through a real `saga api` (gunicorn, its default workers and threads)
-    from START_THREADS client threads, run by a real `saga worker -c CONCURRENCY` with the
-    defaults a user gets (task events on, INFO logs, metrics counted) and its metrics served
-    on a port; then `solo` more, one at a time. With `tap`, the warm-up runs are counted on
-    the broker (bench/taps.py)."""
-    from bench.api_server import ApiServer
-    from bench.taps import Tap
-    from tests.stack import free_port
-
-    broker_url = BROKERS[broker]
-    queue = f"bench-saga-{uuid.uuid4().hex[:8]}"
-    saga_env = {"SAGA_SAGAS": "bench.sagas", "SAGA_QUEUE": queue, "SAGA_RATE_LIMIT": UNTHROTTLED}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_DATABASE_URL": db.url,
-           "SAGA_BROKER_URL": broker_url, **saga_env}
-    metrics_port = free_port()
-    argv = [sys.executable, "-m", "saga.cli", "worker", "-c", str(concurrency), "--pool", pool,
-            "--metrics-port", str(metrics_port)]
-    worker = Worker(f"saga-{broker}-{pool}{concurrency}", argv, env, folder)
-    meter = CpuMeter(db)
-    poll: RunPoller | None = None
-    client: ApiClient | None = None
-    tapped: dict[str, int] | None = None
-    began = time.monotonic()
+    """One measurement on fresh processes (SagaSetup), with the session's costs in it."""
+    setup = SagaSetup(db, broker, folder)
     try:
-        with ApiServer(db.url, broker_url, folder, env=saga_env) as api:
-            assert api.process is not None
-            meter.groups[api.process.popen.pid] = "api (gunicorn: arbiter + workers)"
-            worker.wait_ready()
-            found = re.search(r"deployment (\S+), queue", worker.output())
-            if not found:
-                raise RuntimeError(f"the worker named no deployment:\n{worker.output()[-2000:]}")
-            client = ApiClient(api)
-            poll = RunPoller(db, broker)
-            before = db.counters()
-            if tap:
-                events = exchanges_for(found.group(1))["event_exchange"]
-                with Tap(broker_url, events) as taps:
-                    warm, _ = in_threads(warmup, lambda _i: client.start()[0])
-                    poll.wait_done(warm)
-                    tapped = taps.settled()
-            else:
-                warm, _ = in_threads(warmup, lambda _i: client.start()[0])
-                poll.wait_done(warm)
-            meter("begin", worker)
-            started, submit_s = in_threads(n, lambda _i: client.start())
-            ids = [run_id for run_id, _, _ in started]
-            poll.wait_done(ids)
-            meter("end", worker)
-            rows = poll.spans(ids)
-            writes = poll.writes(ids)
-            alone = []
-            for _ in range(solo):
-                alone.append(client.start())
-                poll.wait_one(alone[-1][0])
-            finished = poll.finished([run_id for run_id, _, _ in alone])
-            published = scrape_published([
-                (f"http://127.0.0.1:{metrics_port}/metrics", {}),
-                (f"{api.url}/metrics", {"Authorization": f"Bearer {api.token}"})])
+        setup.spawn(concurrency, pool)
+        setup.ready()
+        result = setup.measure(n, solo, tap=tap, warmup=warmup)
     finally:
-        if client is not None:
-            client.close()
-        if poll is not None:
-            poll.close()
-        worker.stop()
-        delete_queue(broker_url, queue)
-    db.wait_idle()
-    after = db.counters()
-    result = summarize([(r[0], r[1]) for r in rows], submit_s)
-    step_count = (warmup + n + solo) * STEPS
-    result.commits_per_step = (after[0] - before[0] - poll.polls) / step_count
-    result.rollbacks_per_step = (after[1] - before[1]) / step_count
-    result.writes, result.writes_per_step = writes, writes / (n * STEPS)
-    result.failed = sum(1 for r in rows if r[2] != "succeeded")
-    finish_result(result, meter)
-    result.solo = [finished[run_id] - received for run_id, _, received in alone]
-    result.solo_sent = [finished[run_id] - sent for run_id, sent, _ in alone]
-    result.tapped, result.tapped_steps = tapped, warmup * STEPS
-    result.published, result.published_steps = published, step_count
-    result.took_s = time.monotonic() - began
+        session = setup.close()
+    result.commits_per_step = session.commits_per_step
+    result.rollbacks_per_step = session.rollbacks_per_step
+    result.published, result.published_steps = session.published, session.steps
     return result
 
 
@@ -752,60 +889,80 @@ CHAINS = {  # kind -> (Celery app module, what it is)
 }
 
 
-def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None, *,
-                  kind: str = "chain", solo: int = SOLO, tap: bool = False) -> Result:
-    """N chains of 5 no-op tasks through a real `celery -A <module> worker -c 2` (prefork),
-    then `solo` more one at a time. `kind` "chain": bench.baseline_tasks, the saga's own
-    Celery settings; "plain": bench.plain_tasks, Celery's defaults. With `tap`, the warm-up's
-    task events are counted on the broker (the plain chain sends none)."""
-    from bench.baseline_tasks import LENGTH, start_chain
-    from bench.taps import Tap
+class ChainSetup:
+    """A real `celery -A <module> worker -c 2` (prefork) and the app that starts chains of 5
+    no-op tasks, kept for every repeat on one broker. `kind` "chain": bench.baseline_tasks,
+    the saga's own Celery settings; "plain": bench.plain_tasks, Celery's defaults."""
 
-    assert LENGTH == STEPS
-    module = CHAINS[kind][0]
-    make_app = importlib.import_module(module).make_app
-    broker_url = BROKERS[broker]
-    queue = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
-    key = f"bench:chain:{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_BROKER_URL": broker_url,
-           "BENCH_QUEUE": queue, "BENCH_REDIS_URL": REPORT_REDIS_URL, "BENCH_RESULTS_KEY": key}
-    # Gossip and mingle off, as `saga worker` has them: on a shared broker they would talk
-    # with everyone else's workers. The plain app consumes its task_default_queue unasked.
-    argv = [sys.executable, "-m", "celery", "-A", module, "worker", "-c", "2",
-            "--pool", "prefork", "--without-gossip", "--without-mingle", "--loglevel=INFO",
-            f"--hostname=bench-{kind}-{os.getpid()}@%h"]
-    if kind == "chain":
-        argv.append(f"--queues={queue}")
-    worker = Worker(f"{kind}-{broker}", argv, env, folder)
-    app = make_app(broker_url, queue, REPORT_REDIS_URL, key)
-    reports = redis.Redis.from_url(REPORT_REDIS_URL)
-    meter = CpuMeter()
-    tapped: dict[str, int] | None = None
-    began = time.monotonic()
-    try:
-        worker.wait_ready()
+    def __init__(self, broker: str, kind: str, folder: Path) -> None:
+        self.broker, self.kind, self.folder = broker, kind, folder
+        self.broker_url = BROKERS[broker]
+        self.queue = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+        self.key = f"bench:chain:{uuid.uuid4().hex[:8]}"
+        self.module = CHAINS[kind][0]
+        self.worker: Worker | None = None
+        self.reports = redis.Redis.from_url(REPORT_REDIS_URL)
+        self.app: Any = None
 
-        def wait_done(count: int) -> None:
-            wait_for(lambda: reports.llen(key) >= count, drain_deadline(count),
-                     f"{count} chains to finish on {broker}", interval=0.1)
+    def spawn(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_BROKER_URL": self.broker_url,
+               "BENCH_QUEUE": self.queue, "BENCH_REDIS_URL": REPORT_REDIS_URL,
+               "BENCH_RESULTS_KEY": self.key}
+        # Gossip and mingle off, as `saga worker` has them: on a shared broker they would
+        # talk with everyone else's workers. The plain app consumes its task_default_queue.
+        argv = [sys.executable, "-m", "celery", "-A", self.module, "worker", "-c", "2",
+                "--pool", "prefork", "--without-gossip", "--without-mingle", "--loglevel=INFO",
+                f"--hostname=bench-{self.kind}-{os.getpid()}@%h"]
+        if self.kind == "chain":
+            argv.append(f"--queues={self.queue}")
+        self.worker = Worker(f"{self.kind}-{self.broker}", argv, env, self.folder)
+        make_app = importlib.import_module(self.module).make_app
+        self.app = make_app(self.broker_url, self.queue, REPORT_REDIS_URL, self.key)
 
+    def ready(self) -> None:
+        assert self.worker is not None
+        self.worker.wait_ready()
+
+    def groups(self) -> dict[int, str]:
+        assert self.worker is not None
+        return {self.worker.popen.pid: WORKER_CPU}
+
+    def _wait_done(self, count: int) -> None:
+        wait_for(partial(finished_chains, self.reports, self.key, count), drain_deadline(count),
+                 f"{count} chains to finish on {self.broker}", interval=0.1)
+
+    def measure(self, n: int, solo: int, *, tap: bool = True, idle: Iterable[int] = (),
+                hook: Hook | None = None) -> Result:
+        """As SagaSetup.measure; with `tap`, the warm-up's task events are counted on the
+        broker (the plain chain sends none)."""
+        from bench.baseline_tasks import LENGTH, start_chain
+        from bench.taps import Tap
+
+        assert LENGTH == STEPS and self.worker is not None
+        app, reports, key = self.app, self.reports, self.key
+        began = time.monotonic()
+        tapped: dict[str, int] | None = None
+        reports.delete(key)
         if tap and app.conf.worker_send_task_events:
-            with Tap(broker_url, app.conf.event_exchange) as taps:
+            with Tap(self.broker_url, app.conf.event_exchange) as taps:
                 in_threads(WARMUP, lambda _i: start_chain(app))
-                wait_done(WARMUP)
+                self._wait_done(WARMUP)
                 tapped = taps.settled()
         else:
             in_threads(WARMUP, lambda _i: start_chain(app))
-            wait_done(WARMUP)
+            self._wait_done(WARMUP)
         reports.delete(key)
-        meter("begin", worker)
+        meter = CpuMeter()
+        meter.groups = {pgid: IDLE_CPU for pgid in idle}
+        meter.broker = self.broker
+        meter("begin", self.worker)
         if hook:
-            hook("begin", worker)
+            hook("begin", self.worker)
         _, submit_s = in_threads(n, lambda _i: start_chain(app))
-        wait_done(n)
-        meter("end", worker)
+        self._wait_done(n)
+        meter("end", self.worker)
         if hook:
-            hook("end", worker)
+            hook("end", self.worker)
         spans = [tuple(json.loads(raw)) for raw in reports.lrange(key, 0, -1)]
         reports.delete(key)
         alone = []
@@ -815,22 +972,41 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None, *
             wait_for(partial(finished_chains, reports, key, i + 1), 30, "one chain to finish",
                      interval=0.01)
         ends = [json.loads(raw)[1] for raw in reports.lrange(key, 0, -1)]
-    finally:
-        worker.stop()
         reports.delete(key)
-        reports.close()
-        delete_queue(broker_url, queue)
-    result = summarize(spans, submit_s)
-    finish_result(result, meter)
-    result.solo = [end - returned for (_, returned), end in zip(alone, ends, strict=True)]
-    result.solo_sent = [end - sent for (sent, _), end in zip(alone, ends, strict=True)]
-    result.tapped, result.tapped_steps = tapped, WARMUP * STEPS
-    result.took_s = time.monotonic() - began
-    return result
+        result = summarize(spans, submit_s)
+        finish_result(result, meter)
+        result.solo = [end - returned for (_, returned), end in zip(alone, ends, strict=True)]
+        result.solo_sent = [end - sent for (sent, _), end in zip(alone, ends, strict=True)]
+        result.tapped, result.tapped_steps = tapped, WARMUP * STEPS
+        result.took_s = time.monotonic() - began
+        return result
+
+    def close(self) -> None:
+        try:
+            if self.worker is not None:
+                self.worker.stop(kill=True)
+        finally:
+            self.reports.delete(self.key)
+            self.reports.close()
+            delete_queue(self.broker_url, self.queue)
+            if self.app is not None and self.app.conf.worker_send_task_events:
+                delete_exchanges(self.broker_url, [self.app.conf.event_exchange])
 
 
 def finished_chains(reports: redis.Redis, key: str, count: int) -> bool:
     return int(reports.llen(key)) >= count
+
+
+def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None, *,
+                  kind: str = "chain", solo: int = SOLO, tap: bool = False) -> Result:
+    """N chains through a fresh ChainSetup (`kind` "chain": the saga's Celery settings)."""
+    setup = ChainSetup(broker, kind, folder)
+    try:
+        setup.spawn()
+        setup.ready()
+        return setup.measure(n, solo, tap=tap, hook=hook)
+    finally:
+        setup.close()
 
 
 # -- many workers: where PostgreSQL becomes the limit ---------------------------------------
@@ -844,17 +1020,26 @@ class Scaled:
 
 def measure_scaling(db: Database, broker: str, n: int, folder: Path,
                     counts: Sequence[int]) -> list[Scaled]:
-    """The API-started saga with 1, 2, 4... worker processes (prefork) and threads."""
+    """The API-started saga with 1, 2, 4... worker processes (prefork), then threads: one
+    API, one queue, a new worker for each."""
     out = []
-    for pool in ("prefork", "threads"):
-        for c in counts:
-            result = measure_api_saga(db, broker, n, folder, solo=0, concurrency=c, pool=pool,
-                                      tap=False, warmup=max(10, 5 * c))
-            out.append(Scaled(pool, c, result))
-            print(f"  {broker} {pool} -c {c}: {result.rate:.1f} sagas/s, "
-                  f"{result.writes / result.window_s:.0f} write tx/s, worker "
-                  f"{result.worker_cpu_s / result.cpu_wall_s:.2f} cores, others "
-                  f"{result.others:.2f}", flush=True)
+    setup = SagaSetup(db, broker, folder)
+    try:
+        for pool in ("prefork", "threads"):
+            for c in counts:
+                if setup.worker is None:
+                    setup.spawn(c, pool)
+                    setup.ready()
+                else:
+                    setup.replace_worker(c, pool)
+                result = setup.measure(n, 0, tap=False, warmup=max(10, 5 * c))
+                out.append(Scaled(pool, c, result))
+                print(f"  {broker} {pool} -c {c}: {result.rate:.1f} sagas/s, "
+                      f"{result.writes / result.window_s:.0f} write tx/s, worker "
+                      f"{result.worker_cpu_s / result.cpu_wall_s:.2f} cores, others "
+                      f"{result.others:.2f} (took {result.took_s:.0f}s)", flush=True)
+    finally:
+        setup.close()
     return out
 
 
@@ -1045,7 +1230,6 @@ def print_comparison(results: dict[tuple[str, str], list[Result]], variants: Seq
                 line += [f"{median(g.others for g in chosen):.2f}",
                          f"{median(g.load for g in chosen):.1f}"]
                 lines.append(line)
-    widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(headers)]
     print(f"\n{n} runs of {STEPS} no-op steps, worker -c 2; each figure beside its ratio to "
           f"the \"off\" saga of the same repeat; medians of {repeat} repeat(s) and of the ratios. "
           "chain: the plain Celery chain (baseline); cpu: the worker, the bench process, the "
@@ -1053,10 +1237,7 @@ def print_comparison(results: dict[tuple[str, str], list[Result]], variants: Seq
           "with anyone else on those servers); worker: the worker's processes alone; others: "
           "cores busy with the rest of the machine; load: 1-minute load average as the batch "
           "ended")
-    print(" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    print("-|-".join("-" * w for w in widths))
-    for line in lines:
-        print(" | ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
+    print_markdown(headers, lines)
 
 
 def print_table(rows: dict[str, Row], pg_rates: list[float], pg_rates2: list[float],
@@ -1131,12 +1312,48 @@ def compare(args: argparse.Namespace, brokers: list[str]) -> int:
                         print_result(f"{broker} {kind}", result)
     finally:
         Worker.stop_all()
+        SagaSetup.delete_exchanges()
         db.drop()
     rows = {b: Row(saga=results[(b, DEFAULTS)], chain=results[(b, "chain")]) for b in brokers}
     print_table(rows, pg_rates, pg_rates2, args.sagas, args.repeat)
     print_comparison(results, list(variants.values()), args.sagas, args.repeat)
     print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
+
+
+def measure_broker(db: Database, broker: str, folder: Path, n: int, repeat: int, solo: int,
+                   results: dict[tuple[str, str], list[Result]]) -> Session:
+    """The saga and both chains on one broker: their processes started together and kept
+    (idle between their turns), then each repeat measures each kind in turn, a different
+    kind first each time."""
+    setups: dict[str, SagaSetup | ChainSetup] = {
+        "saga": SagaSetup(db, broker, folder), "plain": ChainSetup(broker, "plain", folder),
+        "chain": ChainSetup(broker, "chain", folder)}
+    kinds = list(setups)
+    session = None
+    try:
+        for setup in setups.values():
+            setup.spawn()
+        for setup in setups.values():
+            setup.ready()
+        for r in range(repeat):
+            shift = r % len(kinds)
+            for kind in kinds[shift:] + kinds[:shift]:
+                idle = [pgid for other, s in setups.items() if other != kind for pgid in s.groups()]
+                result = setups[kind].measure(n, solo, idle=idle)
+                results[(broker, kind)].append(result)
+                print_result(f"{broker} {r + 1}/{repeat} {kind}", result)
+    finally:
+        for kind, setup in setups.items():
+            try:
+                closed = setup.close()
+            except Exception as exc:  # the others still get closed
+                print(f"  (closing the {kind} processes failed: {exc})", file=sys.stderr)
+                continue
+            if isinstance(closed, Session):
+                session = closed
+    assert session is not None
+    return session
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1188,6 +1405,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ["saga", "plain", "chain"]
     main_run = args.scaling != "only"
     results: dict[tuple[str, str], list[Result]] = {(b, k): [] for b in brokers for k in kinds}
+    sessions: dict[str, Session] = {}
     pg_rates: dict[int, list[float]] = collections.defaultdict(list)
     scaled: dict[str, list[Scaled]] = {}
     solo = math.ceil(args.latency_samples / args.repeat)
@@ -1201,22 +1419,13 @@ def main(argv: list[str] | None = None) -> int:
         clock = report.clock_offset(db.libpq)
         with tempfile.TemporaryDirectory(prefix="saga-bench-") as tmp:
             folder = Path(tmp)
-            for r in range(args.repeat if main_run else 0):
-                print(f"repeat {r + 1}/{args.repeat}", flush=True)
+            for broker in brokers if main_run else []:
                 for connections in (1, 2):
                     pg_rates[connections].append(commit_rate(db, 2.0, connections))
-                print(f"  PG commits/s       1 conn {pg_rates[1][-1]:.0f}, "
+                print(f"{broker}: PG commits/s 1 conn {pg_rates[1][-1]:.0f}, "
                       f"2 conns {pg_rates[2][-1]:.0f}", flush=True)
-                for broker in brokers:
-                    shift = r % len(kinds)  # each kind goes first in turn
-                    for kind in kinds[shift:] + kinds[:shift]:
-                        if kind == "saga":
-                            result = measure_api_saga(db, broker, args.sagas, folder, solo=solo)
-                        else:
-                            result = measure_chain(broker, args.sagas, folder, kind=kind,
-                                                   solo=solo, tap=True)
-                        results[(broker, kind)].append(result)
-                        print_result(f"{broker} {report.SHORT[kind]}", result)
+                sessions[broker] = measure_broker(db, broker, folder, args.sagas, args.repeat,
+                                                  solo, results)
             if args.scaling != "off":
                 print(f"many workers: {args.scaling_sagas} runs per configuration, 1 repeat",
                       flush=True)
@@ -1228,12 +1437,13 @@ def main(argv: list[str] | None = None) -> int:
                     scaled[broker] = measure_scaling(db, broker, args.scaling_sagas, folder, counts)
     finally:
         Worker.stop_all()
+        SagaSetup.delete_exchanges()
         db.drop()
     print()
     report.machine(load_before, clock, [r for rs in results.values() for r in rs]
                    + [s.result for ss in scaled.values() for s in ss])
     if main_run:
-        report.tables(results, brokers, args.sagas, args.repeat, solo, pg_rates)
+        report.tables(results, sessions, brokers, args.sagas, args.repeat, solo, pg_rates)
     if scaled:
         report.scaling(scaled, args.scaling_sagas, pg_rates)
     print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "

@@ -25,6 +25,7 @@ from saga.clock import Clock
 
 # Every error the saga log raises; `unreachable` tells an outage from a refused statement.
 DatabaseError = sa.exc.SQLAlchemyError
+CLOCK = sa.select(sa.func.clock_timestamp())  # built once: its compiled form is cached
 
 
 def unreachable(error: BaseException) -> bool:
@@ -104,7 +105,7 @@ class Database:
         if conn is None:
             with self.engine.connect() as own:
                 return self.now(own)
-        return self.clock.read(conn.execute(sa.select(sa.func.clock_timestamp())).scalar_one())
+        return self.clock.read(conn.execute(CLOCK).scalar_one())
 
     def clock_column(self) -> sa.ColumnElement:
         """The clock as a column, to read it in a query made anyway (then `clock.read` it)."""

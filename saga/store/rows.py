@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from saga.clock import aware
 from saga.run import Checked, PendingSignal, Role, Run, RunStatus, StepState, StepStatus
+
+# The columns a run's transaction loads, in the order `run_of` and `step_of` read them.
+RUN_STATE_COLUMNS = ("id", "saga", "version", "status", "input", "error", "created_at",
+                     "finished_at", "deadline_at", "cancel_requested", "shape", "parked")
+STEP_STATE_COLUMNS = ("name", "role", "status", "attempt", "fence", "output", "error",
+                      "queued_at", "started_at", "finished_at", "next_attempt_at",
+                      "lease_expires_at", "lease_owner", "start_by", "wake_at", "in_doubt",
+                      "checked")
+
+
+def run_of(v: Sequence[Any], step_states: Sequence[StepState],
+           signals: tuple[PendingSignal, ...] = ()) -> Run:
+    """A run from its RUN_STATE_COLUMNS values, in that order (a row or a tuple)."""
+    return Run(id=v[0], saga=v[1], version=v[2], status=RunStatus(v[3]), input=v[4],
+               steps={(s.name, s.role): s for s in step_states}, error=v[5],
+               created_at=aware(v[6]), finished_at=aware(v[7]), deadline_at=aware(v[8]),
+               signals=signals, cancel_requested=bool(v[9]), shape=v[10], parked=v[11])
+
+
+def step_of(v: Sequence[Any]) -> StepState:
+    """A step from its STEP_STATE_COLUMNS values, in that order (a row or a tuple)."""
+    return StepState(name=v[0], role=Role(v[1]), status=StepStatus(v[2]), attempt=v[3],
+                     fence=v[4], output=v[5], error=v[6], queued_at=aware(v[7]),
+                     started_at=aware(v[8]), finished_at=aware(v[9]),
+                     next_attempt_at=aware(v[10]), lease_expires_at=aware(v[11]),
+                     lease_owner=v[12], start_by=aware(v[13]), wake_at=aware(v[14]),
+                     in_doubt=bool(v[15]), checked=Checked(v[16]) if v[16] else None)
 
 
 def to_run(row: Any, step_states: list[StepState],

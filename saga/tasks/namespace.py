@@ -97,7 +97,8 @@ def check_step_queue(app: Celery, queue: Queue, queue_type: str, wait: bool = Fa
     starting worker does."""
     with app.connection_for_write() as connection:
         if wait:
-            connection.ensure_connection(max_retries=app.conf.broker_connection_max_retries)
+            connection.ensure_connection(errback=_cannot_connect(connection),
+                                         max_retries=app.conf.broker_connection_max_retries)
         channel = connection.channel()  # its own: the broker closes it on a mismatch
         try:
             queue(channel).declare()
@@ -105,6 +106,14 @@ def check_step_queue(app: Celery, queue: Queue, queue_type: str, wait: bool = Fa
             raise QueueTypeMismatch(type_mismatch(queue.name, queue_type, exc)) from None
         finally:
             channel.close()
+
+
+def _cannot_connect(connection: Any) -> Callable[[Exception, float], None]:
+    """Said on each failed try, as Celery's consumer says it (the password masked)."""
+    def said(exc: Exception, interval: float) -> None:
+        log.error("Cannot connect to %s: %s. Trying again in %.2f seconds...",
+                  connection.as_uri(), exc, interval)
+    return said
 
 
 def type_mismatch(name: str, queue_type: str, exc: Exception) -> str:

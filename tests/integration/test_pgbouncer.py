@@ -1,8 +1,8 @@
 """The orchestrator behind PgBouncer in transaction pooling mode, as a busy deployment runs it.
 
-Every process (`saga migrate`, the API with its demo services, a worker, the sweeper)
-reaches PostgreSQL through one real PgBouncer whose two server connections every client
-shares, transaction by transaction. The URL says `?prepare_threshold=none`: without it,
+The migrations (as `saga migrate` runs them), the API with its demo services, a worker and
+the sweeper all reach PostgreSQL through one real PgBouncer, whose two server connections
+every client shares, transaction by transaction. The URL says `?prepare_threshold=none`: without it,
 psycopg prepares a statement after its fifth run and a later transaction on another server
 connection fails ("prepared statement \"_pg3_0\" does not exist" / "already exists").
 """
@@ -39,7 +39,7 @@ def bouncer() -> Iterator[PgBouncer]:
 
 @pytest.fixture
 def empty_database() -> Iterator[str]:
-    """A database never migrated: `saga migrate` through the pooler creates the log."""
+    """A database never migrated: the migrations, run through the pooler, create the log."""
     need("PostgreSQL", PG_ADMIN_URL)
     name = f"saga_pgb_{uuid.uuid4().hex[:10]}"
     admin = _admin()
@@ -96,7 +96,7 @@ def test_sagas_run_behind_pgbouncer_in_transaction_mode(bouncer: PgBouncer, empt
     runs go at once (a parallel group with retries, timers the sweeper wakes, signals sent
     before and while they are awaited), then all succeed and the saga log is consistent."""
     need("rabbitmq", BROKERS["rabbitmq"])  # one broker: the database is what is tested
-    pooled = bouncer.url(empty_database, prepare_threshold="5")
+    pooled = bouncer.url(empty_database, prepare_threshold="none")
     migrations.upgrade(pooled)  # as `saga migrate` does
     with Stack(empty_database, BROKERS["rabbitmq"], tmp_path) as stack, \
             ThreadPoolExecutor(10) as pool:

@@ -58,3 +58,25 @@ def test_a_database_outage_shorter_than_the_lease_keeps_the_lease():
     beat = Heartbeat(renew, lease_s=60)
     assert beat.beat() is True  # the outage is recent: the lease is still ours
     assert not beat.lost.is_set()
+
+
+def test_entering_a_lease_wakes_the_thread_only_if_it_falls_due_before_its_next_wake(monkeypatch):
+    """Waking the thread for every attempt cost a thread switch per step: a lease due after
+    the thread's next wake leaves it asleep; one due sooner wakes it, and is renewed in time."""
+    with Heartbeat(lambda: True, lease_s=30):  # renewed every 10 s: the thread sleeps so long
+        _until(lambda: _BEATER._sleeps_until > time.monotonic() + 5)
+    wakes = []
+    notify = _BEATER._wake.notify
+    monkeypatch.setattr(_BEATER._wake, "notify", lambda *a: (wakes.append(1), notify(*a)))
+    with Heartbeat(lambda: True, lease_s=60):  # due in 20 s: after the thread wakes anyway
+        pass
+    assert wakes == []
+    renewed = threading.Event()
+
+    def renew():
+        renewed.set()
+        return True
+
+    with Heartbeat(renew, lease_s=0.3):  # due in 0.1 s: the thread must wake for it
+        assert renewed.wait(2), "a lease due before the thread's next wake was not renewed"
+    assert wakes == [1]
