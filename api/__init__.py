@@ -21,6 +21,7 @@ from saga.api import (
     health,
     metrics,
     problems,
+    publisher,
     runs,
     sagas,
     schedules,
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, system: System | None = None) -
         API_SPEC_OPTIONS=auth.spec_options(),
     )
     saga_system.install(app, system)
+    app.extensions[publisher.KEY] = publisher.for_broker(settings.broker_url)
     api = ProblemApi(app)
     problems.install(app)
     auth.install(app, settings, system)

@@ -6,6 +6,9 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
+import flask
+
+from saga.api import publisher
 from saga.api.auth import actor, requires
 from saga.api.parsing import Blueprint
 from saga.api.problems import PROBLEM, Problem, flatten
@@ -50,8 +53,9 @@ def start_run(headers: dict[str, Any], body: dict[str, Any], name: str):
     engine = current().engine
     key = headers.get("idempotency_key")
     try:
-        run_id, started = engine.start_run(name, body["input"], key, body.get("version"),
-                                           actor=actor())
+        run_id, started = engine.start_run(
+            name, body["input"], key, body.get("version"), actor=actor(),
+            after_commit=flask.current_app.extensions[publisher.KEY])
     except InvalidInput as exc:
         errors = flatten(exc.errors, "input")
         raise Problem(422, f"The input does not match the schema of saga {name!r}.", "invalid-input",

@@ -60,6 +60,7 @@ from bench.throughput import (  # noqa: E402
     CORES,
     Database,
     Worker,
+    _postgres_aux,
     delete_queue,
     machine_cpu,
     percentile,
@@ -71,10 +72,10 @@ RATE_LIMIT_STORAGE = os.environ.get("BENCH_RATE_LIMIT_REDIS_URL", "redis://127.0
 REPLAYED = 50  # keys started again after the batch: each must answer 200 with its run
 PY_SPY = Path(sys.executable).parent / "py-spy"
 SERVER = "saga api (gunicorn)"
-# What a start costs on the machine: the server and what serves it (postgres counts every
-# database's backends, so another user's queries count too).
-OURS = (SERVER, "postgres (all databases)", "rabbitmq", "redis-server",
-        "load generator (this process)")
+# What a start costs on the machine: the server and what serves it (the broker and Redis
+# are shared: another user's load on them counts too).
+POSTGRES = "postgres (the bench database's backends)"
+OURS = (SERVER, POSTGRES, "rabbitmq", "redis-server", "load generator (this process)")
 
 
 @dataclass
@@ -184,17 +185,25 @@ async def check_promises(api: ApiServer, load: Load, database_url: str) -> list[
 class Cpu:
     """Cores each kind of process kept busy between `begin` and `end` (others: the rest)."""
 
-    def __init__(self, server_group: int) -> None:
-        self.group = server_group
+    def __init__(self, server_group: int, db: Database) -> None:
+        self.group, self.db = server_group, db
+        self.backends: set[int] = set()
         self.began: dict[int, tuple[str, int, float]] = {}
         self.machine = 0.0
         self.wall = 0.0
 
+    def _backends(self) -> set[int]:
+        with self.db.admin.connect() as conn:
+            return set(conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.db.name,)).scalars())
+
     def begin(self) -> None:
+        self.backends = self._backends()
         self.began, self.machine, self.wall = processes(), machine_cpu()[0], time.monotonic()
 
     def end(self) -> dict[str, float]:
         now, busy, wall = processes(), machine_cpu()[0], time.monotonic() - self.wall
+        self.backends |= self._backends()
         totals: Counter[str] = Counter()
         for pid, (name, group, cpu) in now.items():
             spent = cpu - (self.began[pid][2] if pid in self.began else 0.0)
@@ -202,8 +211,10 @@ class Cpu:
                 kind = "load generator (this process)"
             elif group == self.group:
                 kind = SERVER
-            elif name == "postgres":
-                kind = "postgres (all databases)"
+            elif name == "postgres" and pid in self.backends:
+                kind = POSTGRES
+            elif name == "postgres" and _postgres_aux(pid):
+                kind = "postgres walwriter/checkpointer/..."
             elif "beam" in name or name.startswith(("erl_", "epmd")):
                 kind = "rabbitmq"
             elif name.startswith("redis-server"):
@@ -233,7 +244,7 @@ def measure(label: str, args: argparse.Namespace, folder: Path, tree: Path | Non
             assert api.process is not None
             load = Load(api.url, {"Authorization": f"Bearer {api.token}",
                                   "Content-Type": "application/json"}, args.concurrency)
-            cpu = Cpu(api.process.popen.pid)
+            cpu = Cpu(api.process.popen.pid, db)
             spy = _py_spy(api.process.popen.pid, args.warmup, args.seconds, flame) if flame else None
 
             async def loaded() -> tuple[float, float]:

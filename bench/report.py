@@ -24,8 +24,8 @@ from bench.throughput import (
     BROKERS,
     CORES,
     OTHERS_CPU,
+    SETUP_WARMUP,
     STEPS,
-    WARMUP,
     WORKER_CPU,
     Result,
     Scaled,
@@ -218,7 +218,7 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
           "transactions. app counter: saga_messages_published_total from the worker's "
           "--metrics-port and the API's /metrics, at the session's end, / its steps"
           " (n/a: not in this version). On the "
-          f"broker: the task events of the {WARMUP} warm-up runs, counted by a tap on the "
+          f"broker: the task events of the {SETUP_WARMUP} warm-up runs, counted by a tap on the "
           "deployment's event exchange (bench/taps.py): the dispatcher announces each step "
           "message with one task-sent event of its own, so task-sent/step is the step messages "
           "published; event msgs, every message of task events (a worker sends its own several "

@@ -1,23 +1,30 @@
-"""Throughput and latency of a 5-step saga against a plain 5-task Celery chain, per broker.
+"""Throughput, latency and cost of a 5-step saga started through the API, against plain
+Celery chains of 5 tasks on the same broker, per broker; then 1, 2, 4 workers.
 
-    python bench/throughput.py [--sagas N] [--brokers rabbitmq,redis] [--repeat R]
+    python bench/throughput.py [--sagas N] [--repeat R] [--latency-samples K]
+                               [--brokers rabbitmq,redis] [--scaling on|off|only]
 
-For each repeat and broker it starts a real worker (`saga.cli worker -c 2`, then
-`celery -A bench.baseline_tasks worker -c 2`), warms it up, starts N sagas (chains) from
-this process as fast as a few threads can, waits until all are done, and computes
-throughput = N / (last end - first start) and the p50/p99 of each one's end - start.
-Sagas are timed from the runs table (created_at, finished_at); chains by their first
-and last tasks. Then 20 more, one at a time, for the latency without a queue. Commits per
-saga step come from pg_stat_database, write transactions per step from the events' xmin,
-and the CPU each kind of process used from /proc (the machine is shared: "others" is
-everyone else's load). It also measures PostgreSQL's commit rate (INSERT + COMMIT on 1
-and 2 connections). Medians over the repeats; ratios pair runs taken at the same time.
+For each broker it starts, and keeps for every repeat: a real `saga api` (gunicorn) with a
+real `saga worker -c 2` on the defaults a user gets; a plain chain's `celery worker -c 2`
+on Celery's defaults (bench/plain_tasks.py); and one on the saga's Celery settings
+(bench/baseline_tasks.py). Each repeat measures each in turn: a warm-up (its task events
+counted on the broker, bench/taps.py), N runs started as fast as 4 client threads can
+(throughput = N / (last end - first start); the saga's from the runs table), then runs one
+at a time for the latency (K per kind over the repeats: from the API's 201 to the run's
+finished_at; from apply_async's return to the chain's last task). Write transactions per
+step come from the events' xmin, commits from pg_stat_database, published messages from
+saga_messages_published_total, the CPU each kind of process used from /proc (the machine is
+shared: "others" is everyone else's load). Then the scaling table: 1, 2, 4 worker
+processes and threads, beside PostgreSQL's commit rate on as many connections. It prints
+markdown tables (bench/report.py): medians over the repeats, ratios the medians of the
+per-repeat ratios. bench/README.md says exactly what is measured and how.
 
     python bench/throughput.py --observability   # what task events, logs and metrics cost
     python bench/throughput.py --task-events     # task events off, on, on with Flower watching
 
 A comparison measures the saga several ways in each repeat and broker, in rotating order
-beside the chain: `--observability` with task events, metrics and INFO logs off
+beside the chain on the saga's settings, on fresh processes each time, with the runs started
+by this process through `engine.start` (no API): `--observability` with task events, metrics and INFO logs off
 (SAGA_TASK_EVENTS=off, SAGA_METRICS=off, `--log-level WARNING`), then on as a user gets
 them (INFO lines of every attempt to a file, the pool's metrics served on a
 `--metrics-port`); `--task-events` with them off, on, and on with a `saga flower`
@@ -80,8 +87,10 @@ TERMINAL = ("succeeded", "compensated", "failed")
 START_THREADS = 4
 WARMUP = 20
 SOLO = 20  # runs started one at a time after the batch: latency without a queue
-DEFAULT_SAGAS = 150  # runs per measurement of the main table: `make bench` in a few minutes
-DEFAULT_SCALING_SAGAS = 100  # runs per worker configuration of the scaling table
+# `make bench` in a few minutes on the shared 2-core machine, loaded or not:
+DEFAULT_SAGAS = 100  # runs per batch of the main table
+DEFAULT_SCALING_SAGAS = 60  # runs per worker configuration of the scaling table
+SETUP_WARMUP = 10  # warm-up runs before each batch of kept processes (and the taps' sample)
 READY_TIMEOUT_S = 60.0
 T = TypeVar("T")
 
@@ -767,9 +776,9 @@ class SagaSetup:
         assert self.worker is not None and self.api.process is not None
         return {self.worker.popen.pid: WORKER_CPU, self.api.process.popen.pid: API_CPU}
 
-    def measure(self, n: int, solo: int, *, tap: bool = True, warmup: int = WARMUP,
+    def measure(self, n: int, solo: int, *, tap: bool = True, warmup: int = SETUP_WARMUP,
                 idle: Iterable[int] = ()) -> Result:
-        """WARMUP runs (their task events counted on the broker with `tap`), N runs as fast
+        """`warmup` runs (their task events counted on the broker with `tap`), N runs as fast
         as the client threads start them (the measured batch), then `solo` one at a time.
         `idle`: the process groups of the other kinds, named in the CPU figures."""
         from bench.taps import Tap
@@ -931,8 +940,8 @@ class ChainSetup:
         wait_for(partial(finished_chains, self.reports, self.key, count), drain_deadline(count),
                  f"{count} chains to finish on {self.broker}", interval=0.1)
 
-    def measure(self, n: int, solo: int, *, tap: bool = True, idle: Iterable[int] = (),
-                hook: Hook | None = None) -> Result:
+    def measure(self, n: int, solo: int, *, tap: bool = True, warmup: int = SETUP_WARMUP,
+                idle: Iterable[int] = (), hook: Hook | None = None) -> Result:
         """As SagaSetup.measure; with `tap`, the warm-up's task events are counted on the
         broker (the plain chain sends none)."""
         from bench.baseline_tasks import LENGTH, start_chain
@@ -945,12 +954,12 @@ class ChainSetup:
         reports.delete(key)
         if tap and app.conf.worker_send_task_events:
             with Tap(self.broker_url, app.conf.event_exchange) as taps:
-                in_threads(WARMUP, lambda _i: start_chain(app))
-                self._wait_done(WARMUP)
+                in_threads(warmup, lambda _i: start_chain(app))
+                self._wait_done(warmup)
                 tapped = taps.settled()
         else:
-            in_threads(WARMUP, lambda _i: start_chain(app))
-            self._wait_done(WARMUP)
+            in_threads(warmup, lambda _i: start_chain(app))
+            self._wait_done(warmup)
         reports.delete(key)
         meter = CpuMeter()
         meter.groups = {pgid: IDLE_CPU for pgid in idle}
@@ -977,7 +986,7 @@ class ChainSetup:
         finish_result(result, meter)
         result.solo = [end - returned for (_, returned), end in zip(alone, ends, strict=True)]
         result.solo_sent = [end - sent for (sent, _), end in zip(alone, ends, strict=True)]
-        result.tapped, result.tapped_steps = tapped, WARMUP * STEPS
+        result.tapped, result.tapped_steps = tapped, warmup * STEPS
         result.took_s = time.monotonic() - began
         return result
 
@@ -1004,7 +1013,7 @@ def measure_chain(broker: str, n: int, folder: Path, hook: Hook | None = None, *
     try:
         setup.spawn()
         setup.ready()
-        return setup.measure(n, solo, tap=tap, hook=hook)
+        return setup.measure(n, solo, tap=tap, warmup=WARMUP, hook=hook)
     finally:
         setup.close()
 
@@ -1180,8 +1189,10 @@ def print_result(label: str, result: Result) -> None:
     if result.commits_per_step is not None:
         extra += (f"  commits/step {result.commits_per_step:.2f}"
                   f" (writes {result.writes_per_step:.2f}, rollbacks {result.rollbacks_per_step:.2f})")
-        if result.failed:
-            extra += f"  NOT SUCCEEDED: {result.failed}"
+    elif result.writes_per_step is not None:
+        extra += f"  write tx/step {result.writes_per_step:.2f}"
+    if result.failed:
+        extra += f"  NOT SUCCEEDED: {result.failed}"
     print(f"  {label:<16} {result.rate:7.1f}/s  p50 {ms(result.p50):>8}  p99 {ms(result.p99):>8}"
           f"  one at a time p50 {ms(result.solo_p50)}"
           f"  (submitted in {result.submit_s:.2f}s, took {result.took_s:.0f}s){extra}", flush=True)

@@ -9,11 +9,12 @@ only translate.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -135,10 +136,16 @@ class Engine:
         return run_id, started is not None
 
     def start_run(self, saga_name: str, input: Any, idempotency_key: str | None = None,
-                  version: int | None = None, actor: str | None = None
+                  version: int | None = None, actor: str | None = None,
+                  after_commit: Callable[[Callable[[], None]], None] | None = None
                   ) -> tuple[str, Run | None]:
         """As `start`, with the run as committed when this call started it, or None when
-        the key found an earlier run (the API answers it without reading it back)."""
+        the key found an earlier run (the API answers it without reading it back).
+
+        `after_commit` is handed the publish of the first steps to run where it likes
+        (the API: on a thread of its own, after answering); default: now, here. Committed
+        already, a publish lost on the way is the sweeper's to send again.
+        """
         saga = self.registry.get(saga_name, version)
         validate_input(saga, input)
         request_hash = hashlib.sha256(json.dumps(
@@ -149,7 +156,8 @@ class Engine:
         crash_point("after_start_commit", saga.name)
         if existing is not None:
             return existing, None
-        self._after_commit(saga, run.id, commands)
+        publish = functools.partial(self._after_commit, saga, run.id, commands)
+        (after_commit or _now)(publish)
         return run.id, run
 
     # -- advancing --------------------------------------------------------------------
@@ -369,6 +377,10 @@ class Engine:
             rest = [c for c in commands if c is not command]
             return claimed, rest, _claim_of(saga, claimed, command.step, command.role, lease_s)
         return run, commands, None
+
+
+def _now(publish: Callable[[], None]) -> None:
+    publish()
 
 
 def validate_input(saga: Saga, input: Any) -> None:

@@ -96,7 +96,7 @@ def worker(concurrency: int | None, pool: str, metrics_port: int | None,
     """Run a Celery worker for the saga steps; extra arguments go to Celery."""
     from saga.errors import NoDeploymentId
     from saga.tasks import broker_limit_problems, prepare_worker
-    from saga.tasks.namespace import QueueTypeMismatch
+    from saga.tasks.namespace import QueueMismatch
 
     settings = _settings()
     metrics_port = _metrics_port(settings, metrics_port, settings.worker_metrics_port)
@@ -108,7 +108,7 @@ def worker(concurrency: int | None, pool: str, metrics_port: int | None,
     # This deployment's queue (SAGA_QUEUE, or one per database): read now, kept by the pool.
     try:
         queue = prepare_worker(system.celery, system.dispatcher.namespace)
-    except (NoDeploymentId, QueueTypeMismatch) as exc:
+    except (NoDeploymentId, QueueMismatch) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"saga worker: deployment {system.dispatcher.namespace.id}, queue {queue}", err=True)
     argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency or settings.worker_concurrency}",

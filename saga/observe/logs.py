@@ -46,7 +46,7 @@ class RunLog:
                     # As logger.log would, less its search of the stack for the caller:
                     # every line is logged from here.
                     logger.handle(logger.makeRecord(logger.name, told[0], *_CALLER, told[1],
-                                                    None, None, "committed", told[2]))
+                                                    (), None, "committed", told[2]))
 
 
 _CALLER = (RunLog.committed.__code__.co_filename, RunLog.committed.__code__.co_firstlineno)

@@ -39,11 +39,12 @@ def make_celery(settings: Settings, worker: Callable[[], Worker] | None = None,
     quorum: dict[str, Any] = {}
     if settings.broker_url.startswith(("amqp", "pyamqp")):
         transport_options["confirm_publish"] = True  # a publish that is not confirmed raises
+        # Its task events unconfirmed (see saga.tasks.consumer); step messages stay confirmed.
+        quorum = {"worker_consumer": "saga.tasks.consumer:StepConsumer"}
         if settings.queue_type == "quorum":
             # The step queue itself is declared by `use_step_queue`; the worker turns global
             # QoS off for it (worker_detect_quorum_queues, on by default).
-            quorum = {"task_default_queue_type": "quorum",
-                      "worker_consumer": "saga.tasks.consumer:StepConsumer"}
+            quorum["task_default_queue_type"] = "quorum"
     elif settings.broker_url.startswith(("redis", "rediss")):
         # Unacknowledged messages come back after this; it must outlast every hard limit.
         transport_options["visibility_timeout"] = settings.visibility_timeout_s

@@ -4,7 +4,8 @@ A step message's own task reports the attempt it ran (the first one it claimed):
 FAILURE (it raises `AttemptFailed`, declared expected: logged at INFO, no traceback) or
 RETRY (it raises `celery.exceptions.Retry` itself: nothing is republished, the engine
 schedules the next attempt). The attempts a worker then runs inline have no message, so
-`InlineEvents` sends their task events by hand, the same events a worker sends for a task.
+`InlineEvents` sends their task events by hand, the same events a worker sends for a task,
+the events of one message's attempts together.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ class InlineEvents:
         self._lock = threading.Lock()
         self._dispatcher: Any = None
         self._pid = 0
-        self._started: dict[str, float] = {}
+        self._started: dict[tuple[str, str, str, int], tuple[str, float, str]] = {}
         self._held = 0  # events held by the dispatcher, not yet published
         self._held_since = 0.0  # when the first of them was
         self._failing = False
@@ -112,7 +113,7 @@ class InlineEvents:
         if request is None:
             return
         task_id = attempt_id(claim)
-        self._started[task_id] = time.monotonic()
+        self._started[_key(claim)] = (task_id, time.monotonic(), request.hostname)
         kwargs = {"run_id": claim.run_id, "saga": saga.name, "version": saga.version,
                   "step": claim.step, "role": str(claim.role), "attempt": claim.attempt}
         self._hold(request.hostname, [
@@ -124,20 +125,19 @@ class InlineEvents:
 
     def ended(self, saga: Saga, claim: Claim, event: Event, changed: bool, inline: bool,
               retried: bool) -> None:
-        request = self._carrier(inline)
-        if request is None:
-            return
-        task_id = attempt_id(claim)
-        began = self._started.pop(task_id, None)
+        held = self._started.pop(_key(claim), None) if inline else None
+        if held is None:
+            return  # `began` told nothing of it: no event is due
+        task_id, began, hostname = held
         state = state_of(event, retried)
         text = _text(state, claim.attempt, event, changed)
         if state == SUCCESS or not changed:
-            runtime = time.monotonic() - began if began is not None else 0.0
+            runtime = time.monotonic() - began
             outcome = ("task-succeeded", {"uuid": task_id, "result": repr(text), "runtime": runtime})
         else:
             outcome = ("task-retried" if state == RETRY else "task-failed",
                        {"uuid": task_id, "exception": repr(AttemptFailed(text)), "traceback": ""})
-        self._hold(request.hostname, [outcome])
+        self._hold(hostname, [outcome])
 
     def delivered(self) -> None:
         """The message's task is over: publish the events its inline attempts hold."""
@@ -232,6 +232,10 @@ def count_event_messages(kind: str) -> None:
     from saga.observe.metrics import TASK_EVENT_MESSAGES
 
     TASK_EVENT_MESSAGES.labels(kind).inc()
+
+
+def _key(claim: Claim) -> tuple[str, str, str, int]:
+    return claim.run_id, claim.role, claim.step, claim.fence
 
 
 def attempt_id(claim: Claim) -> str:

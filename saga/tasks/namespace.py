@@ -7,7 +7,7 @@ inspect` on one deployment see its workers and tasks alone.
 
 On RabbitMQ the step queue is of SAGA_QUEUE_TYPE (classic, or quorum: replicated), declared
 alike by every process that publishes or consumes it; one whose broker queue is of the other
-type is told so (QueueTypeMismatch), once, not as a channel error on every publish.
+type is told so (QueueMismatch), once, not as a channel error on every publish.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def use_exchanges(app: Celery, namespace: Namespace, wait: bool = False) -> None
         use_step_queue(app, namespace, wait)
 
 
-class QueueTypeMismatch(Exception):
-    """The broker's step queue is of another type than SAGA_QUEUE_TYPE asks for."""
+class QueueMismatch(Exception):
+    """The broker has the step queue declared otherwise: most likely of another type than
+    SAGA_QUEUE_TYPE asks for."""
 
 
 def step_queue(name: str, queue_type: str) -> Queue:
@@ -92,7 +93,7 @@ def use_step_queue(app: Celery, namespace: Namespace, wait: bool = False) -> Non
 
 
 def check_step_queue(app: Celery, queue: Queue, queue_type: str, wait: bool = False) -> None:
-    """Declare `queue` on the broker (creating it if missing); QueueTypeMismatch if the
+    """Declare `queue` on the broker (creating it if missing); QueueMismatch if the
     broker has it with another type. `wait`: retry while the broker does not answer, as a
     starting worker does."""
     with app.connection_for_write() as connection:
@@ -103,7 +104,7 @@ def check_step_queue(app: Celery, queue: Queue, queue_type: str, wait: bool = Fa
         try:
             queue(channel).declare()
         except PreconditionFailed as exc:
-            raise QueueTypeMismatch(type_mismatch(queue.name, queue_type, exc)) from None
+            raise QueueMismatch(mismatch(queue.name, queue_type, exc)) from None
         finally:
             channel.close()
 
@@ -116,14 +117,20 @@ def _cannot_connect(connection: Any) -> Callable[[Exception, float], None]:
     return said
 
 
-def type_mismatch(name: str, queue_type: str, exc: Exception) -> str:
-    other = "classic" if queue_type == "quorum" else "quorum"
-    return (f"the broker's queue {name!r} is not a {queue_type} queue, and SAGA_QUEUE_TYPE="
-            f"{queue_type} asks for one (RabbitMQ: {exc}). A queue's type cannot change. "
-            f"Either set SAGA_QUEUE_TYPE={other} as the queue is, or give SAGA_QUEUE a new "
-            "name in every process of this deployment, or stop them all and delete the queue "
-            f"(rabbitmqctl delete_queue {name}). Nothing is lost: the sweeper republishes "
-            "every queued step within SAGA_REDISPATCH_S, so the old queue's messages can go")
+def mismatch(name: str, queue_type: str, exc: Exception) -> str:
+    """What to do about a queue RabbitMQ has declared otherwise (it cannot be changed)."""
+    if "x-queue-type" in str(exc):
+        other = "classic" if queue_type == "quorum" else "quorum"
+        what = (f"the broker's queue {name!r} is not a {queue_type} queue, and "
+                f"SAGA_QUEUE_TYPE={queue_type} asks for one (RabbitMQ: {exc}). A queue's type "
+                f"cannot change. Either set SAGA_QUEUE_TYPE={other} as the queue is, or")
+    else:  # declared by something other than a saga process: the same way out
+        what = (f"the broker has queue {name!r} declared otherwise than this deployment "
+                f"declares it (RabbitMQ: {exc}). Either")
+    return (f"{what} give SAGA_QUEUE a new name in every process of this deployment, or stop "
+            f"them all and delete the queue (rabbitmqctl delete_queue {name}). Nothing is "
+            "lost: the sweeper republishes every queued step within SAGA_REDISPATCH_S, so the "
+            "old queue's messages can go")
 
 
 class Namespace:
@@ -191,14 +198,14 @@ def hand_back(app: Celery, request: Any, namespace: Namespace) -> str:
 
 def prepare_worker(app: Celery, namespace: Namespace) -> str:
     """The queue a worker consumes, set as the app's default and, on RabbitMQ, checked to
-    be of SAGA_QUEUE_TYPE (QueueTypeMismatch if not); on Redis, this deployment's
+    be of SAGA_QUEUE_TYPE (QueueMismatch if not); on Redis, this deployment's
     own unacked-message keys, so its SAGA_VISIBILITY_TIMEOUT_S alone decides when its
     unacknowledged messages come back (kombu's default keys are shared by every app on
     that Redis database, and the shortest timeout among them would win).
     """
     queue = namespace.queue
     app.conf.task_default_queue = queue
-    use_exchanges(app, namespace, wait=True)  # QueueTypeMismatch before the worker starts
+    use_exchanges(app, namespace, wait=True)  # QueueMismatch before the worker starts
     if app.conf.broker_url.startswith(("redis", "rediss")):
         app.conf.broker_transport_options = {**app.conf.broker_transport_options,
                                              **redis_unacked_keys(queue)}

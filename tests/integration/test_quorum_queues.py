@@ -26,7 +26,7 @@ from kombu.exceptions import ChannelError
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.tasks import make_celery
-from saga.tasks.namespace import Namespace, QueueTypeMismatch, use_exchanges
+from saga.tasks.namespace import Namespace, QueueMismatch, use_exchanges
 from tests.conftest import BROKERS, need
 from tests.faults import invariants
 from tests.stack import ROOT, Process, Stack, wait_for
@@ -174,26 +174,30 @@ def test_a_worker_refuses_a_classic_queue_when_told_quorum_in_one_line(
     assert declared_type(classic_queue) == "classic"
 
 
-@pytest.mark.parametrize("existing", ["classic", "quorum"])
-def test_a_publisher_is_told_the_queue_type_differs_not_a_channel_error(
-        rabbitmq: str, existing: str) -> None:
-    """Given the queue of one type, When a process set for the other publishes to it, Then
-    it raises QueueTypeMismatch naming the setting (the engine logs it and the sweeper
-    publishes again), every time until the setting or the queue is fixed."""
+@pytest.mark.parametrize(("existing", "wanted", "told"), [
+    ("classic", "quorum", "SAGA_QUEUE_TYPE=quorum asks for one"),
+    ("quorum", "classic", "SAGA_QUEUE_TYPE=classic asks for one"),
+    ("transient", "classic", "declared otherwise than this deployment declares it"),
+])
+def test_a_publisher_is_told_the_queue_differs_not_a_channel_error(
+        rabbitmq: str, existing: str, wanted: str, told: str) -> None:
+    """Given the queue declared otherwise (another type; or not durable, by something else),
+    When a process publishes to it, Then it raises QueueMismatch saying what differs and
+    what to do (the engine logs it, the sweeper publishes again), each time until fixed;
+    the queue is left as it was."""
     name = f"saga-test-mismatch-{uuid.uuid4().hex[:8]}"
     arguments = {"x-queue-type": "quorum"} if existing == "quorum" else None
-    wanted = "classic" if existing == "quorum" else "quorum"
     with Connection(rabbitmq, connect_timeout=3) as conn:
-        Queue(name, Exchange(name, type="direct"), name,
+        Queue(name, Exchange(name, type="direct"), name, durable=existing != "transient",
               queue_arguments=arguments)(conn.default_channel).declare()
     try:
         settings = Settings(broker_url=rabbitmq, queue=name, queue_type=wanted)
         app = make_celery(settings)
         namespace = Namespace(settings, lambda: "0123456789ab")
         for _ in range(2):
-            with pytest.raises(QueueTypeMismatch, match=f"SAGA_QUEUE_TYPE={wanted}"):
+            with pytest.raises(QueueMismatch, match=told) as raised:
                 use_exchanges(app, namespace)
-        assert declared_type(name) == existing
+            assert f"rabbitmqctl delete_queue {name}" in str(raised.value)
     finally:
         delete(name)
 

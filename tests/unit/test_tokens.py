@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 from saga.store.tables import tokens as tokens_table
 from saga.store.tokens import SCOPES, Principal, TokenError, TokenStore, new_token
+from tests.stack import wait_for
 
 
 @pytest.fixture
@@ -56,6 +58,30 @@ def test_a_revoked_token_resolves_to_nobody_and_keeps_its_name(store):
         store.create("ci", "admin")  # a name in the events means one token
     [listed] = store.listing()
     assert listed["revoked_at"] is not None and "token_hash" not in listed
+
+
+def test_a_live_token_is_remembered_for_cache_s_so_another_process_revoking_counts_after_it(
+        store):
+    """Given a token resolved once (remembered for 1 s), When another process revokes it
+    (its row, changed behind this store's back), Then it still resolves at once, and to
+    nobody within the second."""
+    remembering = TokenStore(store.engine, cache_s=1.0)
+    token = remembering.create("ci", "operate")
+    assert remembering.resolve(token) == Principal("ci", "operate")
+    with store.engine.begin() as conn:
+        conn.execute(tokens_table.update().values(revoked_at=sa.func.current_timestamp()))
+    revoked_at = time.monotonic()
+    assert remembering.resolve(token) == Principal("ci", "operate")
+    wait_for(lambda: remembering.resolve(token) is None, 10, "the revocation to be seen")
+    assert time.monotonic() - revoked_at < 1.0 + 1.0
+
+
+def test_a_revocation_in_this_process_counts_at_once_though_the_token_was_remembered(store):
+    remembering = TokenStore(store.engine, cache_s=60.0)
+    token = remembering.create("ci", "operate")
+    assert remembering.resolve(token) == Principal("ci", "operate")
+    assert TokenStore(store.engine).revoke("ci") is True  # another store of this process
+    assert remembering.resolve(token) is None
 
 
 def test_revoking_an_unknown_name_says_so(store):
