@@ -275,8 +275,8 @@ def measure(label: str, args: argparse.Namespace, folder: Path, tree: Path | Non
 def _py_spy(pid: int, warmup_s: float, seconds: float, flame: Path) -> subprocess.Popen[bytes]:
     """py-spy on the arbiter and its workers, for the measured window (it starts now and
     waits out the warm-up first)."""
-    argv = [str(PY_SPY), "record", "--pid", str(pid), "--subprocesses", "--gil", "--nonblocking",
-            "--rate", "250", "--duration", str(int(seconds)),
+    argv = [str(PY_SPY), "record", "--pid", str(pid), "--subprocesses", "--gil",
+            "--rate", "200", "--duration", str(int(seconds)),
             "--format", "raw" if flame.suffix == ".txt" else "flamegraph", "--output", str(flame)]
     delayed = ["sh", "-c", f'sleep {warmup_s}; exec "$@"', "py-spy", *argv]
     return subprocess.Popen(delayed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

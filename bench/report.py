@@ -24,6 +24,7 @@ from bench.throughput import (
     BROKERS,
     CORES,
     OTHERS_CPU,
+    PUBLISHED,
     SETUP_WARMUP,
     STEPS,
     WORKER_CPU,
@@ -137,14 +138,15 @@ def _cpu_ms(result: Result, kind: str, n: int) -> float | None:
 
 
 def _published(session: Session) -> tuple[str, str]:
-    """(step messages, task events) per step from saga_messages_published_total, by its
-    series' labels: a series naming an event counts as events; n/a where there is none."""
+    """(step messages, task-event messages) per step, from the saga's own counters, summed
+    over their series; n/a where a counter is missing."""
     if session.published is None or not session.steps:
         return "n/a", "n/a"
-    events = [v for k, v in session.published.items() if "event" in k.lower()]
-    messages = [v for k, v in session.published.items() if "event" not in k.lower()]
-    return tuple(f"{sum(found) / session.steps:.2f}" if found else "n/a"  # type: ignore[return-value]
-                 for found in (messages, events))
+    shown = []
+    for name in PUBLISHED:
+        found = [v for k, v in session.published.items() if k.startswith(name + "{")]
+        shown.append(f"{sum(found) / session.steps:.2f}" if found else "n/a")
+    return shown[0], shown[1]
 
 
 def _median_text(results: Iterable[Result], value: Callable[[Result], float | None],
@@ -215,8 +217,10 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
           "pg_stat_database over the broker's whole session (every run of every repeat; read "
           "before the saga's processes started and after they all ended), minus the bench's own "
           "polls, / steps: also the pool's pre-pings, the API's token reads and read-only "
-          "transactions. app counter: saga_messages_published_total from the worker's "
-          "--metrics-port and the API's /metrics, at the session's end, / its steps"
+          "transactions. app counters: saga_messages_published_total (step messages) and "
+          "saga_task_event_messages_total (the task-event messages the saga sends itself: "
+          "task-sent, and those of inline attempts; not Celery's own for a message's task) from "
+          "the worker's --metrics-port and the API's /metrics, at the session's end, / its steps"
           " (n/a: not in this version). On the "
           f"broker: the task events of the {SETUP_WARMUP} warm-up runs, counted by a tap on the "
           "deployment's event exchange (bench/taps.py): the dispatcher announces each step "
@@ -226,24 +230,25 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
           "per task (each task publishes the next); the chain on the saga's settings is tapped "
           "the same way (per task).\n")
     headers = ["broker", "write tx/step", "commits/step", "rollbacks/step",
-               "step msgs/step (app counter)", "task events/step (app counter)",
+               "step msgs/step (app counter)", "saga's event msgs/step (app counter)",
                "task-sent/step (broker)", "event msgs/step (broker)",
                "chain (saga's): event msgs/task"]
     lines = []
-    series: set[str] = set()
     for broker in brokers:
         s, c = results[(broker, saga)], results[(broker, chain)]
         session = sessions.get(broker)
         if not s or session is None:
             continue
-        series |= set(session.published or ())
         lines.append([
             broker, _median_text(s, lambda r: r.writes_per_step, lambda v: f"{v:.2f}"),
             f"{session.commits_per_step:.2f}", f"{session.rollbacks_per_step:.2f}",
             *_published(session), _tapped(s, "task.sent"), _tapped(s, ALL), _tapped(c, ALL)])
     print_markdown(headers, lines)
-    if series:
-        print(f"\nsaga_messages_published_total series seen: {', '.join(sorted(series))}")
+    for broker in brokers:
+        session = sessions.get(broker)
+        if session is not None and session.published and session.steps:
+            print(f"\n{broker}, the counters by series, per step: " + ", ".join(
+                f"{k} {v / session.steps:.3f}" for k, v in sorted(session.published.items())))
     one, two = median(pg_rates.get(1, [])), median(pg_rates.get(2, []))
     print(f"\nPostgreSQL commit rate (single-row INSERT + COMMIT, 2 s each, medians): {one:.0f}/s "
           f"on 1 connection, {two:.0f}/s on 2 connections")
