@@ -9,7 +9,7 @@ Each view declares its scope once, which also documents it in the OpenAPI docume
 One `before_request` hook resolves `Authorization: Bearer <token>` to a Principal on
 `flask.g` (401 without a live token, 403 without the scope); an operation under /v1 that
 declares nothing needs `admin`. Starts, signals and backfills (`limited=True`) share one
-per-token rate limit (flask-limiter; 429 with Retry-After).
+per-token rate limit (`RateLimit`, on the `limits` library; 429 with Retry-After).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 import flask
 import flask_smorest
 import limits
-from flask_limiter import ApplicationLimit, Limiter
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+from werkzeug.exceptions import TooManyRequests
 
 from saga.api import problems
 from saga.api.system import current
@@ -97,11 +99,10 @@ def install(app: flask.Flask, settings: Settings, system: Any) -> None:
     """Resolve tokens before every request, then apply the rate limit; warn if auth is off."""
     app.extensions[TOKENS] = TokenStore(system.store.engine)
     app.config["SAGA_AUTH"] = settings.auth
+    rate_limit = RateLimit(settings)
     app.before_request(_authenticate)
-    limiter = _limiter(settings)
-    # after_request hooks run last-registered first: this one runs after the limiter's.
-    app.after_request(lambda response: _retry_after(response, limiter))
-    limiter.init_app(app)  # its before_request runs after _authenticate: the key is the token
+    app.before_request(lambda: _limit(rate_limit))  # after _authenticate: the key is the token
+    app.after_request(_retry_after)
     if settings.auth == "off" and not settings.is_sqlite:
         log.warning("SAGA_AUTH=off on a shared database: every /v1 operation is open to anyone "
                     "who reaches this port; it is meant for the embedded demo only")
@@ -151,33 +152,68 @@ def _unauthorized(detail: str, invalid: bool) -> flask.Response:
 
 # -- the rate limit -------------------------------------------------------------------------
 
-def _limiter(settings: Settings) -> Limiter:
-    try:
-        limits.parse_many(settings.rate_limit)
-    except ValueError:
-        raise ValueError(f"SAGA_RATE_LIMIT={settings.rate_limit!r} is not a rate limit such as "
-                         "'200/second' or '200/second;5000/minute'") from None
-    storage = settings.rate_limit_storage or (
-        settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://"))
-        else "memory://")
-    options: dict[str, str | int] = {"socket_connect_timeout": 2, "socket_timeout": 2} \
-        if storage.startswith(("redis://", "rediss://")) else {}
-    return Limiter(
-        _key,
-        application_limits=[ApplicationLimit(
-            settings.rate_limit, scope="writes", exempt_when=_not_limited,
-            error_message=lambda: _limit_message(settings.rate_limit))],
-        storage_uri=storage, storage_options=options, key_prefix="saga",
-        # If the counters' store is down, count in this process rather than refuse work.
-        in_memory_fallback_enabled=True, swallow_errors=True,
-        headers_enabled=False)  # Retry-After is set by _retry_after, on a 429 only
+class RateLimit:
+    """SAGA_RATE_LIMIT per token over the operations marked `limited`: fixed windows counted
+    by `limits` in SAGA_RATE_LIMIT_STORAGE (Redis: one round trip per window per request).
+
+    If that store fails, this process counts in its own memory and asks the store again
+    after STORE_RETRY_S, rather than refuse work or wait on a dead store every request.
+    """
+
+    STORE_RETRY_S = 5.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.rate = settings.rate_limit
+        try:
+            self.items = limits.parse_many(settings.rate_limit)
+        except ValueError:
+            raise ValueError(f"SAGA_RATE_LIMIT={settings.rate_limit!r} is not a rate limit such "
+                             "as '1000/second' or '200/second;5000/minute'") from None
+        uri = settings.rate_limit_storage or (
+            settings.broker_url if settings.broker_url.startswith(("redis://", "rediss://"))
+            else "memory://")
+        options: dict[str, float | str | bool] = {"socket_connect_timeout": 2, "socket_timeout": 2} \
+            if uri.startswith(("redis://", "rediss://")) else {}
+        self.store = FixedWindowRateLimiter(storage_from_string(uri, **options))
+        self.fallback = FixedWindowRateLimiter(MemoryStorage())
+        self._store_down_until = 0.0  # monotonic; while ahead, count in memory
+
+    def wait_s(self, *key: str) -> float | None:
+        """Count one request for `key`; None if it is within every window, else the seconds
+        until the window it broke starts again."""
+        for item in self.items:
+            strategy = self._strategy()
+            try:
+                if strategy.hit(item, *key):
+                    continue
+                return strategy.get_window_stats(item, *key).reset_time - time.time()
+            except Exception as exc:  # the store failed: this process counts alone a while
+                if strategy is self.fallback:
+                    raise
+                log.warning("the rate limit's store failed (%s); counting in this process "
+                            "for %.0fs", exc, self.STORE_RETRY_S)
+                self._store_down_until = time.monotonic() + self.STORE_RETRY_S
+                if not self.fallback.hit(item, *key):
+                    return self.fallback.get_window_stats(item, *key).reset_time - time.time()
+        return None
+
+    def _strategy(self) -> FixedWindowRateLimiter:
+        if self._store_down_until and time.monotonic() < self._store_down_until:
+            return self.fallback
+        self._store_down_until = 0.0
+        return self.store
 
 
-def _key() -> str:
+def _limit(rate_limit: RateLimit) -> None:
+    view = flask.current_app.view_functions.get(flask.request.endpoint or "")
+    if not getattr(view, LIMITED_ATTR, False):
+        return
     # Counters are per deployment, as its queue is: another one on the same Redis (or
     # another test) counts its own tokens, even of the same name.
-    queue = current().dispatcher.queue
-    return f"{queue}:{_caller()}"
+    wait = rate_limit.wait_s("saga", current().dispatcher.queue, _caller())
+    if wait is not None:
+        flask.g.retry_after = max(1, math.ceil(wait))
+        raise TooManyRequests(_limit_message(rate_limit.rate))
 
 
 def _caller() -> str:
@@ -187,24 +223,12 @@ def _caller() -> str:
     return f"address:{flask.request.remote_addr}"
 
 
-def _not_limited() -> bool:
-    view = flask.current_app.view_functions.get(flask.request.endpoint or "")
-    return not getattr(view, LIMITED_ATTR, False)
-
-
 def _limit_message(rate: str) -> str:
     return (f"Too many starts, signals and backfills for {_caller()!r}: at most {rate} "
             "(SAGA_RATE_LIMIT). Try again after Retry-After seconds.")
 
 
-def _retry_after(response: flask.Response, limiter: Limiter) -> flask.Response:
-    if response.status_code != 429:
-        return response
-    limit, wait = limiter.current_limit, 1.0
-    try:
-        if limit is not None:
-            wait = limit.window[0] - time.time()  # (reset time, remaining)
-    except Exception:  # the counters' store went away since: any short wait will do
-        pass
-    response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+def _retry_after(response: flask.Response) -> flask.Response:
+    if response.status_code == 429:
+        response.headers["Retry-After"] = str(flask.g.get("retry_after", 1))
     return response

@@ -70,7 +70,7 @@ class ApiServer:
             found = LISTENING.search(self.process.output())
             return found.group(1) if found else None
 
-        self.url = wait_for(listening, 60.0, "saga api to listen", interval=0.1)
+        self.url = str(wait_for(listening, 60.0, "saga api to listen", interval=0.1))
         return self
 
     def headers(self, idempotency_key: str | None = None) -> dict[str, str]:

@@ -134,6 +134,29 @@ def install() -> None:
     wrap(psycopg.Connection, "commit", "psycopg COMMIT")
     wrap(psycopg.Connection, "rollback", "psycopg ROLLBACK")
     wrap(PGDialect_psycopg, "do_ping", "pool pre-ping (SELECT 1)")
+    try:
+        from saga.store.run_sql import PipelinedSql
+    except ImportError:  # before the store sent its hot statements in pipelines
+        PipelinedSql = None
+    if PipelinedSql is not None:
+        wrap(PipelinedSql, "load", "pipeline: load (run FOR UPDATE, steps[, signals])")
+        wrap(PipelinedSql, "write", "pipeline: write (step/run rows, events)")
+        # Statements sent in a pipeline bypass SQLAlchemy's hooks: count them here.
+        execute, executemany = psycopg.Cursor.execute, psycopg.Cursor.executemany
+
+        def pipelined(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+            if self.connection._pipeline is not None:
+                add("  in pipeline: " + _statement_name(str(query)), 0.0)
+            return execute(self, query, params, **kw)
+
+        def pipelined_many(self: Any, query: Any, rows: Any, **kw: Any) -> Any:
+            rows = list(rows)
+            if self.connection._pipeline is not None:
+                for _ in rows:
+                    add("  in pipeline: " + _statement_name(str(query)), 0.0)
+            return executemany(self, query, rows, **kw)
+
+        psycopg.Cursor.execute, psycopg.Cursor.executemany = pipelined, pipelined_many
 
     @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
     def _before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:

@@ -132,9 +132,9 @@ def _tapped(results: Sequence[Result], key: str) -> str:
     return _median_text(results, per_step, lambda v: f"{v:.2f}")
 
 
-def _cpu_ms(result: Result, kind: str, n: int) -> float | None:
+def _cpu_ms(result: Result, kind: str) -> float | None:
     spent = result.cpu_by_kind.get(kind)
-    return None if spent is None else 1000 * spent / n
+    return None if spent is None else 1000 * spent / result.n
 
 
 def _published(session: Session) -> tuple[str, str]:
@@ -155,19 +155,29 @@ def _median_text(results: Iterable[Result], value: Callable[[Result], float | No
     return shown(statistics.median(present)) if present else missing
 
 
+def _sizes(results: Iterable[Result]) -> str:
+    sizes = sorted(r.n for r in results)
+    if not sizes:
+        return "no runs"
+    return f"{sizes[0]} runs" if sizes[0] == sizes[-1] else f"{sizes[0]} to {sizes[-1]} runs"
+
+
 def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Session],
-           brokers: Sequence[str], n: int, repeat: int, solo: int,
+           brokers: Sequence[str], repeat: int, solo: int,
            pg_rates: dict[int, list[float]]) -> None:
     saga, plain, chain = "saga", "plain", "chain"
 
-    print(f"\n### Throughput: {n} runs of {STEPS} no-op steps, medians of {repeat} repeat(s)\n")
+    every = [r for rs in results.values() for r in rs]
+    print(f"\n### Throughput: runs of {STEPS} no-op steps, medians of {repeat} repeat(s)\n")
     print("saga: started by POST /v1/sagas/bench_five/runs (Idempotency-Key each) from 4 client "
           "threads to `saga api` (gunicorn, 2 workers x 4 threads), run by `saga worker -c 2` "
           "(prefork; task events on, INFO logs, metrics counted and served on --metrics-port). "
           "Chains: five no-op Celery tasks, `celery worker -c 2` (prefork), started by 4 "
           "threads calling apply_async. Throughput = N / (last end - first start): the saga's "
           "from the runs table (first created_at, last finished_at), the chain's from its "
-          "first submit to its last task's end. Ratios: median of the per-repeat ratios.\n")
+          "first submit to its last task's end. Ratios: median of the per-repeat ratios. "
+          f"Batches of {_sizes(every)} (unless --sagas, as many as take about --batch-seconds "
+          "at the kind's previous rate).\n")
     headers = ["broker", "saga via API /s", "chain, Celery defaults /s", "saga/chain",
                f"target >= {TARGET:.1f}x", "chain, saga's settings /s", "saga/chain",
                "saga steps/s"]
@@ -182,6 +192,32 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
                       f"{median(r.rate for r in c):.1f}", _ratio(s, c, lambda r: r.rate),
                       f"{STEPS * median(r.rate for r in s):.0f}"])
     print_markdown(headers, lines)
+    print("\nCPU of all of the bench's processes per run (worker, API, client, the bench "
+          "database's backends, the broker; table below), which others' load does not change "
+          "much: where the CPU is the limit, the throughput ratio tends to the inverse of this "
+          "ratio.\n")
+    headers = ["broker", "saga ms/run", "chain (defaults) ms/run", "saga/chain",
+               "chain (saga's) ms/run", "saga/chain", "others' load"]
+    lines = []
+    for broker in brokers:
+        s, p, c = (results[(broker, k)] for k in (saga, plain, chain))
+        if not s:
+            continue
+
+        def cpu_ms(r: Result) -> float:
+            return 1000 * r.cpu_s / r.n
+
+        lines.append([broker, f"{median(cpu_ms(r) for r in s):.1f}",
+                      f"{median(cpu_ms(r) for r in p):.1f}", _ratio(s, p, cpu_ms),
+                      f"{median(cpu_ms(r) for r in c):.1f}", _ratio(s, c, cpu_ms),
+                      f"{median(r.others for r in s + p + c):.2f} of {CORES} cores"])
+    print_markdown(headers, lines)
+    others = median(r.others for r in every)
+    if others > 0.5:
+        print(f"\nNOTE: others kept a median {others:.2f} of the {CORES} cores busy. Every kind "
+              "ran short of CPU, and the scheduler shares it by process: the saga (API and "
+              "worker processes) gets more of it than a chain's worker alone, so its throughput "
+              "ratios lean in its favour. The CPU per run is the steadier comparison.")
     failed = {b: sum(r.failed for r in results[(b, saga)]) for b in brokers}
     if any(failed.values()):
         print(f"\nWARNING: runs that did not succeed: {failed}")
@@ -258,7 +294,7 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
             print(f"  {broker}: at {writes:.2f} write transactions per step, commits alone cap "
                   f"the saga near {two / (writes * STEPS):.0f} sagas/s (2 connections)")
 
-    print(f"\n### CPU by process kind during the batch: ms of CPU per run ({n} runs), medians\n")
+    print("\n### CPU by process kind during the batch: ms of CPU per run, medians\n")
     print("worker: the worker's process group (saga worker or celery worker, parent and "
           "children); api: gunicorn's; bench: this process (the client threads, the polls); "
           "the broker and PostgreSQL's helpers are shared with anyone else using them; "
@@ -279,20 +315,20 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
                 if kind == OTHERS_CPU:
                     line.append(_median_text(rs, lambda r: r.others, lambda v: f"{v:.2f} cores"))
                 else:
-                    line.append(_median_text(rs, partial(_cpu_ms, kind=kind, n=n),
+                    line.append(_median_text(rs, partial(_cpu_ms, kind=kind),
                                              lambda v: f"{v:.1f}", missing="-"))
             lines.append(line)
         totals = [broker, "total of the bench's processes"]
         for k in (saga, plain, chain):
-            totals.append(_median_text(results[(broker, k)], lambda r: 1000 * r.cpu_s / n,
+            totals.append(_median_text(results[(broker, k)], lambda r: 1000 * r.cpu_s / r.n,
                                        lambda v: f"{v:.1f}"))
         lines.append(totals)
     print_markdown(headers, lines)
     sys.stdout.flush()
 
 
-def scaling(scaled: dict[str, list[Scaled]], n: int, pg_rates: dict[int, list[float]]) -> None:
-    print(f"\n### Many workers: {n} runs per configuration, started through the API, 1 repeat\n")
+def scaling(scaled: dict[str, list[Scaled]], pg_rates: dict[int, list[float]]) -> None:
+    print("\n### Many workers: runs started through the API, 1 repeat\n")
     print("prefork: `saga worker -c N`; threads: `saga worker --pool threads -c N`. write tx/s: "
           "the batch's write transactions (distinct xmin of its events) over its window; PG "
           "commits/s: single-row INSERT + COMMIT on as many connections, the commit rate "
@@ -301,7 +337,7 @@ def scaling(scaled: dict[str, list[Scaled]], n: int, pg_rates: dict[int, list[fl
           f"client, the bench database's backends, the broker), of {CORES}; others: the rest of "
           "the machine's. Where bench + others reach the cores, the CPU is the limit; where "
           "write tx / PG nears 100%, PostgreSQL's commits are.\n")
-    headers = ["broker", "pool", "N", "sagas/s", "steps/s", "write tx/s",
+    headers = ["broker", "pool", "N", "runs", "sagas/s", "steps/s", "write tx/s",
                "PG commits/s at N conns", "write tx / PG", "worker cores", "bench cores",
                "others (cores)"]
     lines = []
@@ -310,7 +346,7 @@ def scaling(scaled: dict[str, list[Scaled]], n: int, pg_rates: dict[int, list[fl
             r = row.result
             writes = r.writes / r.window_s
             pg = median(pg_rates.get(row.concurrency, []))
-            lines.append([broker, row.pool, str(row.concurrency), f"{r.rate:.1f}",
+            lines.append([broker, row.pool, str(row.concurrency), str(r.n), f"{r.rate:.1f}",
                           f"{STEPS * r.rate:.0f}", f"{writes:.0f}",
                           f"{pg:.0f}" if pg == pg else "n/a",
                           f"{writes / pg:.0%}" if pg == pg and pg else "n/a",

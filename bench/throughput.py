@@ -87,9 +87,11 @@ TERMINAL = ("succeeded", "compensated", "failed")
 START_THREADS = 4
 WARMUP = 20
 SOLO = 20  # runs started one at a time after the batch: latency without a queue
-# `make bench` in a few minutes on the shared 2-core machine, loaded or not:
-DEFAULT_SAGAS = 80  # runs per batch of the main table
-DEFAULT_SCALING_SAGAS = 50  # runs per worker configuration of the scaling table
+# `make bench` in a few minutes on the shared 2-core machine, loaded or not: unless told a
+# number of runs, a batch has as many as take about BATCH_S at the rate of the kind's
+# previous batch (the first, of its warm-up), within MIN_BATCH..MAX_BATCH.
+BATCH_S = 5.0
+MIN_BATCH, MAX_BATCH = 40, 3000
 SETUP_WARMUP = 10  # warm-up runs before each batch of kept processes (and the taps' sample)
 READY_TIMEOUT_S = 60.0
 T = TypeVar("T")
@@ -422,6 +424,11 @@ class CpuMeter:
 
 # -- one measurement ----------------------------------------------------------------------
 
+def batch_size(rate: float, seconds: float) -> int:
+    """Runs that take about `seconds` at `rate` per second, within MIN_BATCH..MAX_BATCH."""
+    return max(MIN_BATCH, min(MAX_BATCH, round(rate * seconds)))
+
+
 @dataclass
 class Result:
     rate: float  # completed per second: N / (last end - first start)
@@ -454,6 +461,7 @@ class Result:
     published: dict[str, float] | None = None
     published_steps: int = 0
     took_s: float = 0.0  # the whole measurement, processes started and stopped
+    n: int = 0  # runs in the batch
 
     @property
     def solo_p50(self) -> float:
@@ -476,7 +484,8 @@ def summarize(spans: list[tuple[float, float]], submit_s: float) -> Result:
     last = max(e for _, e in spans)
     latencies = [e - s for s, e in spans]
     return Result(rate=len(spans) / (last - first), p50=percentile(latencies, 0.50),
-                  p99=percentile(latencies, 0.99), submit_s=submit_s, window_s=last - first)
+                  p99=percentile(latencies, 0.99), submit_s=submit_s, window_s=last - first,
+                  n=len(spans))
 
 
 def in_threads(n: int, work: Callable[[int], T]) -> tuple[list[T], float]:
@@ -781,11 +790,13 @@ class SagaSetup:
         assert self.worker is not None and self.api.process is not None
         return {self.worker.popen.pid: WORKER_CPU, self.api.process.popen.pid: API_CPU}
 
-    def measure(self, n: int, solo: int, *, tap: bool = True, warmup: int = SETUP_WARMUP,
-                idle: Iterable[int] = ()) -> Result:
+    def measure(self, n: int | None, solo: int, *, tap: bool = True,
+                warmup: int = SETUP_WARMUP, idle: Iterable[int] = (),
+                batch_s: float = BATCH_S) -> Result:
         """`warmup` runs (their task events counted on the broker with `tap`), N runs as fast
-        as the client threads start them (the measured batch), then `solo` one at a time.
-        `idle`: the process groups of the other kinds, named in the CPU figures."""
+        as the client threads start them (the measured batch; None: batch_size at the
+        warm-up's rate), then `solo` one at a time. `idle`: the process groups of the other
+        kinds, named in the CPU figures."""
         from bench.taps import Tap
 
         assert self.worker is not None and self.client is not None and self.poll is not None
@@ -796,10 +807,14 @@ class SagaSetup:
             with Tap(self.broker_url, self.events) as taps:
                 warm, _ = in_threads(warmup, lambda _i: client.start()[0])
                 poll.wait_done(warm)
+                warm_s = time.monotonic() - began
                 tapped = taps.settled()
         else:
             warm, _ = in_threads(warmup, lambda _i: client.start()[0])
             poll.wait_done(warm)
+            warm_s = time.monotonic() - began
+        if n is None:
+            n = batch_size(warmup / warm_s, batch_s)
         meter = CpuMeter(self.db)
         meter.groups = {**{pgid: IDLE_CPU for pgid in idle}, **self.groups()}
         meter.broker = self.broker
@@ -947,8 +962,9 @@ class ChainSetup:
         wait_for(partial(finished_chains, self.reports, self.key, count), drain_deadline(count),
                  f"{count} chains to finish on {self.broker}", interval=0.1)
 
-    def measure(self, n: int, solo: int, *, tap: bool = True, warmup: int = SETUP_WARMUP,
-                idle: Iterable[int] = (), hook: Hook | None = None) -> Result:
+    def measure(self, n: int | None, solo: int, *, tap: bool = True,
+                warmup: int = SETUP_WARMUP, idle: Iterable[int] = (),
+                hook: Hook | None = None, batch_s: float = BATCH_S) -> Result:
         """As SagaSetup.measure; with `tap`, the warm-up's task events are counted on the
         broker (the plain chain sends none)."""
         from bench.baseline_tasks import LENGTH, start_chain
@@ -963,10 +979,14 @@ class ChainSetup:
             with Tap(self.broker_url, app.conf.event_exchange) as taps:
                 in_threads(warmup, lambda _i: start_chain(app))
                 self._wait_done(warmup)
+                warm_s = time.monotonic() - began
                 tapped = taps.settled()
         else:
             in_threads(warmup, lambda _i: start_chain(app))
             self._wait_done(warmup)
+            warm_s = time.monotonic() - began
+        if n is None:
+            n = batch_size(warmup / warm_s, batch_s)
         reports.delete(key)
         meter = CpuMeter()
         meter.groups = {pgid: IDLE_CPU for pgid in idle}
@@ -1034,12 +1054,12 @@ class Scaled:
     result: Result
 
 
-def measure_scaling(db: Database, broker: str, n: int, folder: Path,
-                    counts: Sequence[int]) -> list[Scaled]:
+def measure_scaling(db: Database, broker: str, n: int | None, folder: Path,
+                    counts: Sequence[int], batch_s: float = BATCH_S) -> list[Scaled]:
     """The API-started saga with 1, 2, 4... worker processes (prefork) and threads, the two
     pools of one size measured one after the other: one API, one queue, a new worker for
     each."""
-    out = []
+    out: list[Scaled] = []
     setup = SagaSetup(db, broker, folder)
     try:
         for c in counts:
@@ -1049,9 +1069,12 @@ def measure_scaling(db: Database, broker: str, n: int, folder: Path,
                     setup.ready()
                 else:
                     setup.replace_worker(c, pool)
-                result = setup.measure(n, 0, tap=False, warmup=max(10, 5 * c))
+                # The previous configuration's rate, doubled: this one may be faster.
+                size = n or (batch_size(2 * out[-1].result.rate, batch_s) if out else None)
+                result = setup.measure(size, 0, tap=False, warmup=max(10, 5 * c),
+                                       batch_s=batch_s)
                 out.append(Scaled(pool, c, result))
-                print(f"  {broker} {pool} -c {c}: {result.rate:.1f} sagas/s, "
+                print(f"  {broker} {pool} -c {c}: {result.n} runs, {result.rate:.1f} sagas/s, "
                       f"{result.writes / result.window_s:.0f} write tx/s, worker "
                       f"{result.worker_cpu_s / result.cpu_wall_s:.2f} cores, others "
                       f"{result.others:.2f} (took {result.took_s:.0f}s)", flush=True)
@@ -1201,7 +1224,8 @@ def print_result(label: str, result: Result) -> None:
         extra += f"  write tx/step {result.writes_per_step:.2f}"
     if result.failed:
         extra += f"  NOT SUCCEEDED: {result.failed}"
-    print(f"  {label:<16} {result.rate:7.1f}/s  p50 {ms(result.p50):>8}  p99 {ms(result.p99):>8}"
+    print(f"  {label:<16} {result.n:4d} runs {result.rate:7.1f}/s  p50 {ms(result.p50):>8}"
+          f"  p99 {ms(result.p99):>8}"
           f"  one at a time p50 {ms(result.solo_p50)}"
           f"  (submitted in {result.submit_s:.2f}s, took {result.took_s:.0f}s){extra}", flush=True)
 
@@ -1340,11 +1364,12 @@ def compare(args: argparse.Namespace, brokers: list[str]) -> int:
     return 0
 
 
-def measure_broker(db: Database, broker: str, folder: Path, n: int, repeat: int, solo: int,
-                   results: dict[tuple[str, str], list[Result]]) -> Session:
+def measure_broker(db: Database, broker: str, folder: Path, n: int | None, repeat: int,
+                   solo: int, results: dict[tuple[str, str], list[Result]],
+                   batch_s: float = BATCH_S) -> Session:
     """The saga and both chains on one broker: their processes started together and kept
     (idle between their turns), then each repeat measures each kind in turn, a different
-    kind first each time."""
+    kind first each time. `n` None: batches of about BATCH_S at the kind's last rate."""
     setups: dict[str, SagaSetup | ChainSetup] = {
         "saga": SagaSetup(db, broker, folder), "plain": ChainSetup(broker, "plain", folder),
         "chain": ChainSetup(broker, "chain", folder)}
@@ -1359,7 +1384,9 @@ def measure_broker(db: Database, broker: str, folder: Path, n: int, repeat: int,
             shift = r % len(kinds)
             for kind in kinds[shift:] + kinds[:shift]:
                 idle = [pgid for other, s in setups.items() if other != kind for pgid in s.groups()]
-                result = setups[kind].measure(n, solo, idle=idle)
+                done = results[(broker, kind)]
+                size = n or (batch_size(done[-1].rate, batch_s) if done else None)
+                result = setups[kind].measure(size, solo, idle=idle, batch_s=batch_s)
                 results[(broker, kind)].append(result)
                 print_result(f"{broker} {r + 1}/{repeat} {kind}", result)
     finally:
@@ -1380,8 +1407,11 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sagas", type=int, default=None,
-                        help=f"runs per measurement (default {DEFAULT_SAGAS}; "
-                             "300 with a comparison)")
+                        help="runs per batch (default: as many as take about --batch-seconds "
+                             "at the kind's previous rate, within "
+                             f"{MIN_BATCH}..{MAX_BATCH}; 300 with a comparison)")
+    parser.add_argument("--batch-seconds", type=float, default=BATCH_S,
+                        help="how long a batch should take, without --sagas")
     parser.add_argument("--brokers", default="rabbitmq,redis",
                         help="comma-separated, from: " + ",".join(BROKERS))
     parser.add_argument("--repeat", type=int, default=3)
@@ -1390,8 +1420,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the repeats (the p99 is of all of them)")
     parser.add_argument("--scaling", choices=("on", "off", "only"), default="on",
                         help="the table of 1, 2, 4 worker processes and threads")
-    parser.add_argument("--scaling-sagas", type=int, default=DEFAULT_SCALING_SAGAS,
-                        help="runs per worker configuration")
+    parser.add_argument("--scaling-sagas", type=int, default=None,
+                        help="runs per worker configuration (default: as --sagas)")
     parser.add_argument("--scaling-brokers", default="rabbitmq",
                         help="comma-separated brokers for the scaling table")
     parser.add_argument("--scaling-counts", default="1,2,4",
@@ -1408,10 +1438,13 @@ def main(argv: list[str] | None = None) -> int:
     scaling_brokers = [b.strip() for b in args.scaling_brokers.split(",") if b.strip()]
     counts = [int(c) for c in args.scaling_counts.split(",") if c.strip()]
     unknown = (set(brokers) | set(scaling_brokers)) - BROKERS.keys()
-    if args.sagas is None:
-        args.sagas = 300 if args.compare else DEFAULT_SAGAS
-    if (unknown or not brokers or args.sagas < 1 or args.repeat < 1 or args.latency_samples < 1
-            or not counts or min(counts) < 1 or args.scaling_sagas < 1):
+    if args.sagas is None and args.compare:
+        args.sagas = 300
+    if args.scaling_sagas is None:
+        args.scaling_sagas = args.sagas
+    if (unknown or not brokers or (args.sagas or 1) < 1 or args.repeat < 1
+            or args.latency_samples < 1 or not counts or min(counts) < 1
+            or (args.scaling_sagas or 1) < 1 or args.batch_seconds <= 0):
         parser.error(f"unknown broker(s) {sorted(unknown)}" if unknown else "nothing to run")
 
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -1432,7 +1465,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"database {db.name}; load average {' '.join(f'{v:.2f}' for v in load_before)}",
           flush=True)
     if main_run:
-        print(f"{args.sagas} runs x {args.repeat} repeat(s) on {', '.join(brokers)}, "
+        size = f"{args.sagas} runs" if args.sagas else f"batches of about {args.batch_seconds:g} s"
+        print(f"{size} x {args.repeat} repeat(s) on {', '.join(brokers)}, "
               f"{solo} one at a time per repeat", flush=True)
     try:
         clock = report.clock_offset(db.libpq)
@@ -1444,16 +1478,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{broker}: PG commits/s 1 conn {pg_rates[1][-1]:.0f}, "
                       f"2 conns {pg_rates[2][-1]:.0f}", flush=True)
                 sessions[broker] = measure_broker(db, broker, folder, args.sagas, args.repeat,
-                                                  solo, results)
+                                                  solo, results, args.batch_seconds)
             if args.scaling != "off":
-                print(f"many workers: {args.scaling_sagas} runs per configuration, 1 repeat",
-                      flush=True)
+                print("many workers: 1 repeat", flush=True)
                 for connections in sorted({1, 2, *counts, 2 * max(counts)}):
                     pg_rates[connections].append(commit_rate(db, 2.0, connections))
                 print("  PG commits/s       " + ", ".join(
                     f"{c} conn {median(v):.0f}" for c, v in sorted(pg_rates.items())), flush=True)
                 for broker in scaling_brokers:
-                    scaled[broker] = measure_scaling(db, broker, args.scaling_sagas, folder, counts)
+                    scaled[broker] = measure_scaling(db, broker, args.scaling_sagas, folder, counts,
+                                                     args.batch_seconds)
     finally:
         Worker.stop_all()
         SagaSetup.delete_exchanges()
@@ -1462,9 +1496,9 @@ def main(argv: list[str] | None = None) -> int:
     report.machine(load_before, clock, [r for rs in results.values() for r in rs]
                    + [s.result for ss in scaled.values() for s in ss])
     if main_run:
-        report.tables(results, sessions, brokers, args.sagas, args.repeat, solo, pg_rates)
+        report.tables(results, sessions, brokers, args.repeat, solo, pg_rates)
     if scaled:
-        report.scaling(scaled, args.scaling_sagas, pg_rates)
+        report.scaling(scaled, pg_rates)
     print(f"\nload average at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
           f"the bench took {time.monotonic() - began:.0f} s", flush=True)
     return 0

@@ -49,7 +49,7 @@ class Settings:
     consumer_timeout_s: int = 1800  # RabbitMQ's consumer_timeout, as the server is configured
     retention_days: float = 0  # finished runs older than this are pruned (0: kept forever)
     auth: str = "on"  # "off": the API needs no token (for the embedded demo only)
-    # Starts, signals and backfills per API token, together (flask-limiter syntax, "a;b" for
+    # Starts, signals and backfills per API token, together (the `limits` syntax, "a;b" for
     # several). Generous: a stop against flooding, not a quota. One window, so one counter
     # round trip per start; about twice what one 2-core API serves (bench/api_load.py).
     rate_limit: str = "1000/second"

@@ -137,10 +137,11 @@ class Writes:
     """What one save writes, in order: statements (each guarded one must change one row),
     then the events."""
 
-    statements: list[tuple[sa.Executable, dict[str, Any], str | None]] = field(default_factory=list)
+    statements: list[tuple[sa.Insert | sa.Update, dict[str, Any], str | None]] = field(
+        default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, statement: sa.Executable, params: dict[str, Any],
+    def add(self, statement: sa.Insert | sa.Update, params: dict[str, Any],
             guard: str | None = None) -> None:
         """`guard`: what StoreConflict says when the statement changes no row."""
         self.statements.append((statement, params, guard))
@@ -259,11 +260,13 @@ class PipelinedSql:
         import psycopg
 
         driver = conn.connection.driver_connection
+        assert driver is not None
         try:
             with driver.pipeline():
                 yield driver
         except psycopg.Error as exc:
-            disconnect = self._dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+            error: Any = exc
+            disconnect = self._dialect.is_disconnect(error, conn.connection.dbapi_connection, None)
             if disconnect and not conn.invalidated:
                 conn.invalidate(exc)
             raise sa.exc.DBAPIError.instance(

@@ -61,8 +61,8 @@ class _Beater:
         self._due: dict[Heartbeat, float] = {}
         self._wake = threading.Condition()
         self._pid = 0
-        # When the thread wakes by itself: +inf waiting for a notify, -inf not waiting (it
-        # looks at `_due` before it waits again).
+        # When the waiting thread wakes by itself; -inf while it is not waiting (it looks
+        # at `_due` again before it waits).
         self._sleeps_until = -math.inf
 
     def add(self, heartbeat: Heartbeat) -> None:

@@ -1,8 +1,10 @@
-"""The task events of attempts run inline: held, then published as one broker message.
+"""What the saga puts on the broker besides its steps, and how many messages it takes.
 
-A real broker carries them; a consumer bound to the app's event exchange counts the
-messages and reads the events they hold, as Flower would. Each "message" is a Celery task
-run eagerly (`apply`), so the events are sent from inside a task, as in a worker.
+The task events of attempts run inline are held, then published as one broker message: a
+consumer bound to the app's event exchange counts the messages and reads the events they
+hold, as Flower would. Each "message" is a Celery task run eagerly (`apply`), so the events
+are sent from inside a task, as in a worker. A worker's own events go unconfirmed, its step
+messages confirmed; every step message and task-sent event is counted for Prometheus.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,12 +24,15 @@ from kombu import Queue
 
 from saga import Saga, Step
 from saga.engine import Claim
-from saga.events import StepFailed, StepSucceeded
-from saga.observe.metrics import TASK_EVENT_MESSAGES
+from saga.events import CompensateStep, RunStep, StepFailed, StepSucceeded
+from saga.observe.metrics import MESSAGES_PUBLISHED, TASK_EVENT_MESSAGES
 from saga.run import Role
 from saga.settings import Settings
-from saga.tasks import InlineEvents, make_celery
+from saga.tasks import CeleryDispatcher, InlineEvents, Namespace, exchanges_for, make_celery
 from saga.tasks.attempts import INLINE, attempt_id
+from saga.tasks.consumer import StepConsumer
+from saga.tasks.dispatcher import SENT
+from tests.conftest import BROKERS, need
 from tests.stack import wait_for
 
 SAGA = Saga("inline_events", steps=[Step(f"s{i}", lambda ctx: None) for i in range(1, 5)])
@@ -70,10 +76,19 @@ class Watcher:
 
 
 @pytest.fixture
-def app(broker_url: str) -> Iterator[Celery]:
-    name = f"saga-test-{uuid.uuid4().hex[:8]}"
-    app = make_celery(Settings(database_url="sqlite://", broker_url=broker_url, queue=name))
-    app.conf.event_exchange = f"{name}.events"  # this test's alone: no one else's events
+def deployment() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(broker_url: str, deployment: str) -> Settings:
+    return Settings(database_url="sqlite://", broker_url=broker_url, queue=f"saga-{deployment}")
+
+
+@pytest.fixture
+def app(settings: Settings, deployment: str) -> Iterator[Celery]:
+    app = make_celery(settings)
+    app.conf.update(exchanges_for(deployment))  # this test's alone: no one else's events
     yield app
     app.close()
 
@@ -159,3 +174,45 @@ def test_an_attempt_still_running_shows_before_the_message_ends(app, watcher):
     # And its outcome followed when the message ended
     wait_for(lambda: len(watcher.events()) == 3, 10, "the attempt's outcome")
     assert watcher.events()[2]["type"] == "task-succeeded"
+
+
+def test_a_rabbitmq_workers_own_events_go_unconfirmed_and_its_step_messages_confirmed():
+    # Given a worker's app on RabbitMQ, and its consumer (Celery's Events step asks it for
+    # the events' connection; a stand-in for the consumer's own state)
+    need("rabbitmq", BROKERS["rabbitmq"])
+    app = make_celery(Settings(database_url="sqlite://", broker_url=BROKERS["rabbitmq"],
+                               queue=f"saga-test-{uuid.uuid4().hex[:8]}"))
+    assert app.conf.worker_consumer == "saga.tasks.consumer:StepConsumer"
+    consumer = SimpleNamespace(app=app, ensure_connected=lambda connection: connection)
+    # When it publishes on that connection, and the app publishes a step message
+    published = {}
+    for name, opened in (("events", StepConsumer.connection_for_write(consumer)),
+                         ("steps", app.connection_for_write())):
+        with opened as connection:
+            producer = connection.Producer()
+            producer.publish({}, routing_key="saga-test-no-such-queue")  # dropped: unroutable
+            published[name] = producer.channel._confirm_selected  # py-amqp's, set on use
+    # Then the events waited for no confirm, the step message did
+    assert published == {"events": False, "steps": True}
+    app.close()
+
+
+def test_each_step_message_and_its_task_sent_event_are_counted(app, watcher, settings,
+                                                              deployment):
+    # Given a publisher on this test's queue and event exchange
+    dispatcher = CeleryDispatcher(app, Namespace(settings, lambda: deployment))
+    counts = {"forward": MESSAGES_PUBLISHED.labels("forward")._value.get(),
+              "compensate": MESSAGES_PUBLISHED.labels("compensate")._value.get(),
+              "sent": TASK_EVENT_MESSAGES.labels(SENT)._value.get()}
+    try:
+        # When it publishes a step and a compensation
+        dispatcher.send("run-1", "inline_events", 1, [RunStep("s1"), CompensateStep("s2")], {})
+        # Then each is one message counted by role, each announced by one event message
+        wait_for(lambda: len(watcher.bodies) == 2, 10, "the two task-sent events")
+        assert [e["type"] for e in watcher.events()] == ["task-sent", "task-sent"]
+        assert MESSAGES_PUBLISHED.labels("forward")._value.get() == counts["forward"] + 1
+        assert MESSAGES_PUBLISHED.labels("compensate")._value.get() == counts["compensate"] + 1
+        assert TASK_EVENT_MESSAGES.labels(SENT)._value.get() == counts["sent"] + 2
+    finally:
+        with app.connection_for_write() as connection:  # its messages were never to run
+            connection.default_channel.queue_delete(dispatcher.queue)
