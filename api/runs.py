@@ -35,8 +35,9 @@ FILTERS = ("version", "started_after", "started_before", "finished_after", "fini
 
 @blp.post("/sagas/<name>/runs")
 @requires("operate", limited=True)
-@blp.arguments(IdempotencySchema, location="headers", error_status_code=400)
-@blp.arguments(StartSchema)
+# Instances, not classes: webargs would make a schema (deep-copying its fields) per request.
+@blp.arguments(IdempotencySchema(), location="headers", error_status_code=400)
+@blp.arguments(StartSchema())
 @blp.response(201, RunSchema, description="The run started",
               headers={"Location": {"description": "the run's URL",
                                     "schema": {"type": "string"}}})

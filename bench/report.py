@@ -179,7 +179,7 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
           f"Batches of {_sizes(every)} (unless --sagas, as many as take about --batch-seconds "
           "at the kind's previous rate).\n")
     headers = ["broker", "saga via API /s", "chain, Celery defaults /s", "saga/chain",
-               f"target >= {TARGET:.1f}x", "chain, saga's settings /s", "saga/chain",
+               f"target >= {TARGET:.1f}x", "chain, saga's settings /s", "saga/that chain",
                "saga steps/s"]
     lines = []
     for broker in brokers:
@@ -193,11 +193,11 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
                       f"{STEPS * median(r.rate for r in s):.0f}"])
     print_markdown(headers, lines)
     print("\nCPU of all of the bench's processes per run (worker, API, client, the bench "
-          "database's backends, the broker; table below), which others' load does not change "
-          "much: where the CPU is the limit, the throughput ratio tends to the inverse of this "
-          "ratio.\n")
+          "database's backends, the broker; table below), which depends less on others' "
+          "load than the rates: where the CPU is the limit, the throughput ratio tends to the "
+          "inverse of this ratio.\n")
     headers = ["broker", "saga ms/run", "chain (defaults) ms/run", "saga/chain",
-               "chain (saga's) ms/run", "saga/chain", "others' load"]
+               "chain (saga's) ms/run", "saga/that chain", "others' load"]
     lines = []
     for broker in brokers:
         s, p, c = (results[(broker, k)] for k in (saga, plain, chain))

@@ -51,6 +51,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -176,13 +177,17 @@ def drain_deadline(n: int) -> float:
 def delete_queue(broker_url: str, queue: str) -> None:
     """Remove the run's queue. On Redis, kombu's queue_delete from a fresh connection
     removes nothing (it only knows the bindings its own channel declared), so the keys
-    are deleted by name: the list, its priority lists, and the binding sets."""
+    are deleted by name: the list, its priority lists, the binding sets, and the unacked
+    keys a saga worker keeps per queue (saga.tasks.namespace.redis_unacked_keys: a worker
+    killed before its last ack leaves one there)."""
     try:
         if broker_url.startswith(("redis://", "rediss://")):
             client = redis.Redis.from_url(broker_url)
             try:
                 client.delete(queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)),
-                              f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+                              f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}",
+                              *(f"{queue}.{key}" for key in
+                                ("unacked", "unacked_index", "unacked_mutex")))
             finally:
                 client.close()
             return
@@ -783,6 +788,7 @@ class SagaSetup:
         """Another worker on the same queue (every run finished: nothing is in flight)."""
         assert self.worker is not None
         self.worker.stop(kill=True)
+        remove_metrics_folders(self.worker)
         self._spawn_worker(concurrency, pool)
         self._worker_ready()
 
@@ -868,9 +874,13 @@ class SagaSetup:
             if self.poll is not None:
                 self.poll.close()
             if self.api is not None:
+                process = self.api.process
                 self.api.stop(kill=True)
+                if process is not None:
+                    remove_metrics_folders(process)
             if self.worker is not None:
                 self.worker.stop(kill=True)
+                remove_metrics_folders(self.worker)
             delete_queue(self.broker_url, self.queue)
         self.db.wait_idle()
         after = self.db.counters()
@@ -879,6 +889,15 @@ class SagaSetup:
         return Session(commits_per_step=(after[0] - self.before[0] - polls) / steps,
                        rollbacks_per_step=(after[1] - self.before[1]) / steps,
                        published=published, steps=self.steps)
+
+
+def remove_metrics_folders(process: Worker) -> None:
+    """The prometheus multiprocess folder of a killed `saga` command (its exit hook did not
+    run; the next saga process would sweep it, saga.observe.multiprocess)."""
+    from saga.observe.multiprocess import PREFIX
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{PREFIX}{process.popen.pid}-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass

@@ -240,16 +240,16 @@ class PipelinedSql:
         first = writes.statements[0][0] if writes.statements else INSERT_EVENT
         with self._pipeline(conn, first) as driver:
             guarded = []
+            unchecked = driver.cursor()  # a cursor keeps only its last result: one for the rest
             for statement, params, guard in writes.statements:
                 rendered = self._sql(statement)
-                cursor = driver.cursor()
+                cursor = driver.cursor() if guard is not None else unchecked
                 cursor.execute(rendered.sql, rendered.params(params))
                 if guard is not None:
                     guarded.append((cursor, guard))
             if writes.events:
                 rendered = self._sql(INSERT_EVENT)
-                driver.cursor().executemany(rendered.sql,
-                                            [rendered.params(e) for e in writes.events])
+                unchecked.executemany(rendered.sql, [rendered.params(e) for e in writes.events])
         for cursor, guard in guarded:  # every result is in: nothing is committed yet
             if cursor.rowcount != 1:
                 raise StoreConflict(guard)
