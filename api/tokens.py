@@ -93,7 +93,7 @@ def create_token(body: dict[str, Any]):
 @blp.delete("/tokens/<name>")
 @requires("admin")
 @blp.response(204, description="Revoked (or revoked already): refused from the next request "
-                               "on, by every API process")
+                               "on by this API process, within a second by every other")
 @blp.alt_response(404, description="No token has this name", **PROBLEM)
 def revoke_token(name: str):
     """Revoke a token

@@ -65,6 +65,7 @@ from bench.throughput import (  # noqa: E402
     machine_cpu,
     percentile,
     processes,
+    wait_for,
 )
 
 SAGA = "bench_five"
@@ -88,6 +89,7 @@ class Result:
     statuses: Counter[int] = field(default_factory=Counter)
     cpu: dict[str, float] = field(default_factory=dict)  # kind -> cores busy
     checks: list[str] = field(default_factory=list)
+    first_step_ms: list[float] = field(default_factory=list)  # run created -> first step running
 
 
 # -- the load ------------------------------------------------------------------------------
@@ -152,7 +154,7 @@ async def check_promises(api: ApiServer, load: Load, database_url: str) -> list[
     engine = sa.create_engine(database_url)
     try:
         with engine.connect() as conn:
-            stored = dict(conn.execute(sa.text(
+            stored: dict[str, str] = dict(conn.execute(sa.text(
                 "SELECT idempotency_key, id FROM runs WHERE saga = :saga"), {"saga": SAGA}).all())
             steps = conn.execute(sa.text(
                 "SELECT count(*) FROM steps WHERE run_id = ANY(:ids)"),
@@ -180,6 +182,54 @@ async def check_promises(api: ApiServer, load: Load, database_url: str) -> list[
     return problems
 
 
+# -- how soon the first step runs -----------------------------------------------------------
+
+def first_step_latency(api: ApiServer, db: Database, folder: Path, tree: Path | None,
+                       env: dict[str, str], runs: int) -> list[float]:
+    """ms from a run's commit to its first step running (both by the database's clock), for
+    runs started one at a time with a real worker idle and waiting: the publish after the
+    201 included, the queue of a loaded server not."""
+    import requests
+
+    argv = [sys.executable, *_module(tree), "worker", "-c", "1"]
+    worker = Worker("worker", argv, {**api.env, **env}, folder)
+    engine = sa.create_engine(db.url)
+    latencies = []
+    try:
+        worker.wait_ready()
+        headers = {"Authorization": f"Bearer {api.token}"}
+        for _ in range(runs):
+            response = requests.post(f"{api.url}/v1/sagas/{SAGA}/runs", json={"input": {}},
+                                     headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+                                     timeout=30)
+            assert response.status_code == 201, response.text
+            run_id = response.json()["id"]
+
+            def ran(run_id: str = run_id) -> tuple[float] | None:
+                with engine.connect() as conn:
+                    seconds = conn.execute(sa.text(
+                        "SELECT extract(epoch FROM s.started_at - r.created_at) FROM runs r "
+                        "JOIN steps s ON s.run_id = r.id AND s.name = 's1' "
+                        "WHERE r.id = :id AND s.started_at IS NOT NULL"), {"id": run_id}).scalar()
+                return None if seconds is None else (float(seconds),)  # truthy even if 0
+
+            found = wait_for(ran, 30, "the first step to run", 0.01)
+            assert found is not None  # wait_for returns only what is truthy
+            latencies.append(1000 * found[0])
+    finally:
+        worker.stop()
+        engine.dispose()
+    return latencies
+
+
+def _module(tree: Path | None) -> list[str]:
+    """`-m saga.cli`, or the same from another source tree (see ApiServer)."""
+    if tree is None:
+        return ["-m", "saga.cli"]
+    return ["-c", f"import runpy, sys; sys.path.insert(0, {str(tree)!r}); "
+                  "runpy.run_module('saga.cli', run_name='__main__')"]
+
+
 # -- CPU by kind of process ----------------------------------------------------------------
 
 class Cpu:
@@ -204,7 +254,7 @@ class Cpu:
     def end(self) -> dict[str, float]:
         now, busy, wall = processes(), machine_cpu()[0], time.monotonic() - self.wall
         self.backends |= self._backends()
-        totals: Counter[str] = Counter()
+        totals: dict[str, float] = {}
         for pid, (name, group, cpu) in now.items():
             spent = cpu - (self.began[pid][2] if pid in self.began else 0.0)
             if pid == os.getpid():
@@ -223,7 +273,7 @@ class Cpu:
                 kind = "py-spy"
             else:
                 continue
-            totals[kind] += spent
+            totals[kind] = totals.get(kind, 0.0) + spent
         totals["others (the rest of the machine)"] = max(0.0, busy - self.machine
                                                          - sum(totals.values()))
         return {kind: spent / wall for kind, spent in totals.items()}
@@ -244,6 +294,8 @@ def measure(label: str, args: argparse.Namespace, folder: Path, tree: Path | Non
             assert api.process is not None
             load = Load(api.url, {"Authorization": f"Bearer {api.token}",
                                   "Content-Type": "application/json"}, args.concurrency)
+            first_step = first_step_latency(api, db, folder, tree, env, args.first_step) \
+                if args.first_step else []
             cpu = Cpu(api.process.popen.pid, db)
             spy = _py_spy(api.process.popen.pid, args.warmup, args.seconds, flame) if flame else None
 
@@ -263,6 +315,7 @@ def measure(label: str, args: argparse.Namespace, folder: Path, tree: Path | Non
             window = asyncio.run(loaded())
             measured = summarize(label, load, window)
             measured.cpu = result.cpu
+            measured.first_step_ms = first_step
             if spy is not None:
                 spy.wait(args.warmup + args.seconds + 60)
             measured.checks = asyncio.run(check_promises(api, load, db.url))
@@ -297,6 +350,10 @@ def report(result: Result) -> None:
         print(f"           CPU per start: saga api {1000 * api / result.rate:.2f} ms, with postgres, "
               f"the broker, redis and this client {1000 * ours / result.rate:.2f} ms: "
               f"{CORES} idle cores would sustain ~{CORES * result.rate / max(ours, 1e-9):.0f}/s")
+    if result.first_step_ms:
+        ms = result.first_step_ms
+        print(f"           run committed -> first step running (one at a time, {len(ms)} runs): "
+              f"p50 {percentile(ms, 0.5):.1f} ms, max {max(ms):.1f} ms")
     for problem in result.checks:
         print(f"           BROKEN PROMISE: {problem}")
 
@@ -314,6 +371,8 @@ def main() -> int:
                         help="threads per worker (default: saga api's, or SAGA_API_THREADS)")
     parser.add_argument("--env", action="append", default=[], type=lambda s: s.split("=", 1),
                         metavar="SAGA_X=VALUE", help="a setting for the server (repeatable)")
+    parser.add_argument("--first-step", type=int, default=0, metavar="N",
+                        help="first, N runs one at a time with a worker: commit to first step")
     parser.add_argument("--compare", type=Path, default=None, metavar="TREE",
                         help="also measure this source tree's saga api, alternating")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:SAGA_X=V,...",
@@ -345,9 +404,11 @@ def main() -> int:
     if args.repeat > 1 or len(trees) > 1:
         print("\n  medians:")
         for label, rs in results.items():
+            first = [ms for r in rs for ms in r.first_step_ms]
             print(f"  {label:<8} {statistics.median(r.rate for r in rs):7.1f} starts/s  "
                   f"p50 {statistics.median(r.p50_ms for r in rs):6.1f} ms  "
-                  f"p99 {statistics.median(r.p99_ms for r in rs):6.1f} ms")
+                  f"p99 {statistics.median(r.p99_ms for r in rs):6.1f} ms"
+                  + (f"  first step p50 {percentile(first, 0.5):.1f} ms" if first else ""))
     if args.flame:
         print(f"\n  flame graphs: {args.flame.with_name(args.flame.stem)}-<label>.svg")
     return 1 if broken else 0

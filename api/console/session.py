@@ -9,7 +9,8 @@
 The session is Flask's, under /ui only, in the cookie `saga_console`: encrypted and signed
 (Fernet) rather than only signed, since it holds the token itself, which must not be
 readable from a cookie jar. The token is resolved again by `TokenStore` on every request,
-exactly as the API does, so a revoked token ends its sessions at once in every process.
+exactly as the API does, so a revoked token ends its sessions within a second (CACHE_S in
+saga/store/tokens.py) in every process, at once in the one that revoked it.
 The cookie is HttpOnly, SameSite=Lax (a link from a ticket or a chat opens the page
 signed in; a cross-site POST carries no cookie, and every POST also needs the CSRF token)
 and Secure, except over plain http to localhost, where a browser would otherwise drop it.

@@ -166,6 +166,7 @@ def test_start_creates_a_run_and_points_to_it(client, system):
     assert (run["saga"], run["version"], run["status"]) == ("charge", 1, "running")
     assert [s["name"] for s in run["steps"]] == ["reserve"]
     assert count_runs(system, id=run["id"]) == 1
+    assert client.get(response.headers["Location"]).get_json() == run  # the run as stored
 
 
 def test_same_key_and_body_returns_the_first_run(client, system):
