@@ -44,7 +44,9 @@ class Store(Sweeps, Reads, ScheduleStore, RunSearch, Insights):
     def run_sql(self) -> CoreSql | PipelinedSql:
         """How a run's transaction sends its statements (pipelined where the driver can)."""
         if self._sql is None:
-            self._sql = sender(self.engine.dialect)
+            # With echo on, every statement goes through SQLAlchemy, which logs it.
+            dialect = self.engine.dialect
+            self._sql = CoreSql(self.is_sqlite) if self._echo else sender(dialect)
         return self._sql
 
     @contextmanager

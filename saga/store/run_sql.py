@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from saga.errors import StoreConflict
 from saga.store.rows import RUN_STATE_COLUMNS, STEP_STATE_COLUMNS
@@ -96,12 +97,24 @@ HEARTBEAT = steps.update().where(
 
 def insert_run_once(is_sqlite: bool) -> sa.Insert:
     """The run's insert that a second start with the same idempotency key skips."""
-    from sqlalchemy.dialects import postgresql, sqlite
-
     insert = (sqlite.insert if is_sqlite else postgresql.insert)(runs)
     return (insert.values(_binds(runs, RUN_INSERT_COLUMNS))
             .on_conflict_do_nothing(index_elements=["saga", "idempotency_key"])
             .returning(runs.c.id))
+
+
+EVENTS_PER_INSERT = 16
+_INSERT_EVENTS: dict[int, sa.Insert] = {}
+
+
+def insert_events(count: int) -> sa.Insert:
+    """One insert of `count` events, binds suffixed `_0`, `_1`…: one statement, not `count`."""
+    statement = _INSERT_EVENTS.get(count)
+    if statement is None:
+        statement = _INSERT_EVENTS[count] = events.insert().values([
+            {name: sa.bindparam(f"{name}_{i}", type_=events.c[name].type)
+             for name in EVENT_COLUMNS} for i in range(count)])
+    return statement
 
 
 _UPDATE_STEP: dict[tuple[str, ...], sa.Update] = {}
@@ -175,7 +188,7 @@ class CoreSql:
 class _Rendered:
     """One statement as psycopg's SQL text (`%(name)s` binds), and which binds are JSON."""
 
-    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect) -> None:
+    def __init__(self, statement: sa.ClauseElement, dialect: sa.Dialect, jsonb: Any) -> None:
         compiled = statement.compile(dialect=dialect)
         # SQLAlchemy fills a column's Python-side default as it executes; sent as text, a
         # statement must bind every column itself.
@@ -185,21 +198,25 @@ class _Rendered:
         self.sql = compiled.string
         self.json = tuple(name for name, bind in compiled.binds.items()
                           if isinstance(bind.type, sa.JSON))
+        self._jsonb = jsonb
 
     def params(self, values: dict[str, Any]) -> dict[str, Any]:
         if not self.json:
             return values
-        from psycopg.types.json import Jsonb
-
         # As SQLAlchemy binds a JSON value for psycopg: Python None is JSON null.
-        return {**values, **{name: Jsonb(values[name]) for name in self.json}}
+        return {**values, **{name: self._jsonb(values[name]) for name in self.json}}
 
 
 class PipelinedSql:
     """The statements as psycopg SQL, sent in pipeline mode: one round trip per batch."""
 
     def __init__(self, dialect: sa.Dialect) -> None:
+        import psycopg
+        from psycopg.types.json import Jsonb
+
         self._dialect = dialect
+        self._driver_error = psycopg.Error
+        self._jsonb = Jsonb
         self._rendered: dict[sa.ClauseElement, _Rendered] = {}
         self._load_run = {skip: _load_run(False, skip) for skip in (False, True)}
 
@@ -214,7 +231,8 @@ class PipelinedSql:
     def _sql(self, statement: sa.ClauseElement) -> _Rendered:
         rendered = self._rendered.get(statement)
         if rendered is None:
-            rendered = self._rendered[statement] = _Rendered(statement, self._dialect)
+            rendered = self._rendered[statement] = _Rendered(statement, self._dialect,
+                                                             self._jsonb)
         return rendered
 
     def load(self, conn: sa.Connection, run_id: str, skip_locked: bool,
@@ -223,12 +241,10 @@ class PipelinedSql:
         queries = [self._load_run[skip_locked], LOAD_STEPS]
         if with_signals:
             queries.append(PENDING_SIGNALS)
-        with self._pipeline(conn, queries[0]) as driver:
-            cursors = []
+        cursors = []
+        with self._pipeline(conn) as send:
             for query in queries:
-                cursor = driver.cursor()
-                cursor.execute(self._sql(query).sql, params)
-                cursors.append(cursor)
+                cursors.append(send(self._sql(query).sql, params))
         row = cursors[0].fetchone()
         if row is None:
             return None
@@ -237,40 +253,57 @@ class PipelinedSql:
     def write(self, conn: sa.Connection, writes: Writes) -> None:
         if not writes.statements and not writes.events:
             return
-        first = writes.statements[0][0] if writes.statements else INSERT_EVENT
-        with self._pipeline(conn, first) as driver:
-            guarded = []
-            unchecked = driver.cursor()  # a cursor keeps only its last result: one for the rest
-            for statement, params, guard in writes.statements:
-                rendered = self._sql(statement)
-                cursor = driver.cursor() if guard is not None else unchecked
-                cursor.execute(rendered.sql, rendered.params(params))
-                if guard is not None:
-                    guarded.append((cursor, guard))
-            if writes.events:
-                rendered = self._sql(INSERT_EVENT)
-                unchecked.executemany(rendered.sql, [rendered.params(e) for e in writes.events])
+        guarded: list[tuple[Any, str]] = []
+        try:
+            with self._pipeline(conn) as send:
+                unchecked = None  # a cursor keeps only its last result: one for all the rest
+                for statement, params, guard in writes.statements:
+                    rendered = self._sql(statement)
+                    if guard is None:
+                        unchecked = send(rendered.sql, rendered.params(params), unchecked)
+                    else:
+                        guarded.append((send(rendered.sql, rendered.params(params)), guard))
+                for start in range(0, len(writes.events), EVENTS_PER_INSERT):
+                    batch = writes.events[start:start + EVENTS_PER_INSERT]
+                    rendered = self._sql(insert_events(len(batch)))
+                    unchecked = send(rendered.sql, rendered.params(
+                        {f"{name}_{i}": event[name] for i, event in enumerate(batch)
+                         for name in EVENT_COLUMNS}), unchecked)
+        except sa.exc.DBAPIError:
+            # One statement at a time, a guard that missed before the failing statement
+            # would have stopped there: say that, as it would have.
+            for cursor, guard in guarded:
+                if cursor.rowcount == 0:
+                    raise StoreConflict(guard) from None
+            raise
         for cursor, guard in guarded:  # every result is in: nothing is committed yet
             if cursor.rowcount != 1:
                 raise StoreConflict(guard)
 
     @contextmanager
-    def _pipeline(self, conn: sa.Connection, first: sa.ClauseElement) -> Iterator[Any]:
-        """psycopg's connection in pipeline mode; its errors raised as SQLAlchemy's."""
-        import psycopg
-
+    def _pipeline(self, conn: sa.Connection) -> Iterator[Any]:
+        """A `send(sql, params, cursor=None) -> cursor` queueing statements in one psycopg
+        pipeline, sent as the block ends; their errors raised as SQLAlchemy's."""
         driver = conn.connection.driver_connection
         assert driver is not None
+        sent: list[str] = []
+
+        def send(sql: str, params: dict[str, Any], cursor: Any = None) -> Any:
+            cursor = cursor or driver.cursor()
+            sent.append(sql)
+            cursor.execute(sql, params)
+            return cursor
+
         try:
             with driver.pipeline():
-                yield driver
-        except psycopg.Error as exc:
+                yield send
+        except self._driver_error as exc:
             error: Any = exc
             disconnect = self._dialect.is_disconnect(error, conn.connection.dbapi_connection, None)
             if disconnect and not conn.invalidated:
                 conn.invalidate(exc)
             raise sa.exc.DBAPIError.instance(
-                self._sql(first).sql, None, exc, self._dialect.loaded_dbapi.Error,
+                ";\n".join(sent), None, exc, self._dialect.loaded_dbapi.Error,
                 connection_invalidated=disconnect, dialect=self._dialect) from exc
 
 

@@ -145,10 +145,11 @@ class RunTransaction:
                 continue
             # Only the columns that changed: a lease a heartbeat extended since is kept. The
             # output by identity: 1 == True == 1.0, but their JSON differs.
-            values = {c: getattr(step, c) for c in STEP_WRITE_COLUMNS
-                      if getattr(step, c) != getattr(before, c)}
-            if step.output is not before.output:
-                values["output"] = step.output
+            values = {}
+            for column in STEP_WRITE_COLUMNS:
+                value, loaded = getattr(step, column), getattr(before, column)
+                if value is not loaded and (column == "output" or value != loaded):
+                    values[column] = value
             if step.status is StepStatus.QUEUED and before.status is not StepStatus.QUEUED:
                 values["redispatch_at"] = self._redispatch_at(step)
             elif step.status is not StepStatus.QUEUED:
