@@ -289,7 +289,8 @@ class PipelinedSql:
         sent: list[str] = []
 
         def send(sql: str, params: dict[str, Any], cursor: Any = None) -> Any:
-            cursor = cursor or driver.cursor()
+            if cursor is None:
+                cursor = driver.cursor()
             sent.append(sql)
             cursor.execute(sql, params)
             return cursor

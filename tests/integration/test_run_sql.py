@@ -115,6 +115,22 @@ def test_a_guard_that_misses_commits_nothing(store: Store):
     assert event_count(store) == logged
 
 
+def test_a_guard_that_missed_is_told_before_a_later_statement_fails(store: Store):
+    """As one statement at a time would: the update that missed stops the save, the insert
+    after it (of a row already there) does not get to fail."""
+    started(store, every_field("a", StepStatus.RUNNING))
+    for moved, raised in ((True, StoreConflict), (False, sa.exc.IntegrityError)):
+        with pytest.raises(raised):
+            with store.transaction("r-1") as tx:
+                if moved:
+                    tx.conn.execute(steps.update().values(fence=99))
+                tx.conn.execute(steps.insert().values(run_id="r-1", name="b", role="forward",
+                                                      status="queued"))
+                a = tx.run.steps[("a", Role.FORWARD)]
+                b = StepState("b", Role.FORWARD, StepStatus.QUEUED, queued_at=NOW)
+                tx.save(tx.run.put(replace(a, status=StepStatus.SUCCEEDED)).put(b))
+
+
 def event_count(store: Store) -> int:
     with store.engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(events)).scalar_one()
