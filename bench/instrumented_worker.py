@@ -82,6 +82,8 @@ def experiments(names: set[str]) -> None:
     py_clock: Store.now reads this machine's clock instead of `SELECT clock_timestamp()`
         (what reading the clock inside the statements that need it would save).
     no_heartbeat: no heartbeat thread per step (what one shared heartbeat thread would save).
+    core_sql: a run's transaction through SQLAlchemy Core, a round trip a statement, instead
+        of psycopg pipelines (what the pipelines save; this one keeps every guarantee).
     """
     from datetime import UTC, datetime
 
@@ -102,6 +104,11 @@ def experiments(names: set[str]) -> None:
         database.make_engine = make_engine
     if "py_clock" in names:
         store.Store.now = lambda self, conn=None: datetime.now(UTC)
+    if "core_sql" in names:
+        from saga.store.run_sql import CoreSql
+
+        core = {False: CoreSql(False), True: CoreSql(True)}
+        store.Store.run_sql = property(lambda self: core[self.is_sqlite])  # type: ignore[assignment]
     if "no_heartbeat" in names:
         heartbeat.Heartbeat.__enter__ = lambda self: self
         heartbeat.Heartbeat.__exit__ = lambda self, *exc: None

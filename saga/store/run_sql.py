@@ -76,8 +76,10 @@ INSERT_STEP = steps.insert().values(
     _binds(steps, ("run_id", "name", "role", "dispatches", *STEP_WRITE_COLUMNS, "redispatch_at")))
 UPDATE_RUN = runs.update().where(runs.c.id == sa.bindparam("k_id")).values(
     _binds(runs, RUN_WRITE_COLUMNS))
-CONSUME_SIGNAL = signals.update().where(signals.c.id == sa.bindparam("k_id")).values(
-    _binds(signals, ("consumed_by", "consumed_at")))
+# With run_id as well: a statement a sharded log (by run id) can route to one shard.
+CONSUME_SIGNAL = signals.update().where(
+    signals.c.id == sa.bindparam("k_id"), signals.c.run_id == sa.bindparam("k_run_id")).values(
+        _binds(signals, ("consumed_by", "consumed_at")))
 INSERT_EVENT = events.insert().values(_binds(events, EVENT_COLUMNS))
 INSERT_RUN = runs.insert().values(_binds(runs, RUN_INSERT_COLUMNS))
 FIND_SIGNAL = sa.select(signals.c.id).where(

@@ -172,7 +172,8 @@ class RunTransaction:
         before_signals = {s.id: s for s in old.signals} if old else {}
         for signal in new.signals:
             if signal.consumed_by and before_signals.get(signal.id) != signal:
-                writes.add(CONSUME_SIGNAL, dict(k_id=signal.id, consumed_by=signal.consumed_by,
+                writes.add(CONSUME_SIGNAL, dict(k_id=signal.id, k_run_id=new.id,
+                                                consumed_by=signal.consumed_by,
                                                 consumed_at=self.now))
         entries = [*extra, *history(old, new)]
         if actor:  # who asked for this change (an API token's name), on each entry it made
