@@ -1,7 +1,7 @@
 """Read queries of the saga log (one run, filtered pages of runs, a run's history), and retention.
 
 Every query here is served by an index or by a scan bounded by what it looks for, so it
-stays fast with millions of events: a run's events by `events_run` (run_id, id); pages of
+stays fast with millions of events: a run's events by `events_run` (run_id; its few rows sorted by id); pages of
 runs by the (…, created_at, id) indexes, newest first; the step filter by the steps key or
 `steps_name_status`; the error filter only reads rows that have an error
 (`runs_errored`, `steps_errored`); finished-time ranges and pruning by `runs_finished`.
