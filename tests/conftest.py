@@ -67,17 +67,27 @@ def pg_template() -> Iterator[str]:
     admin.dispose()
 
 
+@contextmanager
+def fresh_database(prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database (a copy of `template`, else empty), dropped after."""
+    name = f"{prefix}{uuid.uuid4().hex[:10]}"
+    admin = _admin()
+    with admin.connect() as conn:
+        copy = f' TEMPLATE "{template}"' if template else ""
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"{copy}')
+    try:
+        yield _db_url(name)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
 @pytest.fixture
 def database_url(pg_template: str) -> Iterator[str]:
     """A fresh, migrated PostgreSQL database for this test alone."""
-    name = f"saga_t_{uuid.uuid4().hex[:10]}"
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
-    yield _db_url(name)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    with fresh_database("saga_t_", pg_template) as url:
+        yield url
 
 
 @contextmanager

@@ -9,7 +9,6 @@ connection fails ("prepared statement \"_pg3_0\" does not exist" / "already exis
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,7 @@ from saga import migrations
 from saga.registry import Registry
 from saga.settings import Settings
 from saga.store.database import Database
-from tests.conftest import BROKERS, PG_ADMIN_URL, _admin, _db_url, need
+from tests.conftest import BROKERS, PG_ADMIN_URL, fresh_database, need
 from tests.faults import invariants
 from tests.pgbouncer import PgBouncer
 from tests.stack import Stack, wait_for
@@ -41,14 +40,8 @@ def bouncer() -> Iterator[PgBouncer]:
 def empty_database() -> Iterator[str]:
     """A database never migrated: the migrations, run through the pooler, create the log."""
     need("PostgreSQL", PG_ADMIN_URL)
-    name = f"saga_pgb_{uuid.uuid4().hex[:10]}"
-    admin = _admin()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    yield _db_url(name)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    with fresh_database("saga_pgb_") as url:
+        yield url
 
 
 def test_prepared_statements_stay_on_unless_the_url_turns_them_off() -> None:
