@@ -78,7 +78,7 @@ def _statement_name(sql: str) -> str:
 def experiments(names: set[str]) -> None:
     """What-ifs, measured rather than guessed; each breaks a guarantee, never ship them.
 
-    no_preping: the store's engine without pool_pre_ping (one round trip per transaction).
+    no_preping: the store's engine without any ping, not even after an idle second.
     py_clock: Store.now reads this machine's clock instead of `SELECT clock_timestamp()`
         (what reading the clock inside the statements that need it would save).
     no_heartbeat: no heartbeat thread per step (what one shared heartbeat thread would save).
@@ -99,7 +99,7 @@ def experiments(names: set[str]) -> None:
         def make_engine(url: str, echo: bool) -> sa.Engine:
             if url.startswith("sqlite"):
                 return original(url, echo)
-            return sa.create_engine(url, echo=echo, pool_size=5, max_overflow=10)
+            return sa.create_engine(url, echo=echo, pool_size=5, max_overflow=10)  # no ping
 
         database.make_engine = make_engine
     if "py_clock" in names:
@@ -140,7 +140,7 @@ def install() -> None:
     wrap(CeleryDispatcher, "send", "dispatcher.send")
     wrap(psycopg.Connection, "commit", "psycopg COMMIT")
     wrap(psycopg.Connection, "rollback", "psycopg ROLLBACK")
-    wrap(PGDialect_psycopg, "do_ping", "pool pre-ping (SELECT 1)")
+    wrap(PGDialect_psycopg, "do_ping", "pool ping (a connection idle 1 s+)")
     try:
         from saga.store.run_sql import PipelinedSql
     except ImportError:  # before the store sent its hot statements in pipelines

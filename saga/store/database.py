@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -184,13 +185,43 @@ def make_engine(url: str, echo: bool = False) -> sa.Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    # Pre-ping costs a round trip per checkout, but without it a database restart fails
-    # every in-flight commit on a dead pooled connection, and each step waits out its lease.
     # A host that drops packets must fail a connect in seconds, not the OS's two minutes.
-    # Behind a transaction pooler the same pool settings hold: the pooler keeps these client
-    # connections however its server connections come and go, and the ping (autocommit,
-    # one statement) finds a pooler that restarted.
     address, driver = driver_url(url)
-    return sa.create_engine(address, echo=echo, pool_pre_ping=True, pool_recycle=1800,
-                            pool_size=5, max_overflow=10,
-                            connect_args={"connect_timeout": 10, **driver})
+    engine = sa.create_engine(address, echo=echo, pool_recycle=1800, pool_size=5,
+                              max_overflow=10, connect_args={"connect_timeout": 10, **driver})
+    ping_when_idle(engine)
+    return engine
+
+
+PING_AFTER_IDLE_S = 1.0  # a connection back in the pool for longer is pinged before use
+
+
+def ping_when_idle(engine: sa.Engine) -> None:
+    """Ping a pooled connection before use only if it sat idle for PING_AFTER_IDLE_S.
+
+    Without a ping, a database restart fails the next transaction on every pooled
+    connection, and each step waits out its lease. SQLAlchemy's pool_pre_ping pings on
+    every checkout: one round trip more per transaction, a fifth of a worker step's. A
+    connection that finished a transaction within the last second is as good as a ping;
+    one that dies in that second is a transaction cut off mid-way, which every caller
+    already takes as an outage (the first one also makes SQLAlchemy replace the whole
+    pool). A dead one found here is replaced by the pool, as pool_pre_ping does (raising
+    DisconnectionError from "checkout" is SQLAlchemy's documented way).
+    Behind a transaction pooler the same holds: the pooler keeps these client connections
+    however its server connections come and go, and the ping finds a pooler that restarted.
+    """
+    dialect = engine.dialect
+
+    @sa.event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return
+        try:
+            dialect.do_ping(dbapi_conn)
+        except dialect.loaded_dbapi.Error as exc:
+            raise sa.exc.DisconnectionError(f"the pooled connection is dead: {exc}") from exc
