@@ -59,6 +59,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
     system = _system(settings)
     # Built once, before gunicorn forks, so a bad setting stops here with a clear message.
     app = create_app(settings, system)
+    system.store.pool_for(threads)
     # No connection crosses the fork: each worker opens its own (the store re-opens by pid).
     system.store.close()
 
@@ -111,7 +112,10 @@ def worker(concurrency: int | None, pool: str, metrics_port: int | None,
     except (NoDeploymentId, QueueMismatch) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"saga worker: deployment {system.dispatcher.namespace.id}, queue {queue}", err=True)
-    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency or settings.worker_concurrency}",
+    concurrency = concurrency or settings.worker_concurrency
+    if pool == "threads":  # one process runs them all: its pool needs room for each
+        system.store.pool_for(concurrency)
+    argv = ["worker", f"--pool={pool}", f"--concurrency={concurrency}",
             f"--queues={queue}", "--without-gossip", "--without-mingle",
             "--loglevel=INFO", *celery_args]
     if not any(a.startswith(("-n", "--hostname")) for a in celery_args):

@@ -75,6 +75,18 @@ class Database:
         self._engine: sa.Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._connections = POOL_CONNECTIONS
+
+    def pool_for(self, threads: int) -> None:
+        """Let `threads` threads of this process each run a step under its heartbeat (a
+        worker's threads pool, an API's request threads) without waiting for a connection.
+
+        Each may hold two at once (its transaction, its heartbeat's renewal); past the
+        pool's size a thread waits, and after 30 s its transaction fails as an outage.
+        """
+        self._connections = max(POOL_CONNECTIONS, 2 * threads + 1)
+        if self._engine is not None:
+            self.close()  # made again with room for them on first use
 
     @property
     def engine(self) -> sa.Engine:
@@ -82,7 +94,7 @@ class Database:
         if self._engine is None or self._pid != os.getpid():
             with self._lock:
                 if self._engine is None or self._pid != os.getpid():
-                    self._engine = make_engine(self.url, self._echo)
+                    self._engine = make_engine(self.url, self._echo, self._connections)
                     self._pid = os.getpid()
         return self._engine
 
@@ -165,7 +177,11 @@ def driver_url(url: str) -> tuple[sa.URL, dict[str, Any]]:
             {PREPARE_THRESHOLD: prepare_threshold(url)})
 
 
-def make_engine(url: str, echo: bool = False) -> sa.Engine:
+POOL_KEPT = 5  # connections a process keeps open between uses
+POOL_CONNECTIONS = 15  # at most, by default: more are opened for a burst, closed after
+
+
+def make_engine(url: str, echo: bool = False, connections: int = POOL_CONNECTIONS) -> sa.Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, echo=echo, connect_args={"check_same_thread": False,
                                                                "timeout": 30})
@@ -187,8 +203,9 @@ def make_engine(url: str, echo: bool = False) -> sa.Engine:
         return engine
     # A host that drops packets must fail a connect in seconds, not the OS's two minutes.
     address, driver = driver_url(url)
-    engine = sa.create_engine(address, echo=echo, pool_recycle=1800, pool_size=5,
-                              max_overflow=10, connect_args={"connect_timeout": 10, **driver})
+    engine = sa.create_engine(address, echo=echo, pool_recycle=1800, pool_size=POOL_KEPT,
+                              max_overflow=max(0, connections - POOL_KEPT),
+                              connect_args={"connect_timeout": 10, **driver})
     ping_when_idle(engine)
     return engine
 

@@ -1,4 +1,5 @@
-"""The connection pool pings a connection only after it sat idle (saga.store.database).
+"""The connection pool (saga.store.database): pinging a connection only after it sat idle,
+and room for a process's threads.
 
 PostgreSQL is reached through a TCP proxy of the test's own (tests/faults/proxy.py), whose
 `reset` plays a restart: every open connection dies, new ones are accepted.
@@ -6,7 +7,9 @@ PostgreSQL is reached through a TCP proxy of the test's own (tests/faults/proxy.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -77,3 +80,23 @@ def test_a_restart_within_the_window_fails_one_transaction_as_an_outage(proxied,
     assert unreachable(cut.value)
     assert one_transaction(db) == 1
     assert pings == []
+
+
+def test_pool_for_threads_lets_each_thread_and_its_heartbeat_hold_a_connection(database_url):
+    """A threads pool of 20 (`saga worker --pool threads -c 20`): 41 connections at once,
+    where the default pool (15) would make the 16th thread wait."""
+    db = Database(database_url)
+    db.pool_for(20)
+    holding = threading.Barrier(41, timeout=10)
+
+    def hold() -> None:
+        with db.begin() as conn:
+            conn.execute(sa.text("SELECT 1"))
+            holding.wait()  # every thread holds its connection here at once
+
+    try:
+        with ThreadPoolExecutor(41) as threads:
+            for done in [threads.submit(hold) for _ in range(41)]:
+                done.result()
+    finally:
+        db.close()
