@@ -7,7 +7,7 @@ import os
 
 import click
 
-from saga.cli.common import Group, cli_actor, refuse
+from saga.cli.common import Group, cli_actor, freeze_before_fork, refuse
 from saga.cli.common import registry as _registry
 from saga.cli.common import settings as _settings
 from saga.cli.common import system as _system
@@ -82,6 +82,7 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
         def load(self):
             return app
 
+    freeze_before_fork()  # gunicorn forks its workers next
     Gunicorn().run()
 
 
@@ -123,6 +124,7 @@ def worker(concurrency: int | None, pool: str, metrics_port: int | None,
         argv.append(f"--hostname=saga-{os.getpid()}@%h")
     if metrics_port:
         _serve_metrics(metrics_port, "worker")
+    freeze_before_fork()  # the prefork pool forks its children next
     system.celery.worker_main(argv)
 
 
