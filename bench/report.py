@@ -252,7 +252,7 @@ def tables(results: dict[tuple[str, str], list[Result]], sessions: dict[str, Ses
           "/ their steps (every write transaction appends an event). commits and rollbacks: "
           "pg_stat_database over the broker's whole session (every run of every repeat; read "
           "before the saga's processes started and after they all ended), minus the bench's own "
-          "polls, / steps: also the pool's pre-pings, the API's token reads and read-only "
+          "polls, / steps: also the pool's pings of idle connections, the API's token reads and read-only "
           "transactions. app counters: saga_messages_published_total (step messages) and "
           "saga_task_event_messages_total (the task-event messages the saga sends itself: "
           "task-sent, and those of inline attempts; not Celery's own for a message's task) from "
