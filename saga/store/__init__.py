@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -48,6 +48,13 @@ class Store(Sweeps, Reads, ScheduleStore, RunSearch, Insights):
             dialect = self.engine.dialect
             self._sql = CoreSql(self.is_sqlite) if self._echo else sender(dialect)
         return self._sql
+
+    def now(self, conn: sa.Connection | None = None) -> datetime:
+        """The database's clock (Database.now), read through the run statements' sender:
+        on psycopg, one round trip with the transaction's BEGIN."""
+        if conn is None:
+            return super().now()
+        return self.clock.read(self.run_sql.clock(conn))
 
     @contextmanager
     def transaction(self, run_id: str | None = None, *, skip_locked: bool = False,

@@ -72,6 +72,7 @@ PENDING_SIGNALS = (sa.select(signals.c.id, signals.c.name, signals.c.payload)
                           signals.c.consumed_at.is_(None))
                    .order_by(signals.c.id))
 RUN_EXISTS = sa.select(runs.c.id).where(runs.c.id == sa.bindparam("run_id"))
+CLOCK = sa.select(sa.func.clock_timestamp())
 INSERT_STEP = steps.insert().values(
     _binds(steps, ("run_id", "name", "role", "dispatches", *STEP_WRITE_COLUMNS, "redispatch_at")))
 UPDATE_RUN = runs.update().where(runs.c.id == sa.bindparam("k_id")).values(
@@ -167,6 +168,11 @@ class CoreSql:
 
     def __init__(self, is_sqlite: bool) -> None:
         self._load_run = {skip: _load_run(is_sqlite, skip) for skip in (False, True)}
+        self._is_sqlite = is_sqlite
+
+    def clock(self, conn: sa.Connection) -> Any:
+        """The database's clock_timestamp() (None on SQLite, which has none)."""
+        return None if self._is_sqlite else conn.execute(CLOCK).scalar_one()
 
     def load(self, conn: sa.Connection, run_id: str, skip_locked: bool,
              with_signals: bool) -> Loaded | None:
@@ -236,6 +242,13 @@ class PipelinedSql:
             rendered = self._rendered[statement] = _Rendered(statement, self._dialect,
                                                              self._jsonb)
         return rendered
+
+    def clock(self, conn: sa.Connection) -> Any:
+        """The database's clock_timestamp(), read in one round trip with the BEGIN that
+        psycopg sends before a transaction's first statement (two, one at a time)."""
+        with self._pipeline(conn) as send:
+            cursor = send(self._sql(CLOCK).sql, {})
+        return cursor.fetchone()[0]
 
     def load(self, conn: sa.Connection, run_id: str, skip_locked: bool,
              with_signals: bool) -> Loaded | None:
