@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m examples.demo
 
+# In parallel (addopts in pyproject.toml), then, alone, the few tests that time themselves
+# by the wall clock: beside the parallel ones they would time the others' load.
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -m 'not timing'
+	$(PY) -m pytest -q -ra -n 0 -m timing
 
 test-quick: $(STAMP)
-	$(PY) -m pytest -q -ra -m 'not slow'
+	$(PY) -m pytest -q -ra -m 'not slow and not timing'
+	$(PY) -m pytest -q -ra -n 0 -m 'timing and not slow'
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py

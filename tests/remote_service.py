@@ -1,6 +1,6 @@
 """Another service's Celery worker, knowing nothing of sagas: it runs `remote_service.double`.
 
-Started by the tests as `celery -A tests.remote_service worker -Q saga-test-remote`.
+Started by the tests as `celery -A tests.remote_service worker -Q <the test's queue>`.
 """
 
 import os

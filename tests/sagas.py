@@ -32,9 +32,11 @@ barrier = Saga("barrier", steps=[
 ])
 
 
-# A step another service's worker runs (tests/remote_service.py), by task name.
+# A step another service's worker runs (tests/remote_service.py), by task name, on the
+# queue the test names (the broker is shared: a fixed name could be another run's).
+REMOTE_QUEUE = os.environ.get("SAGA_TEST_REMOTE_QUEUE", "saga-test-remote")
 remote = Saga("remote", steps=[
-    Step("double", RemoteTask("remote_service.double", queue="saga-test-remote")),
+    Step("double", RemoteTask("remote_service.double", queue=REMOTE_QUEUE)),
     Step("check", join),
 ])
 

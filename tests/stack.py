@@ -25,16 +25,26 @@ T = TypeVar("T")
 TERMINAL = ("succeeded", "compensated", "cancelled", "failed")
 
 
+FIRST_POLL_S, MAX_POLL_S = 0.05, 0.25
+
+
 def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "condition",
-             interval: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+             interval: float | None = None) -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds.
+
+    Every `interval` seconds if given; else soon at first, then less and less often (up to
+    MAX_POLL_S): many checks ask the API, and fast polling of a long wait costs the CPU
+    that the processes under test need when tests run in parallel."""
     deadline = time.monotonic() + timeout
+    pause = interval or FIRST_POLL_S
     last: Any = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
-        time.sleep(interval)
+        time.sleep(pause)
+        if interval is None:
+            pause = min(pause * 1.5, MAX_POLL_S)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
@@ -100,6 +110,7 @@ class Stack:
                  sagas: str = "examples.fulfillment,tests.sagas") -> None:
         self.database_url, self.broker_url, self.folder = database_url, broker_url, folder
         self.queue = f"saga-test-{uuid.uuid4().hex[:8]}"
+        self.other_queues: list[str] = []  # a test's own extra queues, deleted with this one
         self.api_port = free_port()
         self.base = f"http://127.0.0.1:{self.api_port}"
         self.env = {
@@ -226,11 +237,19 @@ class Stack:
         return response.json()
 
     def wait_terminal(self, run_id: str, timeout: float = 60) -> dict[str, Any]:
-        def done() -> dict[str, Any] | None:
-            run = self.run(run_id)
-            return run if run["status"] in TERMINAL else None
+        """The run as the API shows it, once finished: polled in the saga log (an API call
+        costs some fifteen times the CPU), then read once through the API."""
+        def status() -> str | None:
+            found = self.query("SELECT status FROM runs WHERE id = :id", id=run_id)
+            return found[0][0] if found and found[0][0] in TERMINAL else None
 
-        return wait_for(done, timeout, f"run {run_id} to finish")
+        try:
+            wait_for(status, timeout, f"run {run_id} to finish", interval=0.05)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the run now: {self.run(run_id)}") from None
+        run = self.run(run_id)
+        assert run["status"] in TERMINAL, run
+        return run
 
     def effects(self, order_id: str) -> list[tuple[str, str]]:
         response = requests.get(f"{self.base}/demo/effects", params={"order_id": order_id},
@@ -246,19 +265,22 @@ class Stack:
         exchanges (durable: every test database would otherwise leave two behind)."""
         from kombu import Connection
 
+        queues = [self.queue, *self.other_queues]
         try:
             if self.broker_url.startswith("redis"):
                 import redis
 
                 client = redis.Redis.from_url(self.broker_url)
-                client.delete(self.queue, f"_kombu.binding.{self.queue}",
-                              f"_kombu.binding_permanent.{self.queue}")
+                for queue in queues:
+                    client.delete(queue, f"_kombu.binding.{queue}",
+                                  f"_kombu.binding_permanent.{queue}")
                 client.close()
                 return
             with Connection(self.broker_url, connect_timeout=3) as conn:
                 channel = conn.default_channel
-                channel.queue_delete(self.queue)
-                for name in exchanges:
+                for queue in queues:
+                    channel.queue_delete(queue)
+                for name in [*exchanges, *self.other_queues]:  # Celery's exchange per -Q queue
                     channel.exchange_delete(name)
         except Exception:
             pass  # best effort: a leftover queue of a finished test harms no other

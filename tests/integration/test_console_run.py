@@ -234,6 +234,7 @@ def test_the_timeline_shows_every_attempt_and_compensation_in_order(console):
     assert 'class="node state-failed" data-step="charge"' in html
 
 
+@pytest.mark.timing
 def test_the_timeline_is_drawn_to_scale(console):
     """The charge's retry waits 1 s then 2 s: its attempts sit that far apart on the axis."""
     result = console.kit.run("order", ORDER)
@@ -553,6 +554,7 @@ def test_graph_svg_lays_out_parallel_branches_side_by_side():
 
 # -- speed -------------------------------------------------------------------------------
 
+@pytest.mark.timing
 def test_a_run_with_a_thousand_events_renders_well_under_a_second(console):
     """Given a run of 167 steps whose every step fails four times first (1,000+ events,
     written through the engine on PostgreSQL), When its page is read several times,

@@ -148,11 +148,13 @@ def test_remote_task_step_runs_on_another_services_worker(database_url, broker_u
     """Given a step naming another service's Celery task, its result becomes the output."""
     backend = "redis://127.0.0.1:6379/1"
     with Stack(database_url, broker_url, tmp_path) as stack:
-        stack.env["SAGA_RESULT_BACKEND"] = backend
+        remote_queue = f"{stack.queue}-remote"
+        stack.other_queues.append(remote_queue)
+        stack.env.update(SAGA_RESULT_BACKEND=backend, SAGA_TEST_REMOTE_QUEUE=remote_queue)
         stack.api()
         stack.worker()
         service = stack.start_process("remote", [
-            "-m", "celery", "-A", "tests.remote_service", "worker", "-Q", "saga-test-remote",
+            "-m", "celery", "-A", "tests.remote_service", "worker", "-Q", remote_queue,
             "-c", "1", "--without-gossip", "--without-mingle", "--loglevel=INFO",
             "-n", f"remote-{stack.queue}@%h"])
         wait_for(lambda: " ready." in service.output(), 60, "the remote service's worker")
