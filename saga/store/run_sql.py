@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from saga.errors import StoreConflict
+from saga.store.database import CLOCK
 from saga.store.rows import RUN_STATE_COLUMNS, STEP_STATE_COLUMNS
 from saga.store.tables import events, runs, signals, steps
 
@@ -72,7 +73,6 @@ PENDING_SIGNALS = (sa.select(signals.c.id, signals.c.name, signals.c.payload)
                           signals.c.consumed_at.is_(None))
                    .order_by(signals.c.id))
 RUN_EXISTS = sa.select(runs.c.id).where(runs.c.id == sa.bindparam("run_id"))
-CLOCK = sa.select(sa.func.clock_timestamp())
 INSERT_STEP = steps.insert().values(
     _binds(steps, ("run_id", "name", "role", "dispatches", *STEP_WRITE_COLUMNS, "redispatch_at")))
 UPDATE_RUN = runs.update().where(runs.c.id == sa.bindparam("k_id")).values(
